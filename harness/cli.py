@@ -1,0 +1,85 @@
+"""Command line: `harness run`, `harness profiles`, `harness detect`, `harness plan`."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+import harness
+from harness.config import QUICK, RunConfig, int_list
+
+D = RunConfig()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(harness.__version__, prog_name="harness")
+def main() -> None:
+    """Measure LLM compression variants on real kernels, and project them onto other hardware."""
+
+
+@main.command()
+@click.option("--model", default=D.model, show_default=True,
+              help="smollm2-135m (embedded, real weights), synthetic:<preset>, a safetensors folder or a .gguf file.")
+@click.option("--variants", default=D.variants, show_default=True, help="Comma list of variant names, or 'all'.")
+@click.option("--batch", default=D.batch, show_default=True, help="Batch sizes, comma list.")
+@click.option("--prompt-tokens", default=D.prompt_tokens, show_default=True, help="Prompt lengths, comma list.")
+@click.option("--new-tokens", default=D.new_tokens, show_default=True, help="Generated tokens per pass, comma list.")
+@click.option("--warmup", default=D.warmup, show_default=True, type=click.IntRange(0), help="Untimed passes per cell.")
+@click.option("--repeats", default=D.repeats, show_default=True, type=click.IntRange(1),
+              help="Minimum timed passes per cell.")
+@click.option("--min-seconds", default=D.min_seconds, show_default=True, type=click.FloatRange(0),
+              help="Minimum timed seconds per cell (passes repeat until both minimums are met).")
+@click.option("--device", default=D.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--profile", default=D.profile, show_default=True, help="Hardware profile id, or auto to detect.")
+@click.option("--profiles-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of profile YAML files (default: the shipped profiles/).")
+@click.option("--cpu-power-w", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="CPU package power for the energy estimate when RAPL is unreadable (default: profile's).")
+@click.option("--corpus", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="UTF-8 text file for prompts and calibration (default: pydoc_data.topics prose).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder (default: results/<run-id>/).")
+@click.option("--quick", is_flag=True, help=f"Small workload for smoke tests: {QUICK} unless set explicitly.")
+@click.pass_context
+def run(ctx: click.Context, **opts) -> None:
+    """Run a sweep: every model x variant x batch x prompt x new-tokens cell, one Record each.
+
+    Writes records.jsonl/.parquet/.csv, run.json, report.md and charts/ into the run folder, whose
+    path is the last line printed.
+    """
+    from harness.run_command import RunRequest, execute
+
+    if opts.pop("quick"):
+        for k, v in QUICK.items():
+            if ctx.get_parameter_source(k) == click.core.ParameterSource.DEFAULT:
+                opts[k] = v
+    try:
+        req = RunRequest(
+            model=opts["model"], variants=opts["variants"], batch_sizes=int_list(opts["batch"], "batch"),
+            prompt_tokens=int_list(opts["prompt_tokens"], "prompt-tokens"),
+            new_tokens=int_list(opts["new_tokens"], "new-tokens"), warmup=opts["warmup"],
+            repeats=opts["repeats"], min_seconds=opts["min_seconds"], device=opts["device"],
+            profile=opts["profile"], profiles_dir=opts["profiles_dir"], cpu_power_w=opts["cpu_power_w"],
+            corpus=opts["corpus"], out=opts["out"])
+        out_dir = execute(req, echo=lambda s: click.echo(s, err=True))
+    except ValueError as e:  # bad input: spec, variant, corpus, device, profile
+        raise click.UsageError(str(e)) from None
+    click.echo(str(out_dir))
+
+
+def _register_optional() -> None:
+    try:
+        from harness.cli_profiles import detect, plan, profiles
+    except ImportError:
+        return
+    main.add_command(profiles)
+    main.add_command(detect)
+    main.add_command(plan)
+
+
+_register_optional()
+
+if __name__ == "__main__":
+    sys.exit(main())

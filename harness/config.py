@@ -1,0 +1,38 @@
+"""Run configuration: the single source of the CLI's options and their defaults."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness.backends.measure import DEFAULT_MIN_REPEATS, DEFAULT_MIN_SECONDS, DEFAULT_WARMUP
+from harness.models.spec import EMBEDDED_DEFAULT
+
+# Variants of the default sweep: every variant with a CPU kernel on the stack the Makefile installs.
+DEFAULT_VARIANTS = "baseline,int8-wo"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str = EMBEDDED_DEFAULT
+    variants: str = DEFAULT_VARIANTS
+    batch: str = "1"
+    prompt_tokens: str = "128"
+    new_tokens: str = "64"
+    warmup: int = DEFAULT_WARMUP
+    repeats: int = DEFAULT_MIN_REPEATS
+    min_seconds: float = DEFAULT_MIN_SECONDS
+    device: str = "auto"
+    profile: str = "auto"
+
+
+# --quick: a small workload for smoke tests; applied only to options the user did not set.
+QUICK = {"batch": "1", "prompt_tokens": "32", "new_tokens": "16", "warmup": 1, "repeats": 2, "min_seconds": 0.5}
+
+
+def int_list(text: str, name: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"--{name} takes a comma list of positive integers, got {text!r}") from None
+    if not vals or any(v < 1 for v in vals):
+        raise ValueError(f"--{name} takes a comma list of positive integers, got {text!r}")
+    return vals

@@ -1,0 +1,46 @@
+"""Charts drawn from Records with matplotlib (Agg: no display needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from harness.records import Record  # noqa: E402
+
+
+def _label(r: Record) -> str:
+    return f"{r.variant}\nb{r.batch_size} p{r.prompt_tokens}"
+
+
+def write_charts(records: list[Record], out_dir: Path) -> list[Path]:
+    charts = out_dir / "charts"
+    charts.mkdir(parents=True, exist_ok=True)
+    ok = [r for r in records if r.status == "ok"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(ok) + 4), 4.5))
+    labels = [_label(r) for r in ok]
+    x = range(len(ok))
+    ax1.bar(x, [r.decode_tok_s or 0 for r in ok], color="#3b7dd8",
+            yerr=[r.decode_tok_s_stdev or 0 for r in ok], capsize=3)
+    ax1.set_xticks(list(x), labels, fontsize=8)
+    ax1.set_ylabel("decode tokens/s (measured)")
+    ax1.set_title("Decode throughput per variant")
+    mem = [(r.peak_vram_bytes or r.peak_rss_bytes or 0) / 1e6 for r in ok]
+    wts = [(r.weight_bytes or 0) / 1e6 for r in ok]
+    ax2.bar([i - 0.2 for i in x], mem, width=0.4, label="peak memory (RSS or VRAM)", color="#d8843b")
+    ax2.bar([i + 0.2 for i in x], wts, width=0.4, label="resident weights", color="#6aa84f")
+    ax2.set_xticks(list(x), labels, fontsize=8)
+    ax2.set_ylabel("MB")
+    ax2.set_title("Peak memory and weight bytes")
+    ax2.legend(fontsize=8)
+    if not ok:
+        for ax in (ax1, ax2):
+            ax.text(0.5, 0.5, "no cell ran", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(ok[0].model if ok and len({r.model for r in ok}) == 1 else "harness run", fontsize=10)
+    fig.tight_layout()
+    path = charts / "decode_tok_s.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]

@@ -1,0 +1,84 @@
+"""report.md: the run's machine and provenance, one row per cell, ratios to the baseline, notes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.records import Record
+from harness.report.fmt import NA, mb, ms, num, sig
+
+
+def _baseline_for(r: Record, records: list[Record]) -> Record | None:
+    for b in records:
+        if (b.variant == "baseline" and b.status == "ok" and b.model == r.model and b.backend == r.backend
+                and (b.batch_size, b.prompt_tokens, b.new_tokens) == (r.batch_size, r.prompt_tokens, r.new_tokens)):
+            return b
+    return None
+
+
+def _ratio(a, b) -> str:
+    return NA if a is None or not b else f"{a / b:.2f}x"
+
+
+def _energy(r: Record) -> str:
+    if r.j_per_token_decode is None:
+        return f"{NA} ({r.energy_source})"
+    return f"{r.j_per_token_decode:.3g} ({r.energy_source})"
+
+
+def render_report(records: list[Record], run: dict) -> str:
+    prov = run.get("provenance", {})
+    v = prov.get("versions", {})
+    lines = [f"# harness run {run.get('run_id', '')}", ""]
+    lines += [
+        f"- machine: {prov.get('cpu', '?')} ({prov.get('cpu_count', '?')} logical CPUs, "
+        f"{(prov.get('memory_bytes') or 0) / 2**30:.0f} GiB)" + (f"; GPUs: {', '.join(prov['gpus'])}" if prov.get("gpus") else "; no GPU"),
+        f"- profile: `{run.get('profile', '?')}` ({run.get('profile_reason', '')})",
+        f"- harness {prov.get('harness_version')} at {str(prov.get('git_commit'))[:12]}"
+        + (" (dirty)" if prov.get("git_dirty") else "")
+        + f"; python {prov.get('python')}, torch {v.get('torch')}, transformers {v.get('transformers')}, torchao {v.get('torchao')}",
+        f"- started {prov.get('utc_time')} UTC; corpus: {run.get('corpus', '?')}",
+        f"- meter settings: {run.get('meter', {})}",
+        "",
+        "## Results",
+        "",
+        "| model | variant | backend | batch | prompt | new | status | decode tok/s (± sd) | vs baseline | "
+        "prefill tok/s | TTFT ms | TPOT p50 / p99 ms | weights MB | vs baseline | peak RSS MB | J/token decode (source) | kernel |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        b = _baseline_for(r, records)
+        sd = f" ± {r.decode_tok_s_stdev:.1f}" if r.decode_tok_s_stdev is not None else ""
+        lines.append(
+            f"| {r.model} | {r.variant} | {r.backend} | {r.batch_size} | {r.prompt_tokens} | {r.new_tokens} | "
+            f"{r.status} | {num(r.decode_tok_s)}{sd if r.decode_tok_s is not None else ''} | "
+            f"{_ratio(r.decode_tok_s, b.decode_tok_s if b else None)} | {num(r.prefill_tok_s)} | {ms(r.ttft_s)} | "
+            f"{ms(r.tpot_p50_s)} / {ms(r.tpot_p99_s)} | {mb(r.weight_bytes)} | "
+            f"{_ratio(r.weight_bytes, b.weight_bytes if b else None)} | {mb(r.peak_rss_bytes)} | {_energy(r)} | "
+            f"{r.kernel or NA} |")
+    bad = [r for r in records if r.status != "ok"]
+    if bad:
+        lines += ["", "## Cells that did not run", ""]
+        lines += [f"- {r.model} / {r.variant} / batch {r.batch_size} / prompt {r.prompt_tokens}: "
+                  f"**{r.status}**: {r.reason}" for r in bad]
+    notes = sorted({r.weights_note for r in records if r.weights_note})
+    methods = sorted({f"{r.energy_source}: {r.energy_method}" for r in records if r.energy_method})
+    lines += ["", "## How these figures were measured", ""]
+    lines += [f"- weights: {n}" for n in notes]
+    lines += [
+        "- timed region: repeated passes of prefill (prompt forward + first greedy token = TTFT) and "
+        "greedy decode steps with a KV cache, after warm-up; model loading, variant application, "
+        "tokenization and file output are outside it. Decode tokens/s = batch x (new tokens - 1) / decode "
+        "seconds; ± is the stdev over passes. Timing source: "
+        + ", ".join(sorted({r.timing_source for r in records if r.timing_source}) or [NA]) + ".",
+        "- peak RSS: " + (next((r.extra.get("rss_method") for r in records if r.extra.get("rss_method")), NA)) + ".",
+        "- weights MB: bytes of every parameter and buffer as stored (quantized tensors' inner data, "
+        "scales and zero points), tied tensors once; measured from the tensors, not computed.",
+    ]
+    lines += [f"- energy ({m})" for m in methods] or ["- energy: unavailable"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(records: list[Record], run: dict, out_dir: Path) -> Path:
+    path = out_dir / "report.md"
+    path.write_text(render_report(records, run), encoding="utf-8")
+    return path

@@ -1,0 +1,128 @@
+"""Sweeps are axes, expanded into an ordered list of cells; each cell yields exactly one Record.
+
+Cells are grouped by (model, variant): a model is loaded once, each variant is applied once to a
+fresh instance, and every batch/prompt/new-token cell of the group reuses it. `execute_group` takes
+only picklable inputs (cells, settings, profile id), so a later backend can run it in its own process.
+"""
+from __future__ import annotations
+
+import gc
+import itertools
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from harness.backends.measure import MeterSettings
+from harness.records import Record
+
+
+@dataclass(frozen=True)
+class SweepAxes:
+    models: tuple[str, ...]
+    variants: tuple[str, ...]
+    batch_sizes: tuple[int, ...]
+    prompt_tokens: tuple[int, ...]
+    new_tokens: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        for name in ("models", "variants", "batch_sizes", "prompt_tokens", "new_tokens"):
+            if not getattr(self, name):
+                raise ValueError(f"sweep axis {name} is empty")
+        for name in ("batch_sizes", "prompt_tokens", "new_tokens"):
+            bad = [v for v in getattr(self, name) if v < 1]
+            if bad:
+                raise ValueError(f"sweep axis {name} needs positive integers, got {bad}")
+
+
+@dataclass(frozen=True)
+class Cell:
+    index: int
+    model: str
+    variant: str
+    batch_size: int
+    prompt_tokens: int
+    new_tokens: int
+
+    def label(self) -> str:
+        return (f"{self.model} {self.variant} batch={self.batch_size} prompt={self.prompt_tokens} "
+                f"new={self.new_tokens}")
+
+
+def expand(axes: SweepAxes) -> list[Cell]:
+    """Deterministic order: model, then variant, then batch, prompt length, new tokens (the axes'
+    own order, as given)."""
+    combos = itertools.product(axes.models, axes.variants, axes.batch_sizes, axes.prompt_tokens, axes.new_tokens)
+    return [Cell(i, *c) for i, c in enumerate(combos)]
+
+
+def group_cells(cells: Iterable[Cell]) -> list[tuple[str, str, list[Cell]]]:
+    out: list[tuple[str, str, list[Cell]]] = []
+    for (m, v), grp in itertools.groupby(cells, key=lambda c: (c.model, c.variant)):
+        out.append((m, v, list(grp)))
+    return out
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    device: str = "auto"                 # auto | cpu | cuda | cuda:N
+    meter: MeterSettings = field(default_factory=MeterSettings)
+    corpus: str | None = None            # None: pydoc_data.topics
+    cpu_power_w: float | None = None     # for the CPU energy estimate when RAPL is unreadable
+    memory_headroom: float = 0.10        # refuse a model whose weights need more than 90% of free memory
+
+
+@dataclass
+class RunContext:
+    run_id: str
+    profile: object                      # harness.profiles.Profile
+    provenance: dict
+
+
+def _base_record(cell: Cell, ctx: RunContext, backend: str, **kw) -> Record:
+    return Record(model=cell.model, variant=cell.variant, backend=backend, profile=ctx.profile.id,
+                  batch_size=cell.batch_size, prompt_tokens=cell.prompt_tokens, new_tokens=cell.new_tokens,
+                  run_id=ctx.run_id, provenance=ctx.provenance, **kw)
+
+
+def run_sweep(axes: SweepAxes, settings: RunSettings, ctx: RunContext,
+              on_record: Callable[[Cell, Record, int], None] | None = None,
+              on_start: Callable[[Cell, int], None] | None = None) -> list[Record]:
+    """Run every cell; a failing cell becomes a `failed` row and the sweep goes on."""
+    from harness.backends.torch_cell import GroupRunner  # torch is imported only when running
+
+    cells = expand(axes)
+    records: list[Record] = []
+    models: dict[str, object] = {}
+    for model_spec, variant, group in group_cells(cells):
+        runner = GroupRunner(model_spec, variant, settings, ctx, models)
+        for cell in group:
+            if on_start:
+                on_start(cell, len(cells))
+            try:
+                rec = runner.run(cell)
+            except Exception as e:  # noqa: BLE001  (a cell's failure is a row, never the end of the sweep)
+                rec = _base_record(cell, ctx, runner.backend, status="failed", reason=f"{type(e).__name__}: {e}",
+                                   extra={"traceback": traceback.format_exc(limit=8)})
+            records.append(rec)
+            if on_record:
+                on_record(cell, rec, len(cells))
+        runner.close()
+        # models are loaded once per spec; drop one when no later group needs it
+        if all(g[0] != model_spec for g in group_cells(cells[group[-1].index + 1:])):
+            models.pop(model_spec, None)
+            gc.collect()
+    return records
+
+
+def new_run_id(models: Iterable[str]) -> str:
+    from harness.provenance import utc_now
+
+    first = next(iter(models)).replace("synthetic:", "").replace("/", "_").replace(":", "_")[-40:]
+    return f"{utc_now().strftime('%Y%m%dT%H%M%SZ')}-{first}"
+
+
+def timed(fn, *a, **kw):
+    t0 = time.perf_counter()
+    out = fn(*a, **kw)
+    return out, time.perf_counter() - t0

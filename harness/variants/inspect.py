@@ -1,0 +1,54 @@
+"""Facts measured from a model's tensors: resident bytes and the tensor types of linear weights."""
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+from torch import nn
+
+
+def _leaf_tensors(t: torch.Tensor):
+    """Plain tensors that hold a (possibly subclassed, e.g. torchao quantized) tensor's data."""
+    flatten = getattr(type(t), "__tensor_flatten__", None)
+    if flatten is not None and type(t) is not torch.Tensor and type(t) is not nn.Parameter:
+        names, _ = t.__tensor_flatten__()
+        for n in names:
+            inner = getattr(t, n)
+            if isinstance(inner, torch.Tensor):
+                yield from _leaf_tensors(inner)
+        return
+    if t.layout == torch.strided:
+        yield t
+    else:  # sparse layouts: count every component
+        for part in ("values", "indices", "crow_indices", "col_indices"):
+            fn = getattr(t, part, None)
+            if fn is not None:
+                try:
+                    yield fn()
+                except RuntimeError:
+                    pass
+
+
+def tensor_bytes(module: nn.Module) -> int:
+    """Bytes of every parameter and buffer as stored, each storage counted once (tied weights)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for t in list(module.parameters()) + list(module.buffers()):
+        for leaf in _leaf_tensors(t):
+            try:
+                key = (leaf.untyped_storage().data_ptr(), leaf.untyped_storage().nbytes())
+                nbytes = leaf.untyped_storage().nbytes()
+            except (RuntimeError, NotImplementedError):
+                key, nbytes = (id(leaf), 0), leaf.numel() * leaf.element_size()
+            if key in seen:
+                continue
+            seen.add(key)
+            total += nbytes
+    return total
+
+
+def linear_weight_types(model: nn.Module) -> str:
+    """'Int8Tensor x210, Tensor x1' style summary of the weight tensor types of nn.Linear layers."""
+    c = Counter(type(m.weight).__name__ if type(m.weight) is not nn.Parameter else f"Tensor[{m.weight.dtype}]"
+                for m in model.modules() if isinstance(m, nn.Linear))
+    return ", ".join(f"{k} x{v}" for k, v in c.most_common())
