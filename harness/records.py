@@ -53,12 +53,31 @@ class Record:
     setup_s: float | None = None
     timing_source: str = ""            # perf_counter, cuda_events
     peak_rss_bytes: int | None = None
-    peak_vram_bytes: int | None = None
     weight_bytes: int | None = None    # resident bytes of parameters and buffers, measured from the tensors
     energy_j: float | None = None
     j_per_token_decode: float | None = None
     energy_source: str = "unavailable"
     energy_method: str = ""            # how: counter names, or the estimate's formula
+    j_per_token_prefill: float | None = None   # per prompt token (two-loop method on GPU)
+    power_mean_w: float | None = None
+    power_peak_w: float | None = None
+    idle_power_w: float | None = None
+    energy_flags: list[str] = field(default_factory=list)   # e.g. counter vs integrated power disagree
+    # memory and bandwidth
+    peak_vram_bytes: int | None = None
+    kv_cache_bytes: int | None = None
+    planned_weight_bytes: int | None = None    # the planner's projection beside the measured figure
+    achieved_bandwidth_bytes_per_s: float | None = None
+    mbu: float | None = None                   # achieved / copy bandwidth measured in the same run
+    mfu: float | None = None                   # prefill FLOP/s / profile peak for the format
+    # variant preparation
+    calibration_s: float | None = None
+    # quality (real weights only; None on synthetic models)
+    perplexity: float | None = None
+    kl_mean: float | None = None
+    kl_p99: float | None = None
+    top1_agreement: float | None = None
+    quality_verdict: str = ""                  # pass | fail | not-meaningful | skipped
     # raw samples
     prefill_s_samples: list[float] = field(default_factory=list)
     decode_s_samples: list[float] = field(default_factory=list)
@@ -85,7 +104,7 @@ class Record:
 
 FIELD_NAMES = tuple(f.name for f in fields(Record))
 SAMPLE_FIELDS = ("prefill_s_samples", "decode_s_samples", "tpot_s_samples")
-NESTED_FIELDS = SAMPLE_FIELDS + ("provenance", "extra")
+NESTED_FIELDS = SAMPLE_FIELDS + ("energy_flags", "provenance", "extra")
 
 
 def _upgrade_0_to_1(d: dict[str, Any]) -> dict[str, Any]:

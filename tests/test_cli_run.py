@@ -1,0 +1,98 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from harness.cli import main
+from harness.records import FIELD_NAMES, load_records
+
+
+def test_version_and_help():
+    r = CliRunner().invoke(main, ["--version"])
+    assert r.exit_code == 0 and "harness" in r.output
+    r = CliRunner().invoke(main, ["run", "--help"])
+    assert r.exit_code == 0
+    for opt in ("--model", "--variants", "--batch", "--prompt-tokens", "--new-tokens", "--repeats",
+                "--min-seconds", "--out", "--quick", "--profile"):
+        assert opt in r.output
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "r"
+    res = CliRunner().invoke(main, ["run", "--model", "synthetic:tiny", "--variants", "baseline,int8-wo",
+                                    "--batch", "1,2", "--quick", "--cpu-power-w", "40", "--out", str(out)])
+    return res, out
+
+
+def test_quick_run_writes_every_view(quick_run):
+    res, out = quick_run
+    assert res.exit_code == 0, res.output
+    assert res.output.strip().splitlines()[-1] == str(out)      # last line: the run folder
+    for f in ("records.jsonl", "records.parquet", "records.csv", "run.json", "report.md", "charts/decode_tok_s.png"):
+        assert (out / f).is_file(), f
+    run = json.loads((out / "run.json").read_text())
+    assert run["cells"] == 4 and run["complete"] is True
+    assert run["provenance"]["versions"]["torch"]
+
+
+def test_quick_run_records(quick_run):
+    _, out = quick_run
+    recs = load_records(out)
+    assert [(r.variant, r.batch_size) for r in recs] == [("baseline", 1), ("baseline", 2), ("int8-wo", 1), ("int8-wo", 2)]
+    for r in recs:
+        assert r.status == "ok", r.reason
+        assert r.decode_tok_s > 0 and r.prefill_tok_s > 0 and r.ttft_s > 0
+        assert r.tpot_p50_s <= r.tpot_p90_s <= r.tpot_p99_s
+        assert r.repeats >= 2 and len(r.decode_s_samples) == r.repeats
+        assert len(r.tpot_s_samples) == r.repeats * (r.new_tokens - 1)
+        assert r.peak_rss_bytes > 0 and r.weight_bytes > 0
+        assert r.profile.startswith("cpu-") or r.profile
+        assert r.provenance["profile"] == r.profile
+        # no RAPL on these machines -> the estimate from --cpu-power-w, labelled as such
+        assert r.energy_source in ("rapl", "estimate")
+        if r.energy_source == "estimate":
+            assert "40 W" in r.energy_method and r.j_per_token_decode > 0
+    base, q = recs[0], recs[2]
+    assert q.weight_bytes < base.weight_bytes
+    assert "Int8" in q.kernel and "float32" in base.kernel
+    header = (out / "records.csv").read_text().splitlines()[0].split(",")
+    assert header == list(FIELD_NAMES)
+
+
+def test_report_names_machine_and_every_cell(quick_run):
+    _, out = quick_run
+    md = (out / "report.md").read_text()
+    assert "machine:" in md and "| synthetic:tiny | int8-wo |" in md and "estimate" in md
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--model", "synthetic:nope"], "unknown synthetic preset"),
+    (["--variants", "baseline,int3"], "unknown variant"),
+    (["--batch", "0"], "positive integers"),
+    (["--model", "weights.pt"], "arbitrary code"),
+    (["--corpus", "/nonexistent.txt"], "corpus"),
+    (["--device", "tpu"], "--device"),
+    (["--profile", "no-such-profile"], "unknown profile"),
+])
+def test_bad_input_is_a_usage_error(args, msg, tmp_path):
+    r = CliRunner().invoke(main, ["run", "--quick", "--model", "synthetic:tiny", "--out", str(tmp_path / "x"), *args])
+    assert r.exit_code == 2, r.output
+    assert msg in r.output
+
+
+def test_a_failing_cell_is_a_row_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    from harness.variants import registry
+
+    def boom(model, ctx):
+        raise RuntimeError("deliberate failure")
+
+    v = registry.REGISTRY["int8-wo"]
+    monkeypatch.setitem(registry.REGISTRY, "int8-wo", registry.Variant(v.name, v.description, v.requires, boom))
+    out = tmp_path / "r"
+    r = CliRunner().invoke(main, ["run", "--model", "synthetic:tiny", "--variants", "int8-wo,baseline",
+                                  "--quick", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    recs = load_records(out)
+    assert [r.status for r in recs] == ["failed", "ok"]
+    assert "deliberate failure" in recs[0].reason and recs[0].decode_tok_s is None

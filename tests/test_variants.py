@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from harness.variants import REGISTRY, UnknownVariantError, get_variant, parse_variant_list
+from harness.variants.inspect import tensor_bytes
+from harness.variants.registry import ApplyContext
+
+
+def test_unknown_variant_lists_valid_names():
+    with pytest.raises(UnknownVariantError) as e:
+        get_variant("int3-magic")
+    assert "baseline" in str(e.value) and "int8-wo" in str(e.value)
+    with pytest.raises(UnknownVariantError):
+        parse_variant_list("baseline,int3-magic")
+
+
+def test_all_expands_to_registry_order_and_duplicates_collapse():
+    assert parse_variant_list("all") == list(REGISTRY)
+    assert parse_variant_list("int8-wo, baseline,int8-wo") == ["int8-wo", "baseline"]
+
+
+def test_int8_wo_changes_weight_bytes_and_names_its_kernel(tiny_loaded):
+    ctx = ApplyContext("cpu", torch.float32)
+    base = tiny_loaded.instantiate(torch.device("cpu"), torch.float32)
+    q = tiny_loaded.instantiate(torch.device("cpu"), torch.float32)
+    b_bytes = tensor_bytes(base)
+    res = get_variant("int8-wo").apply(q, ctx)
+    q_bytes = tensor_bytes(q)
+    assert "Int8" in res.kernel and "torchao" in res.kernel
+    lin = sum(i * o for _, i, o in tiny_loaded.shape.linear_shapes()) * tiny_loaded.shape.num_hidden_layers
+    lin += tiny_loaded.shape.lm_head_params()
+    # fp32 -> int8 saves ~3 bytes per linear weight (plus small scale overhead)
+    assert b_bytes - q_bytes == pytest.approx(3 * lin, rel=0.05)
+    ids = torch.randint(0, 100, (1, 8))
+    rel = ((q(ids).logits - base(ids).logits).norm() / base(ids).logits.norm()).item()
+    assert rel < 0.05
+
+
+def test_tied_weights_counted_once():
+    lin = torch.nn.Linear(64, 64, bias=False)
+    m = torch.nn.ModuleDict({"a": lin, "b": torch.nn.Linear(64, 64, bias=False)})
+    m["b"].weight = lin.weight
+    assert tensor_bytes(m) == 64 * 64 * 4
+
+
+def test_unsupported_reason_names_device():
+    v = get_variant("int8-wo")
+    assert v.unsupported_reason("cpu", None) is None
+    assert "no kernel on mps" in v.unsupported_reason("mps", None)
