@@ -47,3 +47,39 @@ def test_unsupported_reason_names_device():
     v = get_variant("int8-wo")
     assert v.unsupported_reason("cpu", None) is None
     assert "no kernel on mps" in v.unsupported_reason("mps", None)
+
+
+def test_policies_keep_named_groups():
+    from harness.variants import Policy, policy_for, split_policy
+
+    assert split_policy("int4-wo@keep-attn") == ("int4-wo", "keep-attn")
+    attn = policy_for("int8-wo@keep-attn", 30)
+    assert attn.keeps("model.layers.3.self_attn.k_proj") and not attn.keeps("model.layers.3.mlp.up_proj")
+    ends = policy_for("int8-wo@keep-ends", 30)
+    assert ends.keeps("lm_head") and ends.keeps("model.layers.0.mlp.up_proj") and ends.keeps("model.layers.29.self_attn.o_proj")
+    assert not ends.keeps("model.layers.1.mlp.up_proj") and not ends.keeps("model.layers.10.mlp.up_proj")
+    assert policy_for("int8-wo", 30) is None
+    assert get_variant("int8-wo@keep-ends").name == "int8-wo"
+
+
+def test_policy_file_and_errors(tmp_path):
+    from harness.variants import policy_for
+
+    f = tmp_path / "keep.txt"
+    f.write_text("# keep the MLP of block 2\nmodel.layers.2.mlp.*\n")
+    p = policy_for(f"int8-wo@{f}")
+    assert p.keeps("model.layers.2.mlp.down_proj") and not p.keeps("model.layers.20.mlp.down_proj")
+    with pytest.raises(UnknownVariantError, match="not found"):
+        parse_variant_list(f"int8-wo@{tmp_path / 'missing.txt'}")
+    with pytest.raises(UnknownVariantError, match="unknown variant"):
+        parse_variant_list("int9@keep-attn")
+
+
+def test_policy_keeps_layers_unquantized(tiny_loaded):
+    from harness.variants import policy_for
+
+    m = tiny_loaded.instantiate(torch.device("cpu"), torch.float32)
+    ctx = ApplyContext("cpu", torch.float32, policy=policy_for("int8-wo@keep-attn", 4))
+    get_variant("int8-wo").apply(m, ctx)
+    assert type(m.model.layers[0].self_attn.q_proj.weight).__name__ in ("Parameter", "Tensor")
+    assert "Int8" in type(m.model.layers[0].mlp.up_proj.weight).__name__

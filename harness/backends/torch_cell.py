@@ -14,10 +14,13 @@ from harness.meters import stats
 from harness.meters.cpu_energy import open_cpu_energy_reader
 from harness.models import load_model
 from harness.records import Record
-from harness.variants import get_variant
+from harness.variants import get_variant, policy_for
 from harness.variants.inspect import tensor_bytes
 from harness.variants.registry import ApplyContext
 
+# Calibration data for AWQ, Wanda and static scales: a fixed number of corpus tokens from the tail
+# of the corpus (evaluation reads the head), seeded for synthetic models.
+CALIBRATION_SEQS, CALIBRATION_TOKENS, CALIBRATION_SEED = 8, 256, 1234
 RSS_METHOD = "psutil RSS of this process, sampled every 5 ms in a thread during the timed window"
 
 
@@ -75,8 +78,12 @@ class GroupRunner:
             self._check_fit()
             self.model = self.loaded.instantiate(self.device, self.dtype)
             self.corpus_name, self.corpus_text = load_corpus(self.settings.corpus)
+            calib, _ = self.loaded.prompt_ids(self.corpus_name, self.corpus_text, CALIBRATION_SEQS,
+                                              CALIBRATION_TOKENS, seed=CALIBRATION_SEED, from_end=True)
+            policy = policy_for(self.variant_name, self.loaded.shape.num_hidden_layers if self.loaded.shape else None)
             t_apply = time.perf_counter()
-            self.applied = variant.apply(self.model, ApplyContext(self.device.type, self.dtype))
+            self.applied = variant.apply(self.model, ApplyContext(self.device.type, self.dtype,
+                                                                  calib.to(self.device), policy))
             self.apply_s = time.perf_counter() - t_apply
             self.weight_bytes = tensor_bytes(self.model)
             power = self.settings.cpu_power_w or getattr(self.ctx.profile, "power_w", None)
@@ -134,8 +141,9 @@ class GroupRunner:
             j_per_token_decode=m.j_per_token_decode, energy_source=m.energy_source,
             energy_method=m.energy_method, prefill_s_samples=m.prefill_s_samples,
             decode_s_samples=m.decode_s_samples, tpot_s_samples=tpot,
+            calibration_s=self.applied.calibration_s,
             extra={"rss_method": RSS_METHOD, "apply_s": self.apply_s,
-                   "load_s": self.loaded.load_s, "calibration_s": self.applied.calibration_s,
+                   "load_s": self.loaded.load_s, "calibration_tokens": CALIBRATION_SEQS * CALIBRATION_TOKENS,
                    "first_row_tokens": m.last_tokens[0][:32] if m.last_tokens else [],
                    "definitions": "ttft = prompt forward + first greedy token; decode tokens/s = batch x "
                                   "(new_tokens - 1) decode steps / decode seconds; EOS ignored"})

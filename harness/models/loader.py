@@ -59,10 +59,12 @@ class LoadedModel:
         return model
 
     def prompt_ids(self, corpus_name: str, corpus_text: str, batch: int, tokens: int,
-                   seed: int = 0) -> tuple[torch.Tensor, str]:
+                   seed: int = 0, from_end: bool = False) -> tuple[torch.Tensor, str]:
         """Token ids of shape (batch, tokens) and where they came from.
 
-        Real models read consecutive windows of the tokenized corpus (row i starts at i * tokens).
+        Real models read consecutive windows of the tokenized corpus (row i starts at i * tokens);
+        `from_end` takes them from the corpus tail instead (calibration data, kept apart from the
+        evaluation text at the head).
         Synthetic models have no tokenizer: seeded uniform random ids (fine for speed, not quality).
         """
         if self.tokenizer is None:
@@ -77,7 +79,15 @@ class LoadedModel:
         if all_ids.numel() < need:
             reps = need // all_ids.numel() + 1
             all_ids = all_ids.repeat(reps)
-        return all_ids[:need].view(batch, tokens).clone(), f"corpus {corpus_name} tokens"
+        window = all_ids[-need:] if from_end else all_ids[:need]
+        return window.reshape(batch, tokens).clone(), f"corpus {corpus_name} tokens" + (" (tail)" if from_end else "")
+
+    def token_ids(self, corpus_name: str, corpus_text: str) -> torch.Tensor | None:
+        """The whole tokenized corpus (1-D), or None for models without a tokenizer."""
+        if self.tokenizer is None:
+            return None
+        self.prompt_ids(corpus_name, corpus_text, 1, 1)
+        return self._token_cache[corpus_name]
 
 
 def _synthetic_factory(shape: ArchShape) -> Callable[[torch.device, torch.dtype], nn.Module]:

@@ -16,7 +16,7 @@ def _apply_baseline(model: nn.Module, ctx: ApplyContext) -> ApplyResult:
 def _apply_int8_wo(model: nn.Module, ctx: ApplyContext) -> ApplyResult:
     from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
-    quantize_(model, Int8WeightOnlyConfig())
+    quantize_(model, Int8WeightOnlyConfig(), filter_fn=ctx.linear_filter)
     return ApplyResult(kernel=f"torchao Int8WeightOnlyConfig -> {linear_weight_types(model)}")
 
 

@@ -2,7 +2,10 @@
 any model is loaded) and how to apply itself to a model (returning the kernel that will run)."""
 from __future__ import annotations
 
+import fnmatch
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from torch import nn
@@ -57,10 +60,65 @@ class Variant:
 
 @dataclass(frozen=True)
 class ApplyContext:
-    """What apply() may use besides the model: the device, dtype and calibration batches."""
+    """What apply() may use besides the model: the device, dtype, calibration batches and the
+    mixed-precision policy (modules it keeps in high precision)."""
     device_type: str
     dtype: object
-    calibration_ids: object | None = None   # LongTensor (n, seq) from the corpus, seeded
+    calibration_ids: object | None = None   # LongTensor (n, seq) from the corpus tail, seeded
+    policy: "Policy | None" = None
+
+    def keeps(self, fqn: str) -> bool:
+        return self.policy is not None and self.policy.keeps(fqn)
+
+    def linear_filter(self, module: nn.Module, fqn: str) -> bool:
+        """filter_fn for torchao.quantize_ and our own passes: every nn.Linear the policy does not keep."""
+        return isinstance(module, nn.Linear) and not self.keeps(fqn)
+
+
+BUILTIN_POLICIES = ("keep-attn", "keep-ends")
+_ATTN = re.compile(r"\.self_attn\.(q|k|v|o)_proj$")
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Modules kept in high precision, by fully qualified name.
+
+    keep-attn: every attention projection (q/k/v/o_proj).
+    keep-ends: the first and the last decoder block, and lm_head.
+    A policy file lists one fnmatch pattern per line (e.g. `model.layers.0.*`, `lm_head`); # comments.
+    """
+    name: str
+    patterns: tuple[str, ...] = ()
+    attn: bool = False
+    layers: tuple[int, ...] = ()
+
+    @classmethod
+    def builtin(cls, name: str, num_layers: int | None) -> "Policy":
+        if name == "keep-attn":
+            return cls(name, attn=True)
+        if num_layers is None:
+            raise ValueError("keep-ends needs the model's number of layers")
+        return cls(name, patterns=("lm_head",), layers=(0, num_layers - 1))
+
+    @classmethod
+    def from_file(cls, path: Path) -> "Policy":
+        if not path.is_file():
+            raise UnknownVariantError(f"policy file {path} not found (built-in policies: {', '.join(BUILTIN_POLICIES)})")
+        pats = tuple(line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
+        pats = tuple(p for p in pats if p)
+        if not pats:
+            raise UnknownVariantError(f"policy file {path} lists no module patterns")
+        return cls(str(path), patterns=pats)
+
+    def keeps(self, fqn: str) -> bool:
+        if self.attn and _ATTN.search(fqn):
+            return True
+        if self.layers:
+            m = _LAYER.search(fqn)
+            if m and int(m.group(1)) in self.layers:
+                return True
+        return any(fnmatch.fnmatchcase(fqn, p) for p in self.patterns)
 
 
 REGISTRY: dict[str, Variant] = {}
@@ -74,10 +132,28 @@ def register(v: Variant) -> Variant:
 
 
 def get_variant(name: str) -> Variant:
+    """A registered variant; `base@policy` names resolve to the base variant (see split_policy)."""
+    base, _ = split_policy(name)
     try:
-        return REGISTRY[name]
+        return REGISTRY[base]
     except KeyError:
-        raise UnknownVariantError(f"unknown variant {name!r}; valid variants: {', '.join(REGISTRY)}") from None
+        raise UnknownVariantError(f"unknown variant {base!r}; valid variants: {', '.join(REGISTRY)} "
+                                  f"(optionally with @{'|@'.join(BUILTIN_POLICIES)} or @path/to/policy.txt)") from None
+
+
+def split_policy(name: str) -> tuple[str, str | None]:
+    base, sep, pol = name.partition("@")
+    return base, (pol if sep else None)
+
+
+def policy_for(name: str, num_layers: int | None = None) -> Policy | None:
+    """The Policy named after '@' in a variant name, or None."""
+    _, pol = split_policy(name)
+    if pol is None:
+        return None
+    if pol in BUILTIN_POLICIES:
+        return Policy.builtin(pol, num_layers)
+    return Policy.from_file(Path(pol))
 
 
 def parse_variant_list(text: str) -> list[str]:
@@ -90,6 +166,9 @@ def parse_variant_list(text: str) -> list[str]:
     seen: list[str] = []
     for n in names:
         get_variant(n)
+        _, pol = split_policy(n)
+        if pol is not None and pol not in BUILTIN_POLICIES:
+            Policy.from_file(Path(pol))
         if n not in seen:
             seen.append(n)
     return seen
