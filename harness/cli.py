@@ -69,17 +69,11 @@ def run(ctx: click.Context, **opts) -> None:
     click.echo(str(out_dir))
 
 
-def _register_optional() -> None:
-    try:
-        from harness.cli_profiles import detect, plan, profiles
-    except ImportError:
-        return
-    main.add_command(profiles)
-    main.add_command(detect)
-    main.add_command(plan)
+from harness.cli_profiles import detect, plan, profiles  # noqa: E402
 
-
-_register_optional()
+main.add_command(profiles)
+main.add_command(detect)
+main.add_command(plan)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,7 +14,7 @@ from harness.plan.calibrate import calibrate_from_dir
 from harness.plan.layouts import VariantError, parse_variants, valid_names
 from harness.plan.output import render, write_outputs
 from harness.plan.roofline import DEFAULT_HEADROOM, Workload, plan as plan_rows
-from harness.profiles.detect import detect as detect_profile
+from harness.profiles.detection import detect as detect_profile
 from harness.profiles.loader import load_profiles
 from harness.profiles.schema import FEATURES, Profile, ProfileError
 
@@ -175,8 +175,10 @@ def plan(model: str, variants: str, context: int, batch: int, profile_spec: str,
     """Project memory fit and roofline tokens/s of variants on hardware profiles (no hardware needed).
 
     Every figure is a projection from datasheet numbers: decode from the memory roofline, prefill from
-    the compute roofline, whichever bound binds. Example:
+    the compute roofline, whichever bound binds. Which profiles can serve a 70B model at int4
+    weight-only with 8k context and batch 8, and how fast:
 
+    \b
         harness plan --model synthetic:llama-3.1-70b --variants int4-wo --context 8192 --batch 8
     """
     try:

@@ -1,7 +1,17 @@
-"""Model sources behind one interface: a spec string in, a LoadedModel out."""
-from harness.models.loader import LoadedModel, load_model
+"""Model sources behind one interface: a spec string in, a LoadedModel out.
+
+Spec parsing and shapes import no torch (the planner uses them); the loader is imported on first use.
+"""
 from harness.models.presets import PRESETS, ArchShape
 from harness.models.spec import EMBEDDED_DEFAULT, ModelSpec, ModelSpecError, parse_spec, shape_of
 
 __all__ = ["LoadedModel", "load_model", "PRESETS", "ArchShape", "EMBEDDED_DEFAULT", "ModelSpec",
            "ModelSpecError", "parse_spec", "shape_of"]
+
+
+def __getattr__(name):
+    if name in ("LoadedModel", "load_model"):
+        from harness.models import loader
+
+        return getattr(loader, name)
+    raise AttributeError(name)

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import yaml
 
-from harness.profiles.schema import Profile, ProfileError, profile_from_mapping
+from harness.profiles.schema import Profile, ProfileError
+from harness.profiles.validate import profile_from_mapping
 
 PROFILE_SUFFIXES = (".yaml", ".yml")
 
