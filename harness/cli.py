@@ -31,6 +31,10 @@ def main() -> None:
               help="Minimum timed passes per cell.")
 @click.option("--min-seconds", default=D.min_seconds, show_default=True, type=click.FloatRange(0),
               help="Minimum timed seconds per cell (passes repeat until both minimums are met).")
+@click.option("--backends", default=D.backends, show_default=True,
+              help="pytorch (the harness engine) and/or transformers-generate (transformers' eager generate(), for comparison).")
+@click.option("--no-compile", "no_compile", is_flag=True,
+              help="GPU: capture the decode step as a CUDA graph without compiling it first.")
 @click.option("--device", default=D.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--profile", default=D.profile, show_default=True, help="Hardware profile id, or auto to detect.")
 @click.option("--profiles-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -62,7 +66,9 @@ def run(ctx: click.Context, **opts) -> None:
             new_tokens=int_list(opts["new_tokens"], "new-tokens"), warmup=opts["warmup"],
             repeats=opts["repeats"], min_seconds=opts["min_seconds"], device=opts["device"],
             profile=opts["profile"], profiles_dir=opts["profiles_dir"], cpu_power_w=opts["cpu_power_w"],
-            corpus=opts["corpus"], out=opts["out"])
+            corpus=opts["corpus"], out=opts["out"],
+            backends=tuple(b.strip() for b in opts["backends"].split(",") if b.strip()),
+            compile=not opts["no_compile"])
         out_dir = execute(req, echo=lambda s: click.echo(s, err=True))
     except ValueError as e:  # bad input: spec, variant, corpus, device, profile
         raise click.UsageError(str(e)) from None

@@ -20,6 +20,7 @@ class RunConfig:
     warmup: int = DEFAULT_WARMUP
     repeats: int = DEFAULT_MIN_REPEATS
     min_seconds: float = DEFAULT_MIN_SECONDS
+    backends: str = "pytorch"
     device: str = "auto"
     profile: str = "auto"
 

@@ -34,6 +34,8 @@ class RunRequest:
     cpu_power_w: float | None = None
     corpus: Path | None = None
     out: Path | None = None
+    backends: tuple[str, ...] = ("pytorch",)
+    compile: bool = True
 
 
 def resolve_profile(name: str, profiles_dir: Path | None, cpu_power_w: float | None):
@@ -65,7 +67,7 @@ def execute(req: RunRequest, echo: Callable[[str], None] = print) -> Path:
         parse_spec(m)
     variants = tuple(parse_variant_list(req.variants))
     corpus_name, _ = load_corpus(req.corpus)
-    axes = SweepAxes(models, variants, req.batch_sizes, req.prompt_tokens, req.new_tokens)
+    axes = SweepAxes(models, variants, req.batch_sizes, req.prompt_tokens, req.new_tokens, req.backends)
     if req.device not in ("auto", "cpu") and not req.device.startswith("cuda"):
         raise ValueError(f"--device takes auto, cpu, cuda or cuda:N, got {req.device!r}")
     profile, why = resolve_profile(req.profile, req.profiles_dir, req.cpu_power_w)
@@ -80,11 +82,11 @@ def execute(req: RunRequest, echo: Callable[[str], None] = print) -> Path:
         raise ValueError(f"{out_dir} already holds records.jsonl; choose another --out")
     meter = MeterSettings(warmup=req.warmup, min_repeats=req.repeats, min_seconds=req.min_seconds)
     settings = RunSettings(device=req.device, meter=meter, corpus=str(req.corpus) if req.corpus else None,
-                           cpu_power_w=req.cpu_power_w)
+                           cpu_power_w=req.cpu_power_w, compile=req.compile)
     prov = provenance.collect(profile.id)
     ctx = RunContext(run_id=run_id, profile=profile, provenance=prov)
     run_meta = {"run_id": run_id, "axes": asdict(axes), "profile": profile.id, "profile_reason": why,
-                "settings": {"device": req.device, "cpu_power_w": req.cpu_power_w}, "meter": asdict(meter),
+                "settings": {"device": req.device, "cpu_power_w": req.cpu_power_w, "compile": req.compile}, "meter": asdict(meter),
                 "corpus": corpus_name, "provenance": prov, "cells": len(expand(axes))}
     echo(f"run {run_id}: {run_meta['cells']} cells on profile {profile.id} ({why})")
     t_start = time.perf_counter()

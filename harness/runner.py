@@ -17,6 +17,11 @@ from harness.backends.measure import MeterSettings
 from harness.records import Record
 
 
+# pytorch: the harness's own engine (eager on CPU; static cache + compiled step in a CUDA graph on GPU).
+# transformers-generate: transformers' eager generate(), what users get by default, for comparison.
+BACKENDS = ("pytorch", "transformers-generate")
+
+
 @dataclass(frozen=True)
 class SweepAxes:
     models: tuple[str, ...]
@@ -24,9 +29,13 @@ class SweepAxes:
     batch_sizes: tuple[int, ...]
     prompt_tokens: tuple[int, ...]
     new_tokens: tuple[int, ...]
+    backends: tuple[str, ...] = ("pytorch",)
 
     def __post_init__(self) -> None:
-        for name in ("models", "variants", "batch_sizes", "prompt_tokens", "new_tokens"):
+        unknown = [b for b in self.backends if b not in BACKENDS]
+        if unknown:
+            raise ValueError(f"unknown backend(s) {unknown}; valid backends: {', '.join(BACKENDS)}")
+        for name in ("models", "variants", "backends", "batch_sizes", "prompt_tokens", "new_tokens"):
             if not getattr(self, name):
                 raise ValueError(f"sweep axis {name} is empty")
         for name in ("batch_sizes", "prompt_tokens", "new_tokens"):
@@ -40,26 +49,29 @@ class Cell:
     index: int
     model: str
     variant: str
+    backend: str
     batch_size: int
     prompt_tokens: int
     new_tokens: int
 
     def label(self) -> str:
-        return (f"{self.model} {self.variant} batch={self.batch_size} prompt={self.prompt_tokens} "
+        return (f"{self.model} {self.variant} [{self.backend}] batch={self.batch_size} prompt={self.prompt_tokens} "
                 f"new={self.new_tokens}")
 
 
 def expand(axes: SweepAxes) -> list[Cell]:
-    """Deterministic order: model, then variant, then batch, prompt length, new tokens (the axes'
-    own order, as given)."""
-    combos = itertools.product(axes.models, axes.variants, axes.batch_sizes, axes.prompt_tokens, axes.new_tokens)
+    """Deterministic order: model, variant, backend, then batch, prompt length, new tokens (each axis
+    in the order given)."""
+    combos = itertools.product(axes.models, axes.variants, axes.backends, axes.batch_sizes, axes.prompt_tokens,
+                               axes.new_tokens)
     return [Cell(i, *c) for i, c in enumerate(combos)]
 
 
-def group_cells(cells: Iterable[Cell]) -> list[tuple[str, str, list[Cell]]]:
-    out: list[tuple[str, str, list[Cell]]] = []
-    for (m, v), grp in itertools.groupby(cells, key=lambda c: (c.model, c.variant)):
-        out.append((m, v, list(grp)))
+def group_cells(cells: Iterable[Cell]) -> list[tuple[str, str, str, list[Cell]]]:
+    """Runs of cells sharing (model, variant, backend): one prepared model instance each."""
+    out: list[tuple[str, str, str, list[Cell]]] = []
+    for (m, v, b), grp in itertools.groupby(cells, key=lambda c: (c.model, c.variant, c.backend)):
+        out.append((m, v, b, list(grp)))
     return out
 
 
@@ -70,6 +82,7 @@ class RunSettings:
     corpus: str | None = None            # None: pydoc_data.topics
     cpu_power_w: float | None = None     # for the CPU energy estimate when RAPL is unreadable
     memory_headroom: float = 0.10        # refuse a model whose weights need more than 90% of free memory
+    compile: bool = True                 # GPU: compile the decode step before capturing it
 
 
 @dataclass
@@ -79,8 +92,8 @@ class RunContext:
     provenance: dict
 
 
-def _base_record(cell: Cell, ctx: RunContext, backend: str, **kw) -> Record:
-    return Record(model=cell.model, variant=cell.variant, backend=backend, profile=ctx.profile.id,
+def _base_record(cell: Cell, ctx: RunContext, **kw) -> Record:
+    return Record(model=cell.model, variant=cell.variant, backend=cell.backend, profile=ctx.profile.id,
                   batch_size=cell.batch_size, prompt_tokens=cell.prompt_tokens, new_tokens=cell.new_tokens,
                   run_id=ctx.run_id, provenance=ctx.provenance, **kw)
 
@@ -94,15 +107,15 @@ def run_sweep(axes: SweepAxes, settings: RunSettings, ctx: RunContext,
     cells = expand(axes)
     records: list[Record] = []
     models: dict[str, object] = {}
-    for model_spec, variant, group in group_cells(cells):
-        runner = GroupRunner(model_spec, variant, settings, ctx, models)
+    for model_spec, variant, backend, group in group_cells(cells):
+        runner = GroupRunner(model_spec, variant, backend, settings, ctx, models)
         for cell in group:
             if on_start:
                 on_start(cell, len(cells))
             try:
                 rec = runner.run(cell)
             except Exception as e:  # noqa: BLE001  (a cell's failure is a row, never the end of the sweep)
-                rec = _base_record(cell, ctx, runner.backend, status="failed", reason=f"{type(e).__name__}: {e}",
+                rec = _base_record(cell, ctx, status="failed", reason=f"{type(e).__name__}: {e}",
                                    extra={"traceback": traceback.format_exc(limit=8)})
             records.append(rec)
             if on_record:

@@ -96,3 +96,24 @@ def test_a_failing_cell_is_a_row_and_the_sweep_goes_on(tmp_path, monkeypatch):
     recs = load_records(out)
     assert [r.status for r in recs] == ["failed", "ok"]
     assert "deliberate failure" in recs[0].reason and recs[0].decode_tok_s is None
+
+
+def test_batch_curve_chart_when_several_batches(quick_run):
+    _, out = quick_run
+    assert (out / "charts" / "decode_vs_batch.png").is_file()
+
+
+@pytest.mark.gpu
+def test_gpu_run_uses_cuda_graphs_and_compares_with_generate(tmp_path):
+    out = tmp_path / "g"
+    r = CliRunner().invoke(main, ["run", "--model", "synthetic:tiny", "--device", "cuda", "--quick", "--batch", "1,4",
+                                  "--backends", "pytorch,transformers-generate", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    recs = load_records(out)
+    assert [x.backend for x in recs] == ["pytorch", "pytorch", "transformers-generate", "transformers-generate"]
+    for x in recs:
+        assert x.status == "ok", x.reason
+        assert x.peak_vram_bytes > 0 and x.kv_cache_bytes > 0
+    ours = recs[0]
+    assert ours.decode_path == "compiled+cuda-graph" and ours.timing_source == "cuda_events"
+    assert ours.setup_s > 0

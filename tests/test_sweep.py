@@ -16,7 +16,16 @@ def test_expansion_order_is_deterministic_and_groups_models():
     models = [c.model for c in cells]
     assert models == sorted(models, key=["m1", "m2"].index)
     groups = group_cells(cells)
-    assert [(m, v) for m, v, _ in groups] == [("m1", "baseline"), ("m1", "int8-wo"), ("m2", "baseline"), ("m2", "int8-wo")]
+    assert [(m, v) for m, v, _, _ in groups] == [("m1", "baseline"), ("m1", "int8-wo"), ("m2", "baseline"), ("m2", "int8-wo")]
+
+
+def test_backend_axis_groups_and_validates():
+    axes = SweepAxes(("m",), ("baseline",), (1,), (8,), (4,), ("pytorch", "transformers-generate"))
+    cells = expand(axes)
+    assert [c.backend for c in cells] == ["pytorch", "transformers-generate"]
+    assert len(group_cells(cells)) == 2
+    with pytest.raises(ValueError, match="unknown backend"):
+        SweepAxes(("m",), ("baseline",), (1,), (8,), (4,), ("vllm",))
 
 
 def test_axes_must_be_non_empty_and_positive():

@@ -43,6 +43,8 @@ class Measurement:
     energy_source: str
     energy_method: str
     last_tokens: list[list[int]]
+    engine_name: str = ""
+    timing_source: str = ""
 
     @property
     def decode_tokens_per_pass(self) -> int:
@@ -102,4 +104,5 @@ def measure(engine, ids, new_tokens: int, settings: MeterSettings, energy_reader
         decode_energy_j=decode_e if new_tokens > 1 else None,
         energy_source=energy_reader.source if energy_reader else "unavailable",
         energy_method=energy_reader.method if energy_reader else "",
-        last_tokens=result.tokens.tolist() if result is not None else [])
+        last_tokens=result.tokens.tolist() if result is not None else [],
+        engine_name=engine.name, timing_source=engine.timing_source)

@@ -1,16 +1,23 @@
-"""PyTorch backend: prepares one (model, variant) group on a device and measures its cells."""
+"""PyTorch backend: prepares one (model, variant, backend) group on a device and measures its cells.
+
+Engine choice for backend `pytorch`: on CUDA the lean decoder with a static cache, its decode step
+compiled and captured as a CUDA graph (falling back to an uncompiled graph, then to eager, with the
+reason on the record); on CPU the eager loop. Backend `transformers-generate` always runs generate().
+"""
 from __future__ import annotations
 
 import gc
 import time
 
-import psutil
 import torch
 
+from harness.backends import lean
 from harness.backends.engine import EagerEngine
+from harness.backends.generate_engine import GenerateEngine
 from harness.backends.measure import measure
+from harness.backends.records_fill import measured_fields
+from harness.backends.device import compute_dtype, free_memory_bytes, resolve_device
 from harness.corpus import load_corpus
-from harness.meters import stats
 from harness.meters.cpu_energy import open_cpu_energy_reader
 from harness.models import load_model
 from harness.records import Record
@@ -21,28 +28,6 @@ from harness.variants.registry import ApplyContext
 # Calibration data for AWQ, Wanda and static scales: a fixed number of corpus tokens from the tail
 # of the corpus (evaluation reads the head), seeded for synthetic models.
 CALIBRATION_SEQS, CALIBRATION_TOKENS, CALIBRATION_SEED = 8, 256, 1234
-RSS_METHOD = "psutil RSS of this process, sampled every 5 ms in a thread during the timed window"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA GPU")
-    return dev
-
-
-def compute_dtype(device: torch.device) -> torch.dtype:
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
-def free_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    return psutil.virtual_memory().available
 
 
 class _Skip(Exception):
@@ -52,15 +37,15 @@ class _Skip(Exception):
 
 
 class GroupRunner:
-    def __init__(self, model_spec: str, variant: str, settings, ctx, model_cache: dict):
-        self.model_spec, self.variant_name = model_spec, variant
+    def __init__(self, model_spec: str, variant: str, backend: str, settings, ctx, model_cache: dict):
+        self.model_spec, self.variant_name, self.backend = model_spec, variant, backend
         self.settings, self.ctx, self.cache = settings, ctx, model_cache
         self.device = resolve_device(settings.device)
         self.dtype = compute_dtype(self.device)
-        self.backend = f"pytorch-{self.device.type}"
         self._prepared = False
         self._skip: _Skip | None = None
         self.model = None
+        self.fused = False
 
     # -- preparation, outside every timed region ------------------------------------------------
     def _prepare(self) -> None:
@@ -77,6 +62,9 @@ class GroupRunner:
             self.loaded = self.cache[self.model_spec]
             self._check_fit()
             self.model = self.loaded.instantiate(self.device, self.dtype)
+            if self._use_lean() and getattr(variant, "fusable", True):
+                lean.fuse_projections(self.model)   # before the variant: per-row numerics unchanged
+                self.fused = True
             self.corpus_name, self.corpus_text = load_corpus(self.settings.corpus)
             calib, _ = self.loaded.prompt_ids(self.corpus_name, self.corpus_text, CALIBRATION_SEQS,
                                               CALIBRATION_TOKENS, seed=CALIBRATION_SEED, from_end=True)
@@ -94,62 +82,100 @@ class GroupRunner:
             self._skip = _Skip("does-not-fit", f"out of memory while loading/applying: {e}")
         self.prepare_s = time.perf_counter() - t0
 
-    def _check_fit(self) -> None:
+    def _use_lean(self) -> bool:
+        return (self.backend == "pytorch" and self.device.type == "cuda"
+                and lean.supports(self.model) is None)
+
+    def _check_fit(self, extra_bytes: int = 0, what: str = "") -> None:
         shape = self.loaded.shape
         if shape is None:
             return
-        need = shape.param_count() * torch.empty((), dtype=self.dtype).element_size()
-        free = free_memory_bytes(self.device)
+        need = shape.param_count() * torch.empty((), dtype=self.dtype).element_size() + extra_bytes
+        free = free_memory_bytes(self.device) + (tensor_bytes(self.model) if self.model is not None else 0)
         budget = free * (1 - self.settings.memory_headroom)
         if need > budget:
             raise _Skip("does-not-fit",
-                        f"{self.model_spec} needs {need / 1e9:.2f} GB of {self.dtype} weights; "
-                        f"{self.device} has {free / 1e9:.2f} GB free ({self.settings.memory_headroom:.0%} kept as headroom)")
+                        f"{self.model_spec} needs {need / 1e9:.2f} GB ({self.dtype} weights{what}); "
+                        f"{self.device} has {free / 1e9:.2f} GB ({self.settings.memory_headroom:.0%} kept as headroom)")
 
     # -- one cell ---------------------------------------------------------------------------------
     def _record(self, cell, **kw) -> Record:
-        return Record(model=cell.model, variant=cell.variant, backend=self.backend, profile=self.ctx.profile.id,
+        return Record(model=cell.model, variant=cell.variant, backend=cell.backend, profile=self.ctx.profile.id,
                       batch_size=cell.batch_size, prompt_tokens=cell.prompt_tokens, new_tokens=cell.new_tokens,
                       device=str(self.device), dtype=str(self.dtype).replace("torch.", ""),
                       run_id=self.ctx.run_id, provenance=self.ctx.provenance, **kw)
+
+    def _engine(self, cell):
+        """(engine, notes): the fastest path that works here, and why a faster one was not used."""
+        notes = []
+        if self.backend == "transformers-generate":
+            return GenerateEngine(self.model, self.device, self.energy), notes
+        if self.device.type == "cuda":
+            from harness.backends.cuda_engine import CudaGraphEngine
+
+            if not self._use_lean():
+                notes.append(f"eager: {lean.supports(self.model)}")
+                return EagerEngine(self.model, self.device, self.energy), notes
+            for comp in ((True, False) if self.settings.compile else (False,)):
+                try:
+                    return CudaGraphEngine(self.model, self.device, cell.batch_size, cell.prompt_tokens,
+                                           cell.new_tokens, compile_step=comp), notes
+                except torch.OutOfMemoryError:
+                    raise
+                except Exception as e:  # noqa: BLE001  (record why the faster path failed, try the next)
+                    notes.append(f"{'compiled' if comp else 'uncompiled'} CUDA graph failed: {type(e).__name__}: {str(e)[:300]}")
+                    torch._dynamo.reset()
+            return EagerEngine(self.model, self.device, self.energy), notes
+        return EagerEngine(self.model, self.device, self.energy), notes
 
     def run(self, cell) -> Record:
         if not self._prepared:
             self._prepare()
         if self._skip:
             return self._record(cell, status=self._skip.status, reason=self._skip.reason)
+        shape = self.loaded.shape
+        kv_bytes = int(shape.kv_bytes_per_token(torch.empty((), dtype=self.dtype).element_size())
+                       * cell.batch_size * (cell.prompt_tokens + cell.new_tokens)) if shape else 0
+        try:
+            self._check_fit(kv_bytes, f" + {kv_bytes / 1e9:.2f} GB KV cache for batch {cell.batch_size} x "
+                                      f"{cell.prompt_tokens + cell.new_tokens} tokens")
+        except _Skip as s:
+            return self._record(cell, status=s.status, reason=s.reason, weight_bytes=self.weight_bytes,
+                                kv_cache_bytes=kv_bytes)
         ids, prompt_source = self.loaded.prompt_ids(self.corpus_name, self.corpus_text,
                                                     cell.batch_size, cell.prompt_tokens)
-        engine = EagerEngine(self.model, self.device, self.energy)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        engine = None
         try:
+            engine, notes = self._engine(cell)
             m = measure(engine, ids, cell.new_tokens, self.settings.meter, self.energy,
-                        setup_s=self.prepare_s)
+                        setup_s=self.prepare_s + getattr(engine, "setup_s", 0.0))
         except (torch.OutOfMemoryError, MemoryError) as e:
-            return self._record(cell, status="does-not-fit", reason=f"out of memory in the workload: {e}",
-                                weight_bytes=self.weight_bytes, kernel=self.applied.kernel)
+            return self._record(cell, status="does-not-fit", reason=f"out of memory in the workload: {str(e)[:300]}",
+                                weight_bytes=self.weight_bytes, kernel=self.applied.kernel, kv_cache_bytes=kv_bytes)
+        finally:
+            del engine
+            if self.device.type == "cuda":
+                torch._dynamo.reset()
+                gc.collect()
+                torch.cuda.empty_cache()
         self.prepare_s = 0.0  # the group's set-up is charged to its first cell only
-        tpot = m.tpot_s_samples
-        return self._record(
-            cell, kernel=self.applied.kernel, decode_path=engine.name, weights_note=self.loaded.weights_note,
-            prompt_source=prompt_source, decode_tok_s=m.decode_tok_s,
-            decode_tok_s_stdev=stats.stdev(m.decode_tok_s_per_pass), prefill_tok_s=m.prefill_tok_s,
-            ttft_s=stats.median(m.prefill_s_samples), ttft_s_iqr=stats.iqr(m.prefill_s_samples),
-            tpot_p50_s=stats.percentile(tpot, 50), tpot_p90_s=stats.percentile(tpot, 90),
-            tpot_p99_s=stats.percentile(tpot, 99), tpot_iqr_s=stats.iqr(tpot), repeats=m.repeats,
-            timed_s=m.timed_s, setup_s=m.setup_s, timing_source=engine.timing_source,
-            peak_rss_bytes=m.peak_rss_bytes, weight_bytes=self.weight_bytes, energy_j=m.energy_j,
-            j_per_token_decode=m.j_per_token_decode, energy_source=m.energy_source,
-            energy_method=m.energy_method, prefill_s_samples=m.prefill_s_samples,
-            decode_s_samples=m.decode_s_samples, tpot_s_samples=tpot,
-            calibration_s=self.applied.calibration_s,
-            extra={"rss_method": RSS_METHOD, "apply_s": self.apply_s,
-                   "load_s": self.loaded.load_s, "calibration_tokens": CALIBRATION_SEQS * CALIBRATION_TOKENS,
-                   "first_row_tokens": m.last_tokens[0][:32] if m.last_tokens else [],
-                   "definitions": "ttft = prompt forward + first greedy token; decode tokens/s = batch x "
-                                  "(new_tokens - 1) decode steps / decode seconds; EOS ignored"})
+        fields = measured_fields(m)
+        extra = dict(fields.pop("extra"), apply_s=self.apply_s, load_s=self.loaded.load_s,
+                     calibration_tokens=CALIBRATION_SEQS * CALIBRATION_TOKENS,
+                     fused_projections=self.fused, engine_notes=notes)
+        if self.device.type == "cuda":
+            fields["peak_vram_bytes"] = torch.cuda.max_memory_allocated(self.device)
+            extra["peak_vram_method"] = "torch.cuda.max_memory_allocated over set-up and timed window"
+        return self._record(cell, kernel=self.applied.kernel, decode_path=m.engine_name,
+                            weights_note=self.loaded.weights_note, prompt_source=prompt_source,
+                            weight_bytes=self.weight_bytes, kv_cache_bytes=kv_bytes if shape else None,
+                            calibration_s=self.applied.calibration_s, extra=extra, **fields)
 
     def close(self) -> None:
         self.model = None
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+

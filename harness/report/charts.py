@@ -43,4 +43,30 @@ def write_charts(records: list[Record], out_dir: Path) -> list[Path]:
     path = charts / "decode_tok_s.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return [path]
+    paths = [path]
+    if len({r.batch_size for r in ok}) > 1:
+        paths.append(_batch_curve(ok, charts / "decode_vs_batch.png"))
+    return paths
+
+
+def _batch_curve(ok: list[Record], path: Path) -> Path:
+    """Decode tokens/s against batch size, one line per (variant, backend, prompt length)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series: dict[tuple, list[Record]] = {}
+    for r in ok:
+        series.setdefault((r.variant, r.backend, r.prompt_tokens), []).append(r)
+    for (variant, backend, prompt), rs in sorted(series.items()):
+        rs = sorted(rs, key=lambda r: r.batch_size)
+        ax.plot([r.batch_size for r in rs], [r.decode_tok_s for r in rs], marker="o",
+                label=f"{variant} / {backend} / prompt {prompt}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("decode tokens/s (all sequences, measured)")
+    ax.set_title("Decode throughput vs batch")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

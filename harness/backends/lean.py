@@ -1,0 +1,122 @@
+"""A lean forward for Llama-family decoders (Llama, Mistral, Qwen2) over a transformers model's
+own modules, with a static KV cache.
+
+Why not the model's own forward: at batch 1 a decode step is ~5 ms of weight reads on an H100, and
+transformers' per-step Python (cache objects, mask construction, kwargs plumbing) costs as much again
+and cannot be captured as one CUDA graph. This forward is plain tensor code with fixed shapes, so
+the decode step can be compiled and captured whole. It calls the model's own nn.Linear / RMSNorm /
+rotary modules, so any variant applied to those modules (torchao tensor subclasses, 2:4 sparse
+weights, int4 packed CPU modules) runs unchanged: the kernels are the variant's.
+
+`fuse_projections` optionally concatenates q/k/v and gate/up into single linears *before* a variant
+is applied (quantization and 2:4 masks work per output row, so this changes no numerics).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+
+def supports(model: nn.Module) -> str | None:
+    """None if the lean forward can drive this model, else why not."""
+    mt = getattr(getattr(model, "config", None), "model_type", None)
+    if mt not in SUPPORTED_MODEL_TYPES:
+        return f"lean decoder supports {SUPPORTED_MODEL_TYPES}, not {mt!r}"
+    if getattr(model.config, "sliding_window", None) and getattr(model.config, "use_sliding_window", True) \
+            and mt == "mistral":
+        return "sliding-window attention is not implemented in the lean decoder"
+    return None
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+def _fuse(linears: list[nn.Linear]) -> nn.Linear:
+    w = torch.cat([l.weight for l in linears], 0)
+    has_bias = linears[0].bias is not None
+    fused = nn.Linear(w.shape[1], w.shape[0], bias=has_bias, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        fused.weight.copy_(w)
+        if has_bias:
+            fused.bias.copy_(torch.cat([l.bias for l in linears], 0))
+    fused.requires_grad_(False)
+    return fused
+
+
+def fuse_projections(model: nn.Module) -> None:
+    """In place: self_attn.{q,k,v}_proj -> self_attn.qkv_proj and mlp.{gate,up}_proj -> mlp.gate_up_proj."""
+    for layer in model.model.layers:
+        a, m = layer.self_attn, layer.mlp
+        a.qkv_proj = _fuse([a.q_proj, a.k_proj, a.v_proj])
+        a.qkv_split = (a.q_proj.out_features, a.k_proj.out_features, a.v_proj.out_features)
+        del a.q_proj, a.k_proj, a.v_proj
+        m.gate_up_proj = _fuse([m.gate_proj, m.up_proj])
+        m.gate_up_split = m.gate_proj.out_features
+        del m.gate_proj, m.up_proj
+
+
+class LeanDecoder(nn.Module):
+    """forward(ids (B, T), pos (T,) absolute positions) -> logits of the last position (B, vocab).
+
+    The KV cache is (B, kv_heads, max_len, head_dim) per layer, written at `pos` with index_copy_;
+    attention reads the whole cache under a mask `key position <= query position`.
+    """
+
+    def __init__(self, model: nn.Module, batch: int, max_len: int):
+        super().__init__()
+        why = supports(model)
+        if why:
+            raise ValueError(why)
+        cfg = model.config
+        self.hf = model
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.batch, self.max_len = batch, max_len
+        p = next(model.parameters())
+        dtype = model.model.embed_tokens.weight.dtype
+        shape = (batch, self.n_kv, max_len, self.head_dim)
+        self.k_cache = [torch.zeros(shape, dtype=dtype, device=p.device) for _ in model.model.layers]
+        self.v_cache = [torch.zeros(shape, dtype=dtype, device=p.device) for _ in model.model.layers]
+        self.key_pos = torch.arange(max_len, device=p.device)
+
+    def kv_cache_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k_cache + self.v_cache)
+
+    def forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        m = self.hf.model
+        B, T = ids.shape
+        x = m.embed_tokens(ids)
+        cos, sin = m.rotary_emb(x, pos[None].expand(B, T))
+        cos, sin = cos[:, None], sin[:, None]                       # (B, 1, T, head_dim)
+        mask = self.key_pos[None, :] <= pos[:, None]                # (T, max_len), True = attend
+        for i, layer in enumerate(m.layers):
+            a, mlp = layer.self_attn, layer.mlp
+            h = layer.input_layernorm(x)
+            if hasattr(a, "qkv_proj"):
+                q, k, v = a.qkv_proj(h).split(a.qkv_split, dim=-1)
+            else:
+                q, k, v = a.q_proj(h), a.k_proj(h), a.v_proj(h)
+            q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+            k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+            v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            kc, vc = self.k_cache[i], self.v_cache[i]
+            kc.index_copy_(2, pos, k)
+            vc.index_copy_(2, pos, v)
+            o = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, enable_gqa=self.n_kv != self.n_heads)
+            x = x + a.o_proj(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+            h = layer.post_attention_layernorm(x)
+            if hasattr(mlp, "gate_up_proj"):
+                g, u = mlp.gate_up_proj(h).split(mlp.gate_up_split, dim=-1)
+            else:
+                g, u = mlp.gate_proj(h), mlp.up_proj(h)
+            x = x + mlp.down_proj(F.silu(g) * u)
+        x = m.norm(x[:, -1])
+        return self.hf.lm_head(x)
