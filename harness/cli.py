@@ -35,6 +35,10 @@ def main() -> None:
               help="pytorch (the harness engine) and/or transformers-generate (transformers' eager generate(), for comparison).")
 @click.option("--no-compile", "no_compile", is_flag=True,
               help="GPU: capture the decode step as a CUDA graph without compiling it first.")
+@click.option("--no-meters", "no_meters", is_flag=True,
+              help="Turn off energy windows, the power sampler and the RSS sampler (to measure their overhead).")
+@click.option("--energy-window-s", default=D.energy_window_s, show_default=True, type=click.FloatRange(min=0.5),
+              help="GPU: minimum seconds of each NVML energy window (full loop and prefill-only loop).")
 @click.option("--device", default=D.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--profile", default=D.profile, show_default=True, help="Hardware profile id, or auto to detect.")
 @click.option("--profiles-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -68,7 +72,8 @@ def run(ctx: click.Context, **opts) -> None:
             profile=opts["profile"], profiles_dir=opts["profiles_dir"], cpu_power_w=opts["cpu_power_w"],
             corpus=opts["corpus"], out=opts["out"],
             backends=tuple(b.strip() for b in opts["backends"].split(",") if b.strip()),
-            compile=not opts["no_compile"])
+            compile=not opts["no_compile"], meters=not opts["no_meters"],
+            energy_window_s=opts["energy_window_s"])
         out_dir = execute(req, echo=lambda s: click.echo(s, err=True))
     except ValueError as e:  # bad input: spec, variant, corpus, device, profile
         raise click.UsageError(str(e)) from None

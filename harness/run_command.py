@@ -36,6 +36,8 @@ class RunRequest:
     out: Path | None = None
     backends: tuple[str, ...] = ("pytorch",)
     compile: bool = True
+    meters: bool = True
+    energy_window_s: float = 10.0
 
 
 def resolve_profile(name: str, profiles_dir: Path | None, cpu_power_w: float | None):
@@ -82,11 +84,13 @@ def execute(req: RunRequest, echo: Callable[[str], None] = print) -> Path:
         raise ValueError(f"{out_dir} already holds records.jsonl; choose another --out")
     meter = MeterSettings(warmup=req.warmup, min_repeats=req.repeats, min_seconds=req.min_seconds)
     settings = RunSettings(device=req.device, meter=meter, corpus=str(req.corpus) if req.corpus else None,
-                           cpu_power_w=req.cpu_power_w, compile=req.compile)
+                           cpu_power_w=req.cpu_power_w, compile=req.compile, meters=req.meters,
+                           energy_window_s=req.energy_window_s)
     prov = provenance.collect(profile.id)
     ctx = RunContext(run_id=run_id, profile=profile, provenance=prov)
     run_meta = {"run_id": run_id, "axes": asdict(axes), "profile": profile.id, "profile_reason": why,
-                "settings": {"device": req.device, "cpu_power_w": req.cpu_power_w, "compile": req.compile}, "meter": asdict(meter),
+                "settings": {"device": req.device, "cpu_power_w": req.cpu_power_w, "compile": req.compile,
+                             "meters": req.meters, "energy_window_s": req.energy_window_s}, "meter": asdict(meter),
                 "corpus": corpus_name, "provenance": prov, "cells": len(expand(axes))}
     echo(f"run {run_id}: {run_meta['cells']} cells on profile {profile.id} ({why})")
     t_start = time.perf_counter()
@@ -109,6 +113,13 @@ def execute(req: RunRequest, echo: Callable[[str], None] = print) -> Path:
         run_meta["wall_s"] = time.perf_counter() - t_start
         run_meta["status_counts"] = {s: sum(r.status == s for r in done) for s in sorted({r.status for r in done})}
         run_meta["complete"] = len(done) == run_meta["cells"]
+        if ctx.gpu is not None:
+            run_meta["gpu_meters"] = {
+                "copy_bandwidth_bytes_per_s": ctx.gpu.copy_bw.value_per_s, "copy_bandwidth_method": ctx.gpu.copy_bw.method,
+                "copy_bandwidth_samples": list(ctx.gpu.copy_bw.samples_per_s),
+                "energy_counter_update_period_s": getattr(ctx.gpu.meter, "update_period_s", None),
+                "energy_method": ctx.gpu.meter.method,
+                "idle_power": {k: {"power_w": v.power_w, "method": v.method} for k, v in ctx.gpu.idle_by_model.items()}}
         (out_dir / "run.json").write_text(json.dumps(run_meta, indent=2, default=str), encoding="utf-8")
         if done:
             write_tables(done, out_dir)

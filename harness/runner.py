@@ -83,6 +83,8 @@ class RunSettings:
     cpu_power_w: float | None = None     # for the CPU energy estimate when RAPL is unreadable
     memory_headroom: float = 0.10        # refuse a model whose weights need more than 90% of free memory
     compile: bool = True                 # GPU: compile the decode step before capturing it
+    meters: bool = True                  # False: no energy window, power sampler or RSS sampler (overhead check)
+    energy_window_s: float = 10.0        # GPU: minimum length of each energy window (full loop, prefill loop)
 
 
 @dataclass
@@ -90,6 +92,7 @@ class RunContext:
     run_id: str
     profile: object                      # harness.profiles.Profile
     provenance: dict
+    gpu: object | None = None            # GpuRunMeters, opened by the first CUDA cell
 
 
 def _base_record(cell: Cell, ctx: RunContext, **kw) -> Record:

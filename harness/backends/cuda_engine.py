@@ -118,5 +118,15 @@ class CudaGraphEngine:
         return PassResult(prefill_s=ms[0] / 1e3, step_s=[x / 1e3 for x in ms[1:]], tokens=self.out.cpu(),
                           decode_energy_j=e)
 
+    @torch.inference_mode()
+    def run_prefill(self, ids: torch.Tensor) -> None:
+        """Prompt forward + first token, no decode (the prefill loop of the two-loop energy method).
+        No synchronization here: the energy window synchronizes at its edges."""
+        self.prompt.copy_(ids, non_blocking=True)
+        if self.g_prefill is not None:
+            self.g_prefill.replay()
+        else:
+            self._prefill_body()
+
     def kv_cache_bytes(self) -> int:
         return self.dec.kv_cache_bytes()

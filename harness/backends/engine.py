@@ -63,3 +63,7 @@ class EagerEngine:
             steps.append(time.perf_counter() - ts)
         e = self.energy.joules(e0, self.energy.read()) if self.energy else None
         return PassResult(prefill_s, steps, out_tokens.cpu(), e)
+
+    def run_prefill(self, ids: torch.Tensor) -> None:
+        """Prompt forward + first token only (the prefill loop of the two-loop energy method)."""
+        self.run_pass(ids, 1)

@@ -49,3 +49,6 @@ class GenerateEngine:
         t = [t0] + stamps.t
         steps = [b - a for a, b in zip(t[1:], t[2:])]
         return PassResult(prefill_s=t[1] - t[0], step_s=steps, tokens=out[:, ids.shape[1]:].cpu())
+
+    def run_prefill(self, ids: torch.Tensor) -> None:
+        self.run_pass(ids, 1)

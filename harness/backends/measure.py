@@ -37,7 +37,7 @@ class Measurement:
     prefill_s_samples: list[float]
     decode_s_samples: list[float]
     tpot_s_samples: list[float]
-    peak_rss_bytes: int
+    peak_rss_bytes: int | None
     energy_j: float | None
     decode_energy_j: float | None
     energy_source: str
@@ -45,6 +45,7 @@ class Measurement:
     last_tokens: list[list[int]]
     engine_name: str = ""
     timing_source: str = ""
+    window: object | None = None       # the energy window around the timed loop (GPU), if one was given
 
     @property
     def decode_tokens_per_pass(self) -> int:
@@ -72,21 +73,28 @@ class Measurement:
 
 
 def measure(engine, ids, new_tokens: int, settings: MeterSettings, energy_reader=None,
-            setup_s: float = 0.0) -> Measurement:
+            setup_s: float = 0.0, window=None, sample_rss: bool = True) -> Measurement:
+    """`window`: a meter with begin()/end() (the GPU energy meter) wrapped around the timed loop;
+    the loop then runs at least `window.min_window_s`. `sample_rss=False` turns the RSS sampler off
+    (for measuring the meters' own overhead)."""
     t_setup = time.perf_counter()
     for _ in range(settings.warmup):
         engine.run_pass(ids, new_tokens)
     setup_s += time.perf_counter() - t_setup
 
-    rss = RssSampler()
+    rss = RssSampler() if sample_rss else None
+    min_seconds = max(settings.min_seconds, getattr(window, "min_window_s", 0.0) if window else 0.0)
     prefill, decode, tpot = [], [], []
     decode_e: float | None = 0.0 if energy_reader and energy_reader.source != "unavailable" else None
-    rss.begin()
+    if rss:
+        rss.begin()
+    if window is not None:
+        window.begin("full-loop")
     e0 = energy_reader.read() if energy_reader else None
     t0 = time.perf_counter()
     n = 0
     result = None
-    while n < settings.max_repeats and (n < settings.min_repeats or time.perf_counter() - t0 < settings.min_seconds):
+    while n < settings.max_repeats and (n < settings.min_repeats or time.perf_counter() - t0 < min_seconds):
         result = engine.run_pass(ids, new_tokens)
         prefill.append(result.prefill_s)
         decode.append(sum(result.step_s))
@@ -94,15 +102,16 @@ def measure(engine, ids, new_tokens: int, settings: MeterSettings, energy_reader
         if decode_e is not None:
             decode_e = None if result.decode_energy_j is None else decode_e + result.decode_energy_j
         n += 1
+    win = window.end() if window is not None else None
     timed = time.perf_counter() - t0
     energy = energy_reader.joules(e0, energy_reader.read()) if energy_reader else None
-    window = rss.end()
+    rss_window = rss.end() if rss else None
     return Measurement(
         batch_size=ids.shape[0], prompt_tokens=ids.shape[1], new_tokens=new_tokens, repeats=n,
         timed_s=timed, setup_s=setup_s, prefill_s_samples=prefill, decode_s_samples=decode,
-        tpot_s_samples=tpot, peak_rss_bytes=window.peak_rss_bytes, energy_j=energy,
+        tpot_s_samples=tpot, peak_rss_bytes=rss_window.peak_rss_bytes if rss_window else None, energy_j=energy,
         decode_energy_j=decode_e if new_tokens > 1 else None,
         energy_source=energy_reader.source if energy_reader else "unavailable",
         energy_method=energy_reader.method if energy_reader else "",
         last_tokens=result.tokens.tolist() if result is not None else [],
-        engine_name=engine.name, timing_source=engine.timing_source)
+        engine_name=engine.name, timing_source=engine.timing_source, window=win)

@@ -14,6 +14,8 @@ import torch
 from harness.backends import lean
 from harness.backends.engine import EagerEngine
 from harness.backends.generate_engine import GenerateEngine
+from harness.backends.gpu_meters import GpuRunMeters, bandwidth_fields, energy_fields
+from harness.meters.bandwidth import mean_decode_context
 from harness.backends.measure import measure
 from harness.backends.records_fill import measured_fields
 from harness.backends.device import compute_dtype, free_memory_bytes, resolve_device
@@ -76,6 +78,9 @@ class GroupRunner:
             self.weight_bytes = tensor_bytes(self.model)
             power = self.settings.cpu_power_w or getattr(self.ctx.profile, "power_w", None)
             self.energy = open_cpu_energy_reader(power) if self.device.type == "cpu" else None
+            gpu = self._gpu_meters()
+            if gpu:
+                gpu.idle_power(self.model_spec)   # once per model: loaded, before any cell has run
         except _Skip as s:
             self._skip = s
         except (torch.OutOfMemoryError, MemoryError) as e:
@@ -144,13 +149,23 @@ class GroupRunner:
                                 kv_cache_bytes=kv_bytes)
         ids, prompt_source = self.loaded.prompt_ids(self.corpus_name, self.corpus_text,
                                                     cell.batch_size, cell.prompt_tokens)
+        gpu = self._gpu_meters()
+        vram = gpu.vram_meter() if gpu else None
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        if vram:
+            vram.begin()
         engine = None
         try:
             engine, notes = self._engine(cell)
             m = measure(engine, ids, cell.new_tokens, self.settings.meter, self.energy,
-                        setup_s=self.prepare_s + getattr(engine, "setup_s", 0.0))
+                        setup_s=self.prepare_s + getattr(engine, "setup_s", 0.0),
+                        window=gpu.meter if gpu else None, sample_rss=self.settings.meters)
+            if gpu:
+                w_pre, n_pre = gpu.prefill_window(engine, ids.to(self.device))
+                gpu_fields, gpu_extra = energy_fields(gpu, self.model_spec, m, w_pre, n_pre,
+                                                      vram.end(m.window.timeline), cell)
+            static_cache = isinstance(engine, _static_cache_engines())
         except (torch.OutOfMemoryError, MemoryError) as e:
             return self._record(cell, status="does-not-fit", reason=f"out of memory in the workload: {str(e)[:300]}",
                                 weight_bytes=self.weight_bytes, kernel=self.applied.kernel, kv_cache_bytes=kv_bytes)
@@ -165,13 +180,34 @@ class GroupRunner:
         extra = dict(fields.pop("extra"), apply_s=self.apply_s, load_s=self.loaded.load_s,
                      calibration_tokens=CALIBRATION_SEQS * CALIBRATION_TOKENS,
                      fused_projections=self.fused, engine_notes=notes)
-        if self.device.type == "cuda":
+        if gpu:
+            fields.update(gpu_fields)
+            extra.update(gpu_extra)
+        elif self.device.type == "cuda":
             fields["peak_vram_bytes"] = torch.cuda.max_memory_allocated(self.device)
-            extra["peak_vram_method"] = "torch.cuda.max_memory_allocated over set-up and timed window"
+            extra["peak_vram_method"] = "torch.cuda.max_memory_allocated (meters off)"
+        if self.device.type == "cuda" and shape is not None:
+            # the static cache is read whole each step (masked); a dynamic cache only up to the context
+            ctx_len = cell.prompt_tokens + cell.new_tokens if static_cache else mean_decode_context(
+                cell.prompt_tokens, cell.new_tokens)
+            bw_fields, bw_extra = bandwidth_fields(
+                self.ctx.gpu, self.ctx.profile, shape, cell.variant, self.weight_bytes,
+                shape.kv_bytes_per_token(torch.empty((), dtype=self.dtype).element_size()), ctx_len, cell,
+                fields["decode_tok_s"], fields["ttft_s"], str(self.dtype).replace("torch.", "").replace("bfloat16", "bf16").replace("float16", "fp16"))
+            fields.update(bw_fields)
+            extra.update(bw_extra)
         return self._record(cell, kernel=self.applied.kernel, decode_path=m.engine_name,
                             weights_note=self.loaded.weights_note, prompt_source=prompt_source,
                             weight_bytes=self.weight_bytes, kv_cache_bytes=kv_bytes if shape else None,
                             calibration_s=self.applied.calibration_s, extra=extra, **fields)
+
+    def _gpu_meters(self):
+        """The run's GPU meters (opened by the first CUDA cell), or None on CPU or with meters off."""
+        if self.device.type != "cuda" or not self.settings.meters:
+            return None
+        if self.ctx.gpu is None:
+            self.ctx.gpu = GpuRunMeters(self.device.index or 0, self.settings.energy_window_s)
+        return self.ctx.gpu
 
     def close(self) -> None:
         self.model = None
@@ -179,3 +215,9 @@ class GroupRunner:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
+
+
+def _static_cache_engines():
+    from harness.backends.cuda_engine import CudaGraphEngine
+
+    return (CudaGraphEngine,)
