@@ -107,7 +107,8 @@ def test_batch_curve_chart_when_several_batches(quick_run):
 def test_gpu_run_uses_cuda_graphs_and_compares_with_generate(tmp_path):
     out = tmp_path / "g"
     r = CliRunner().invoke(main, ["run", "--model", "synthetic:tiny", "--device", "cuda", "--quick", "--batch", "1,4",
-                                  "--backends", "pytorch,transformers-generate", "--out", str(out)])
+                                  "--backends", "pytorch,transformers-generate", "--energy-window-s", "1",
+                                  "--out", str(out)])
     assert r.exit_code == 0, r.output
     recs = load_records(out)
     assert [x.backend for x in recs] == ["pytorch", "pytorch", "transformers-generate", "transformers-generate"]
@@ -117,3 +118,5 @@ def test_gpu_run_uses_cuda_graphs_and_compares_with_generate(tmp_path):
     ours = recs[0]
     assert ours.decode_path == "compiled+cuda-graph" and ours.timing_source == "cuda_events"
     assert ours.setup_s > 0
+    assert ours.energy_source == "nvml_counter" and ours.energy_j > 0 and ours.power_mean_w > 0
+    assert ours.idle_power_w > 0 and ours.mbu is not None and 0 < ours.mbu < 1.5

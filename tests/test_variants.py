@@ -55,6 +55,7 @@ def test_policies_keep_named_groups():
     assert split_policy("int4-wo@keep-attn") == ("int4-wo", "keep-attn")
     attn = policy_for("int8-wo@keep-attn", 30)
     assert attn.keeps("model.layers.3.self_attn.k_proj") and not attn.keeps("model.layers.3.mlp.up_proj")
+    assert attn.keeps("model.layers.3.self_attn.qkv_proj") and not attn.keeps("model.layers.3.mlp.gate_up_proj")
     ends = policy_for("int8-wo@keep-ends", 30)
     assert ends.keeps("lm_head") and ends.keeps("model.layers.0.mlp.up_proj") and ends.keeps("model.layers.29.self_attn.o_proj")
     assert not ends.keeps("model.layers.1.mlp.up_proj") and not ends.keeps("model.layers.10.mlp.up_proj")

@@ -33,19 +33,26 @@ def _inductor_settings(tune: bool) -> None:
     ic.coordinate_descent_tuning = tune
 
 
+# Tuning pays where decode is memory-bound with tiny GEMVs; above this batch the matmuls go to cuBLAS
+# and tuning costs compile time for little gain.
+TUNE_MAX_BATCH = 8
+
+
 class CudaGraphEngine:
     timing_source = "cuda_events"
 
     def __init__(self, model: nn.Module, device: torch.device, batch: int, prompt_tokens: int, new_tokens: int,
-                 compile_step: bool = True, energy_reader=None, tune: bool = True):
+                 compile_step: bool = True, energy_reader=None, tune: bool | None = None):
         t0 = time.perf_counter()
         self.device, self.B, self.P, self.N = device, batch, prompt_tokens, new_tokens
         self.energy = energy_reader
         self.dec = LeanDecoder(model, batch, prompt_tokens + new_tokens)
         self.compiled = compile_step
         self.name = "compiled+cuda-graph" if compile_step else "cuda-graph"
+        self.name_detail = None
+        self.tuned = compile_step and (tune if tune is not None else batch <= TUNE_MAX_BATCH)
         if compile_step:
-            _inductor_settings(tune)
+            _inductor_settings(self.tuned)
         self.step = torch.compile(self.dec, fullgraph=True, dynamic=False) if compile_step else self.dec
         z = dict(device=device, dtype=torch.long)
         self.prompt = torch.zeros((batch, prompt_tokens), **z)

@@ -74,7 +74,7 @@ def energy_fields(meters: GpuRunMeters, model_key: str, m, w_pre, n_pre, vram_wi
         "peak_vram_source": vram_window.peak_vram_source,
         "vram": {"torch_max_allocated_bytes": vram_window.torch_max_allocated_bytes,
                  "torch_max_reserved_bytes": vram_window.torch_max_reserved_bytes,
-                 "process_bytes": vram_window.process_used_bytes, "notes": list(vram_window.notes)},
+                 "process_bytes": vram_window.nvml_process_used_bytes, "notes": list(vram_window.notes)},
     }
     return fields, extra
 

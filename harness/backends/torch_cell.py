@@ -166,6 +166,7 @@ class GroupRunner:
                 gpu_fields, gpu_extra = energy_fields(gpu, self.model_spec, m, w_pre, n_pre,
                                                       vram.end(m.window.timeline), cell)
             static_cache = isinstance(engine, _static_cache_engines())
+            tuned = getattr(engine, "tuned", None)
         except (torch.OutOfMemoryError, MemoryError) as e:
             return self._record(cell, status="does-not-fit", reason=f"out of memory in the workload: {str(e)[:300]}",
                                 weight_bytes=self.weight_bytes, kernel=self.applied.kernel, kv_cache_bytes=kv_bytes)
@@ -179,7 +180,8 @@ class GroupRunner:
         fields = measured_fields(m)
         extra = dict(fields.pop("extra"), apply_s=self.apply_s, load_s=self.loaded.load_s,
                      calibration_tokens=CALIBRATION_SEQS * CALIBRATION_TOKENS,
-                     fused_projections=self.fused, engine_notes=notes)
+                     fused_projections=self.fused, engine_notes=notes,
+                     coordinate_descent_tuning=tuned)
         if gpu:
             fields.update(gpu_fields)
             extra.update(gpu_extra)

@@ -55,6 +55,7 @@ def render_report(records: list[Record], run: dict) -> str:
             f"{ms(r.tpot_p50_s)} / {ms(r.tpot_p99_s)} | {mb(r.weight_bytes)} | "
             f"{_ratio(r.weight_bytes, b.weight_bytes if b else None)} | {mb(r.peak_rss_bytes)} | {_energy(r)} | "
             f"{r.kernel or NA} |")
+    lines += _energy_table(records)
     bad = [r for r in records if r.status != "ok"]
     if bad:
         lines += ["", "## Cells that did not run", ""]
@@ -76,6 +77,35 @@ def render_report(records: list[Record], run: dict) -> str:
     ]
     lines += [f"- energy ({m})" for m in methods] or ["- energy: unavailable"]
     return "\n".join(lines) + "\n"
+
+
+def _pct(x) -> str:
+    return NA if x is None else f"{x:.0%}"
+
+
+def _energy_table(records: list[Record]) -> list[str]:
+    """GPU energy, power, VRAM and bandwidth, for cells that have any of them."""
+    rows = [r for r in records if r.status == "ok" and (r.power_mean_w is not None or r.mbu is not None)]
+    if not rows:
+        return []
+    out = ["", "## Energy, memory and bandwidth", "",
+           "| model | variant | backend | batch | prompt | J/token decode (gross) | J/token decode (net of idle) | "
+           "J/prompt token | mean / peak W | idle W | peak VRAM GB | KV cache GB | achieved GB/s | MBU | MFU (prefill) | flags |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        net = (r.extra.get("energy_net") or {}).get("j_per_token_decode")
+        out.append(
+            f"| {r.model} | {r.variant} | {r.backend} | {r.batch_size} | {r.prompt_tokens} | {sig(r.j_per_token_decode)} | "
+            f"{sig(net)} | {sig(r.j_per_token_prefill)} | {num(r.power_mean_w, 0)} / {num(r.power_peak_w, 0)} | "
+            f"{num(r.idle_power_w, 0)} | {num(r.peak_vram_bytes and r.peak_vram_bytes / 1e9, 2)} | "
+            f"{num(r.kv_cache_bytes and r.kv_cache_bytes / 1e9, 2)} | "
+            f"{num(r.achieved_bandwidth_bytes_per_s and r.achieved_bandwidth_bytes_per_s / 1e9, 0)} | {_pct(r.mbu)} | "
+            f"{_pct(r.mfu)} | {'; '.join(r.energy_flags) or NA} |")
+    out += ["", "Energy: NVML energy-counter deltas, two-loop method (decode J/token = (E_full - E_prefill) per pass / "
+            "decode tokens); gross is the headline, net subtracts idle power x window. MBU = achieved decode "
+            "bandwidth (weights + KV cache read per step x steps/s) / device-to-device copy bandwidth measured in "
+            "the same run. MFU = prefill FLOP/s / the profile's peak for the variant's compute format."]
+    return out
 
 
 def write_report(records: list[Record], run: dict, out_dir: Path) -> Path:

@@ -76,7 +76,7 @@ class ApplyContext:
 
 
 BUILTIN_POLICIES = ("keep-attn", "keep-ends")
-_ATTN = re.compile(r"\.self_attn\.(q|k|v|o)_proj$")
+_ATTN = re.compile(r"\.self_attn\.(q|k|v|o|qkv)_proj$")  # qkv_proj: the GPU engine's fused projection
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
@@ -84,7 +84,7 @@ _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 class Policy:
     """Modules kept in high precision, by fully qualified name.
 
-    keep-attn: every attention projection (q/k/v/o_proj).
+    keep-attn: every attention projection (q/k/v/o_proj, or the fused qkv_proj).
     keep-ends: the first and the last decoder block, and lm_head.
     A policy file lists one fnmatch pattern per line (e.g. `model.layers.0.*`, `lm_head`); # comments.
     """
