@@ -33,9 +33,9 @@ def _inductor_settings(tune: bool) -> None:
     ic.coordinate_descent_tuning = tune
 
 
-# Tuning pays where decode is memory-bound with tiny GEMVs; above this batch the matmuls go to cuBLAS
+# Tuning pays at batch 1, where decode is memory-bound with tiny GEMVs; above it, matmuls go to cuBLAS
 # and tuning costs compile time for little gain.
-TUNE_MAX_BATCH = 8
+TUNE_MAX_BATCH = 1
 
 
 class CudaGraphEngine:
