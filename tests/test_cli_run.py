@@ -106,12 +106,14 @@ def test_batch_curve_chart_when_several_batches(quick_run):
 @pytest.mark.gpu
 def test_gpu_run_uses_cuda_graphs_and_compares_with_generate(tmp_path):
     out = tmp_path / "g"
-    r = CliRunner().invoke(main, ["run", "--model", "synthetic:tiny", "--device", "cuda", "--quick", "--batch", "1,4",
+    r = CliRunner().invoke(main, ["run", "--model", "synthetic:tiny", "--variants", "baseline", "--device", "cuda",
+                                  "--quick", "--batch", "1,4",
                                   "--backends", "pytorch,transformers-generate", "--energy-window-s", "1",
                                   "--out", str(out)])
     assert r.exit_code == 0, r.output
     recs = load_records(out)
-    assert [x.backend for x in recs] == ["pytorch", "pytorch", "transformers-generate", "transformers-generate"]
+    backends = [x.backend for x in recs]
+    assert backends == ["pytorch", "pytorch", "transformers-generate", "transformers-generate"], backends
     for x in recs:
         assert x.status == "ok", x.reason
         assert x.peak_vram_bytes > 0 and x.kv_cache_bytes > 0
