@@ -9,8 +9,33 @@ import click
 
 import harness
 from harness.config import QUICK, RunConfig, int_list
+from harness.quality.settings import QualitySettings
 
 D = RunConfig()
+
+
+def quality_options(fn):
+    """click options generated from QualitySettings (its defaults and help are the single source)."""
+    from dataclasses import fields
+
+    q = QualitySettings()
+    for f in reversed(fields(QualitySettings)):
+        default, help_ = getattr(q, f.name), f.metadata.get("help", "")
+        if f.name == "enabled":
+            fn = click.option("--quality/--no-quality", "quality_enabled", default=default, show_default=True,
+                              help=help_)(fn)
+            continue
+        name = "--quality-" + f.name.replace("_", "-")
+        typ = {int: int, float: float, str: str}.get(type(default), float)
+        fn = click.option(name, "quality_" + f.name, default=default, type=typ, show_default=True, help=help_)(fn)
+    return fn
+
+
+def quality_settings(opts: dict, quick: bool) -> QualitySettings:
+    from dataclasses import fields
+
+    values = {f.name: opts.pop("quality_" + f.name) for f in fields(QualitySettings)}
+    return QualitySettings(**values).for_run(quick)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,6 +75,7 @@ def main() -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default: results/<run-id>/).")
 @click.option("--quick", is_flag=True, help=f"Small workload for smoke tests: {QUICK} unless set explicitly.")
+@quality_options
 @click.pass_context
 def run(ctx: click.Context, **opts) -> None:
     """Run a sweep: every model x variant x batch x prompt x new-tokens cell, one Record each.
@@ -59,11 +85,14 @@ def run(ctx: click.Context, **opts) -> None:
     """
     from harness.run_command import RunRequest, execute
 
-    if opts.pop("quick"):
+    quick = opts.pop("quick")
+    opts["quality_enabled"] = opts.pop("quality_enabled")
+    if quick:
         for k, v in QUICK.items():
             if ctx.get_parameter_source(k) == click.core.ParameterSource.DEFAULT:
                 opts[k] = v
     try:
+        q = quality_settings(opts, quick)
         req = RunRequest(
             model=opts["model"], variants=opts["variants"], batch_sizes=int_list(opts["batch"], "batch"),
             prompt_tokens=int_list(opts["prompt_tokens"], "prompt-tokens"),
@@ -73,18 +102,22 @@ def run(ctx: click.Context, **opts) -> None:
             corpus=opts["corpus"], out=opts["out"],
             backends=tuple(b.strip() for b in opts["backends"].split(",") if b.strip()),
             compile=not opts["no_compile"], meters=not opts["no_meters"],
-            energy_window_s=opts["energy_window_s"])
+            energy_window_s=opts["energy_window_s"], quality=q)
         out_dir = execute(req, echo=lambda s: click.echo(s, err=True))
     except ValueError as e:  # bad input: spec, variant, corpus, device, profile
         raise click.UsageError(str(e)) from None
     click.echo(str(out_dir))
 
 
+from harness.cli_microbench import import_microbench  # noqa: E402
 from harness.cli_profiles import detect, plan, profiles  # noqa: E402
+from harness.cli_quality import sensitivity  # noqa: E402
 
 main.add_command(profiles)
 main.add_command(detect)
 main.add_command(plan)
+main.add_command(sensitivity)
+main.add_command(import_microbench)
 
 if __name__ == "__main__":
     sys.exit(main())

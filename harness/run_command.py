@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from harness.backends.measure import MeterSettings
 from harness.corpus import load_corpus
 from harness.models.spec import parse_spec
+from harness.quality.settings import QualitySettings
 from harness.records import append_jsonl, write_tables
 from harness.runner import RunContext, RunSettings, SweepAxes, expand, new_run_id, run_sweep
 
@@ -38,6 +39,7 @@ class RunRequest:
     compile: bool = True
     meters: bool = True
     energy_window_s: float = 10.0
+    quality: QualitySettings = field(default_factory=QualitySettings)
 
 
 def resolve_profile(name: str, profiles_dir: Path | None, cpu_power_w: float | None):
@@ -85,13 +87,13 @@ def execute(req: RunRequest, echo: Callable[[str], None] = print) -> Path:
     meter = MeterSettings(warmup=req.warmup, min_repeats=req.repeats, min_seconds=req.min_seconds)
     settings = RunSettings(device=req.device, meter=meter, corpus=str(req.corpus) if req.corpus else None,
                            cpu_power_w=req.cpu_power_w, compile=req.compile, meters=req.meters,
-                           energy_window_s=req.energy_window_s)
+                           energy_window_s=req.energy_window_s, quality=req.quality)
     prov = provenance.collect(profile.id)
     ctx = RunContext(run_id=run_id, profile=profile, provenance=prov)
     run_meta = {"run_id": run_id, "axes": asdict(axes), "profile": profile.id, "profile_reason": why,
                 "settings": {"device": req.device, "cpu_power_w": req.cpu_power_w, "compile": req.compile,
                              "meters": req.meters, "energy_window_s": req.energy_window_s}, "meter": asdict(meter),
-                "corpus": corpus_name, "provenance": prov, "cells": len(expand(axes))}
+                "corpus": corpus_name, "provenance": prov, "quality": req.quality.as_dict(), "cells": len(expand(axes))}
     echo(f"run {run_id}: {run_meta['cells']} cells on profile {profile.id} ({why})")
     t_start = time.perf_counter()
 

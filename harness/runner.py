@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from harness.backends.measure import MeterSettings
+from harness.quality.settings import QualitySettings
 from harness.records import Record
 
 
@@ -85,6 +86,7 @@ class RunSettings:
     compile: bool = True                 # GPU: compile the decode step before capturing it
     meters: bool = True                  # False: no energy window, power sampler or RSS sampler (overhead check)
     energy_window_s: float = 10.0        # GPU: minimum length of each energy window (full loop, prefill loop)
+    quality: QualitySettings = field(default_factory=QualitySettings)
 
 
 @dataclass

@@ -53,6 +53,8 @@ def test_quick_run_records(quick_run):
         assert r.energy_source in ("rapl", "estimate")
         if r.energy_source == "estimate":
             assert "40 W" in r.energy_method and r.j_per_token_decode > 0
+        # random weights: quality is reported as not meaningful, never computed
+        assert r.quality_verdict == "not-meaningful" and r.perplexity is None and r.kl_mean is None
     base, q = recs[0], recs[2]
     assert q.weight_bytes < base.weight_bytes
     assert "Int8" in q.kernel and "float32" in base.kernel
@@ -79,6 +81,21 @@ def test_bad_input_is_a_usage_error(args, msg, tmp_path):
     r = CliRunner().invoke(main, ["run", "--quick", "--model", "synthetic:tiny", "--out", str(tmp_path / "x"), *args])
     assert r.exit_code == 2, r.output
     assert msg in r.output
+
+
+def test_no_quality_marks_records_skipped(tmp_path):
+    out = tmp_path / "nq"
+    r = CliRunner().invoke(main, ["run", "--model", "synthetic:tiny", "--variants", "baseline", "--quick",
+                                  "--no-quality", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rec = load_records(out)[0]
+    assert rec.quality_verdict == "skipped" and "--no-quality" in rec.extra["quality"]["note"]
+
+
+def test_bad_quality_threshold_is_a_usage_error(tmp_path):
+    r = CliRunner().invoke(main, ["run", "--model", "synthetic:tiny", "--quick", "--quality-stride", "900",
+                                  "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "stride" in r.output
 
 
 def test_a_failing_cell_is_a_row_and_the_sweep_goes_on(tmp_path, monkeypatch):

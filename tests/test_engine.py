@@ -117,3 +117,16 @@ def test_llama8b_bf16_logits_as_accurate_as_transformers():
     ours_wrong = (ours.argmax(-1) != ref.argmax(-1))[decisive].sum().item()
     hf_wrong = (hf16.argmax(-1) != ref.argmax(-1))[decisive].sum().item()
     assert ours_wrong <= hf_wrong + 1, (ours_wrong, hf_wrong, decisive.sum().item())
+
+
+def test_lean_lm_gives_transformers_logits_for_fused_models(tiny_loaded):
+    from harness.backends.lean import LeanLM
+
+    m = tiny_loaded.instantiate(torch.device("cpu"), torch.float32)
+    ids = torch.randint(0, tiny_loaded.vocab_size, (1, 40), generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        ref = m(ids).logits
+        fuse_projections(m)
+        ours = LeanLM(m)(input_ids=ids)
+    assert ours.shape == ref.shape
+    assert torch.allclose(ours, ref, atol=1e-4, rtol=1e-4)

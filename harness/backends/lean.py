@@ -88,7 +88,7 @@ class LeanDecoder(nn.Module):
     def kv_cache_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k_cache + self.v_cache)
 
-    def forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, pos: torch.Tensor, all_logits: bool = False) -> torch.Tensor:
         m = self.hf.model
         B, T = ids.shape
         x = m.embed_tokens(ids)
@@ -118,5 +118,19 @@ class LeanDecoder(nn.Module):
             else:
                 g, u = mlp.gate_proj(h), mlp.up_proj(h)
             x = x + mlp.down_proj(F.silu(g) * u)
-        x = m.norm(x[:, -1])
+        x = m.norm(x if all_logits else x[:, -1])
         return self.hf.lm_head(x)
+
+
+class LeanLM(nn.Module):
+    """`model(input_ids=...)` -> logits (B, T, vocab) through the lean forward: quality evaluation for a
+    model whose projections were fused (transformers' own forward no longer matches its modules)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.hf = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        B, T = input_ids.shape
+        d = LeanDecoder(self.hf, B, T)
+        return d(input_ids, torch.arange(T, device=input_ids.device), all_logits=True)

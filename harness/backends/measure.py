@@ -13,8 +13,8 @@ from harness.meters import stats
 from harness.meters.memory import RssSampler
 
 DEFAULT_WARMUP = 1
-DEFAULT_MIN_REPEATS = 5
-DEFAULT_MIN_SECONDS = 5.0
+DEFAULT_MIN_REPEATS = 3
+DEFAULT_MIN_SECONDS = 3.0
 DEFAULT_MAX_REPEATS = 10_000
 
 

@@ -19,6 +19,7 @@ from harness.meters.bandwidth import mean_decode_context
 from harness.backends.measure import measure
 from harness.backends.records_fill import measured_fields
 from harness.backends.device import compute_dtype, free_memory_bytes, resolve_device
+from harness import quality
 from harness.corpus import load_corpus
 from harness.meters.cpu_energy import open_cpu_energy_reader
 from harness.models import load_model
@@ -76,6 +77,7 @@ class GroupRunner:
                                                                   calib.to(self.device), policy))
             self.apply_s = time.perf_counter() - t_apply
             self.weight_bytes = tensor_bytes(self.model)
+            self.quality_result = self._quality() if self.backend == "pytorch" else None
             power = self.settings.cpu_power_w or getattr(self.ctx.profile, "power_w", None)
             self.energy = open_cpu_energy_reader(power) if self.device.type == "cpu" else None
             gpu = self._gpu_meters()
@@ -86,6 +88,25 @@ class GroupRunner:
         except (torch.OutOfMemoryError, MemoryError) as e:
             self._skip = _Skip("does-not-fit", f"out of memory while loading/applying: {e}")
         self.prepare_s = time.perf_counter() - t0
+
+    def _quality(self):
+        """Quality of this variant instance against the baseline reference (built once per model),
+        outside every timed region. Synthetic weights: not meaningful, not computed."""
+        q = self.settings.quality
+        if not q.enabled:
+            return quality.skipped()
+        key = (str(self.device), str(self.dtype), q)
+        if key not in self.loaded.quality_refs:
+            self.loaded.quality_refs[key] = quality.reference_for(self.loaded, self.corpus_name, self.corpus_text,
+                                                                  self.device, self.dtype, q)
+        ref = self.loaded.quality_refs[key]
+        if ref is None:
+            return quality.not_meaningful()
+        try:
+            return quality.evaluate(lean.LeanLM(self.model) if self.fused else self.model, ref)
+        except (RuntimeError, ValueError, NotImplementedError) as e:
+            # the speed figures are still worth keeping; the record says quality was not measured and why
+            return quality.skipped(f"quality evaluation failed: {type(e).__name__}: {str(e)[:300]}")
 
     def _use_lean(self) -> bool:
         return (self.backend == "pytorch" and self.device.type == "cuda"
@@ -198,6 +219,9 @@ class GroupRunner:
                 fields["decode_tok_s"], fields["ttft_s"], str(self.dtype).replace("torch.", "").replace("bfloat16", "bf16").replace("float16", "fp16"))
             fields.update(bw_fields)
             extra.update(bw_extra)
+        if self.quality_result is not None:
+            fields.update(quality.record_fields(self.quality_result, self.settings.quality))
+            extra["quality"] = quality.record_extra(self.quality_result, self.settings.quality)
         return self._record(cell, kernel=self.applied.kernel, decode_path=m.engine_name,
                             weights_note=self.loaded.weights_note, prompt_source=prompt_source,
                             weight_bytes=self.weight_bytes, kv_cache_bytes=kv_bytes if shape else None,

@@ -43,6 +43,7 @@ class LoadedModel:
     load_s: float
     _factory: Callable[[torch.device, torch.dtype], nn.Module]
     _token_cache: dict[str, torch.Tensor] = field(default_factory=dict)
+    quality_refs: dict = field(default_factory=dict)   # the baseline's quality reference, per device/dtype
 
     @property
     def real_weights(self) -> bool:

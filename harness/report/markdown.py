@@ -55,6 +55,7 @@ def render_report(records: list[Record], run: dict) -> str:
             f"{ms(r.tpot_p50_s)} / {ms(r.tpot_p99_s)} | {mb(r.weight_bytes)} | "
             f"{_ratio(r.weight_bytes, b.weight_bytes if b else None)} | {mb(r.peak_rss_bytes)} | {_energy(r)} | "
             f"{r.kernel or NA} |")
+    lines += _quality_table(records)
     lines += _energy_table(records)
     bad = [r for r in records if r.status != "ok"]
     if bad:
@@ -77,6 +78,30 @@ def render_report(records: list[Record], run: dict) -> str:
     ]
     lines += [f"- energy ({m})" for m in methods] or ["- energy: unavailable"]
     return "\n".join(lines) + "\n"
+
+
+def _quality_table(records: list[Record]) -> list[str]:
+    """Speed beside quality: one row per (model, variant) of the pytorch backend."""
+    seen, rows = set(), []
+    for r in records:
+        if r.status == "ok" and r.quality_verdict and (r.model, r.variant) not in seen:
+            seen.add((r.model, r.variant))
+            rows.append(r)
+    if not rows:
+        return []
+    out = ["", "## Quality against the baseline", "",
+           "| model | variant | decode tok/s (first cell) | perplexity | mean KL | p99 KL | top-1 agreement | verdict | why |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        q = r.extra.get("quality", {})
+        out.append(f"| {r.model} | {r.variant} | {num(r.decode_tok_s)} | {num(r.perplexity, 3)} | {sig(r.kl_mean)} | "
+                   f"{sig(r.kl_p99)} | {_pct(r.top1_agreement)} | **{r.quality_verdict}** | {q.get('reason') or NA} |")
+    q = rows[0].extra.get("quality", {})
+    if q.get("tokens"):
+        out += ["", f"Quality: {q.get('tokens')} scored positions from the head of the corpus (sliding window "
+                f"{q.get('window')}, stride {q.get('stride')}), the same positions for every variant; KL in nats, "
+                "KL(P_baseline || P_variant); baseline log-probs stored as " + str(q.get("reference_dtype")) + "."]
+    return out
 
 
 def _pct(x) -> str:
