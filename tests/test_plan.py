@@ -285,7 +285,7 @@ def test_plan_rejects_unknown_names(tmp_path):
 def test_calibration_is_labelled_and_applied_within_class(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    common = dict(model="synthetic:llama-3.1-8b", backend="torch", batch_size=1, prompt_tokens=128, new_tokens=128)
+    common = dict(model="synthetic:llama-3.1-8b", backend="pytorch", batch_size=1, prompt_tokens=128, new_tokens=128)
     append_jsonl(run / "records.jsonl", Record(variant="baseline", profile="h100-sxm-80gb", decode_tok_s=139.3, **common))
     append_jsonl(run / "records.jsonl", Record(variant="baseline", profile="not-a-profile", decode_tok_s=1.0, **common))
     append_jsonl(run / "records.jsonl", Record(variant="baseline", profile="h100-sxm-80gb", status="failed", **common))
@@ -316,3 +316,19 @@ def test_plan_modules_do_not_import_torch(tmp_path):
             "'--profiles', 'h100-sxm-80gb', '--out', sys.argv[1]]); assert r.exit_code == 0, r.output; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "o")], check=True, cwd=root)
+
+
+def test_calibration_uses_one_backend():
+    from harness.plan.calibrate import calibrate
+    from harness.profiles import load_profiles
+    from harness.records import Record
+
+    profs = load_profiles()
+    common = dict(model="synthetic:llama-3.1-8b", variant="baseline", profile="h100-sxm-80gb", batch_size=1,
+                  prompt_tokens=128, new_tokens=64)
+    recs = [Record(backend="pytorch", decode_tok_s=170.0, **common),
+            Record(backend="transformers-generate", decode_tok_s=40.0, **common)]
+    cal = calibrate(recs, profs)
+    (eff,) = cal.measured
+    assert eff.records == 1 and 0.75 < eff.decode < 0.9     # 170 / ~207 projected at the mean context
+    assert any("transformers-generate" in s for s in cal.skipped)

@@ -69,13 +69,21 @@ def _ratio(measured: float | None, projected: float | None) -> float | None:
     return measured / projected if measured is not None and projected else None
 
 
-def calibrate(records: Iterable[Record], profiles: Mapping[str, Profile]) -> Calibration:
+DEFAULT_BACKEND = "pytorch"
+
+
+def calibrate(records: Iterable[Record], profiles: Mapping[str, Profile], backend: str = DEFAULT_BACKEND) -> Calibration:
+    """Efficiencies of one backend's records (default: the harness's own engine). Mixing backends would
+    average the engine with transformers' generate() rows of the same run, which run at a fifth of the speed."""
     cal = Calibration()
     cells: dict[tuple[str, str], list[tuple[float | None, float | None]]] = {}
     for r in records:
         where = f"record {r.model} / {r.variant} / {r.profile} / batch {r.batch_size}"
         if r.status != "ok":
             cal.skipped.append(f"{where}: status {r.status}")
+            continue
+        if r.backend != backend:
+            cal.skipped.append(f"{where}: backend {r.backend} (calibrating {backend})")
             continue
         p = profiles.get(r.profile)
         if p is None:
@@ -102,5 +110,6 @@ def calibrate(records: Iterable[Record], profiles: Mapping[str, Profile]) -> Cal
     return cal
 
 
-def calibrate_from_dir(run_dir: str | Path, profiles: Mapping[str, Profile]) -> Calibration:
-    return calibrate(load_records(run_dir), profiles)
+def calibrate_from_dir(run_dir: str | Path, profiles: Mapping[str, Profile],
+                       backend: str = DEFAULT_BACKEND) -> Calibration:
+    return calibrate(load_records(run_dir), profiles, backend)
