@@ -67,9 +67,9 @@ def test_w4a8_probe_reports_missing_mslk():
 
 
 def test_probe_failure_makes_a_cell_unsupported():
-    from harness.variants.quant import ProbedVariant
+    from harness.variants import Variant
 
-    v = ProbedVariant("x", "", Requirements(), lambda m, c: None, probe=lambda dev: f"nothing on {dev}")
+    v = Variant("x", "", Requirements(), lambda m, c: None, probe=lambda dev, cc: f"nothing on {dev}")
     assert v.unsupported_reason("cpu", None) == "x: nothing on cpu"
     assert "no kernel on mps" in v.unsupported_reason("mps", None)   # static requirements come first
 

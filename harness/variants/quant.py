@@ -12,7 +12,6 @@ weights, as measured from the model.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -29,19 +28,9 @@ INT4_CUDA_CC = (8, 0)
 FP8_CC = (8, 9)
 
 
-@dataclass(frozen=True)
-class ProbedVariant(Variant):
-    """A Variant whose support also depends on what the installed stack can actually run."""
-    probe: Callable[[str], str | None] | None = field(default=None, compare=False)
-
-    def unsupported_reason(self, device_type: str, compute_capability: tuple[int, int] | None,
-                           profile=None) -> str | None:
-        why = super().unsupported_reason(device_type, compute_capability, profile)
-        if why is None and self.probe is not None:
-            failed = self.probe(device_type)
-            if failed:
-                return f"{self.name}: {failed}"
-        return why
+def _by_device(probe: Callable[[str], str | None]) -> Callable[[str, tuple[int, int] | None], str | None]:
+    """These probes depend on the device type only."""
+    return lambda device_type, compute_capability: probe(device_type)
 
 
 def _first_line(e: BaseException) -> str:
@@ -189,25 +178,25 @@ def _probe_w4a8(device_type: str) -> str | None:
 INT4_REQUIRES = Requirements(devices=("cpu", "cuda"), min_compute_capability=INT4_CUDA_CC)
 FP8_REQUIRES = Requirements(devices=("cuda",), min_compute_capability=FP8_CC, needs_torchao=True, feature="fp8")
 
-register(ProbedVariant("int8-wo", "int8 weight-only, per-channel scales (torchao Int8WeightOnlyConfig)",
-                       Requirements(needs_torchao=True), _apply_int8_wo, probe=_probe_int8_wo))
-register(ProbedVariant("int8-dq", "int8 dynamic per-token activations x int8 per-channel weights "
+register(Variant("int8-wo", "int8 weight-only, per-channel scales (torchao Int8WeightOnlyConfig)",
+                       Requirements(needs_torchao=True), _apply_int8_wo, probe=_by_device(_probe_int8_wo)))
+register(Variant("int8-dq", "int8 dynamic per-token activations x int8 per-channel weights "
                                   "(torchao Int8DynamicActivationInt8WeightConfig)",
-                       Requirements(needs_torchao=True), _apply_int8_dq, probe=_probe_int8_dq))
-register(ProbedVariant("int4-wo", "int4 weight-only, round-to-nearest, group 128 (CUDA: torchao tile_packed_to_4d; "
+                       Requirements(needs_torchao=True), _apply_int8_dq, probe=_by_device(_probe_int8_dq)))
+register(Variant("int4-wo", "int4 weight-only, round-to-nearest, group 128 (CUDA: torchao tile_packed_to_4d; "
                                   "CPU: torch aten._weight_int4pack_mm_for_cpu)",
-                       INT4_REQUIRES, _apply_int4_wo, probe=probe_int4))
-register(ProbedVariant("int4-awq", "int4 weight-only g128 after AWQ activation-aware channel scaling "
+                       INT4_REQUIRES, _apply_int4_wo, probe=_by_device(probe_int4)))
+register(Variant("int4-awq", "int4 weight-only g128 after AWQ activation-aware channel scaling "
                                    "(calibrated on corpus tokens, folded into the preceding ops)",
-                       INT4_REQUIRES, _apply_int4_awq, probe=probe_int4))
-register(ProbedVariant("fp8-wo", "fp8 e4m3 weight-only (torchao Float8WeightOnlyConfig)",
-                       FP8_REQUIRES, _apply_fp8_wo, probe=_probe_fp8_wo))
-register(ProbedVariant("fp8-dq", "fp8 e4m3 dynamic per-row activations x fp8 per-row weights "
+                       INT4_REQUIRES, _apply_int4_awq, probe=_by_device(probe_int4)))
+register(Variant("fp8-wo", "fp8 e4m3 weight-only (torchao Float8WeightOnlyConfig)",
+                       FP8_REQUIRES, _apply_fp8_wo, probe=_by_device(_probe_fp8_wo)))
+register(Variant("fp8-dq", "fp8 e4m3 dynamic per-row activations x fp8 per-row weights "
                                  "(torchao Float8DynamicActivationFloat8WeightConfig, PerRow)",
-                       FP8_REQUIRES, _apply_fp8_dq, probe=_probe_fp8_dq))
+                       FP8_REQUIRES, _apply_fp8_dq, probe=_by_device(_probe_fp8_dq)))
 # fp8 x int4 kernels in torchao 0.18 come from the mslk package (preshuffled WGMMA kernels for sm_90);
 # the probe reports its absence in torchao's own words.
-register(ProbedVariant("w4a8", "int4 weights x fp8 dynamic activations (torchao Float8DynamicActivationInt4WeightConfig)",
+register(Variant("w4a8", "int4 weights x fp8 dynamic activations (torchao Float8DynamicActivationInt4WeightConfig)",
                        Requirements(devices=("cuda",), min_compute_capability=(9, 0), needs_torchao=True,
                                     feature="fp8"),
-                       _apply_w4a8, probe=_probe_w4a8))
+                       _apply_w4a8, probe=_by_device(_probe_w4a8)))

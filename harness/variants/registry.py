@@ -36,13 +36,29 @@ class Variant:
     description: str
     requires: Requirements
     apply: Callable[[nn.Module, "ApplyContext"], ApplyResult] = field(compare=False)
+    # probe(device_type, compute_capability) -> why the installed stack cannot run the kernel, or None:
+    # imports, compiled ops and one tiny layer, so `unsupported` names the real failure before loading.
+    probe: Callable[[str, tuple[int, int] | None], str | None] | None = field(default=None, compare=False)
+    # Whether the GPU engine may fuse q/k/v and gate/up into one linear before apply(); False for
+    # variants that calibrate through transformers' own forward (it needs the unfused modules).
+    fusable: bool = True
+    no_kernel_note: str = ""          # appended to the reason on devices outside requires.devices
 
     def unsupported_reason(self, device_type: str, compute_capability: tuple[int, int] | None,
                            profile=None) -> str | None:
         """Why this variant cannot run here, or None. Checked before any model is loaded."""
+        why = self._static_reason(device_type, compute_capability, profile)
+        if why is None and self.probe is not None:
+            found = self.probe(device_type, tuple(compute_capability) if compute_capability else None)
+            if found:
+                return f"{self.name}: {found}"
+        return why
+
+    def _static_reason(self, device_type: str, compute_capability, profile) -> str | None:
         r = self.requires
         if device_type not in r.devices:
-            return f"{self.name}: no kernel on {device_type} (runs on {', '.join(r.devices)})"
+            note = f": {self.no_kernel_note}" if self.no_kernel_note else ""
+            return f"{self.name}: no kernel on {device_type} (runs on {', '.join(r.devices)}){note}"
         if r.min_compute_capability and device_type == "cuda":
             if compute_capability is None or compute_capability < r.min_compute_capability:
                 need = ".".join(map(str, r.min_compute_capability))

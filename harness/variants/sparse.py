@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import types
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -43,26 +42,9 @@ NO_GPU_NOTE = ("torch's 2:4 semi-structured kernels (cuSPARSELt, CUTLASS) are CU
                "wanda.apply_24_mask_dense measures the masks' quality with dense kernels")
 
 
-@dataclass(frozen=True)
-class ProbedVariant(Variant):
-    """A Variant whose kernel is also probed on the GPU (imports, compiled ops, one tiny layer) before
-    a model is loaded; the probe returns why the kernel cannot run, or None."""
-    probe: Callable[[tuple[int, int] | None], str | None] | None = field(default=None, compare=False)
-    # Read by backends/torch_cell.py (getattr(variant, "fusable", True)): whether q/k/v and gate/up may
-    # be fused into one linear before apply(). Wanda calibrates through the model's own forward,
-    # which needs the unfused modules.
-    fusable: bool = True
-
-    def unsupported_reason(self, device_type: str, compute_capability: tuple[int, int] | None,
-                           profile=None) -> str | None:
-        why = super().unsupported_reason(device_type, compute_capability, profile)
-        if why and device_type not in self.requires.devices:
-            return f"{why}: {NO_GPU_NOTE}"
-        if why is None and self.probe is not None and device_type == "cuda":
-            found = self.probe(tuple(compute_capability) if compute_capability else None)
-            if found:
-                return f"{self.name}: {found}"
-        return why
+def _on_cuda(probe: Callable[[tuple[int, int] | None], str | None]):
+    """These probes need the GPU's compute capability; the static requirements already refuse CPUs."""
+    return lambda device_type, cc: probe(cc) if device_type == "cuda" else None
 
 
 # -- kernels ---------------------------------------------------------------------------------------
@@ -247,19 +229,19 @@ def _check_types(plan: LayerPlan, type_name: str) -> None:
 
 
 _GPU_24 = dict(devices=("cuda",), min_compute_capability=MIN_CC_24, feature="sparse_2to4")
-register(ProbedVariant("sparse-2:4", "2:4 semi-structured sparsity, magnitude mask (2 largest |w| of every 4 "
+register(Variant("sparse-2:4", "2:4 semi-structured sparsity, magnitude mask (2 largest |w| of every 4 "
                        "inputs), cuSPARSELt (CUTLASS on sm_8x without it)",
-                       Requirements(**_GPU_24), _apply_semi_structured("magnitude"), probe=_probe_24))
-register(ProbedVariant("sparse-2:4-wanda", "2:4 semi-structured sparsity, Wanda mask (|W| x input-channel L2 norm "
+                       Requirements(**_GPU_24), _apply_semi_structured("magnitude"), probe=_on_cuda(_probe_24), no_kernel_note=NO_GPU_NOTE))
+register(Variant("sparse-2:4-wanda", "2:4 semi-structured sparsity, Wanda mask (|W| x input-channel L2 norm "
                        "on the calibration tokens), same kernels as sparse-2:4",
-                       Requirements(**_GPU_24), _apply_semi_structured("wanda"), probe=_probe_24,
+                       Requirements(**_GPU_24), _apply_semi_structured("wanda"), probe=_on_cuda(_probe_24), no_kernel_note=NO_GPU_NOTE,
                        fusable=False))
 register(Variant("unstructured-50", "50% unstructured magnitude pruning (per output row) on dense kernels "
                  "(quality and compressibility; no speed claim)", Requirements(), _apply_unstructured))
-register(ProbedVariant("sparse-2:4+fp8-dq", "2:4 magnitude sparsity + fp8 e4m3 per-row weights and per-token "
+register(Variant("sparse-2:4+fp8-dq", "2:4 magnitude sparsity + fp8 e4m3 per-row weights and per-token "
                        "dynamic activations (torchao CUTLASS sm_90a kernel)",
                        Requirements(**{**_GPU_24, "min_compute_capability": MIN_CC_FP8_24}, needs_torchao=True),
-                       _apply_fp8_24, probe=_probe_fp8_24))
-register(ProbedVariant("sparse-2:4+int8-dq", "2:4 magnitude sparsity + int8 per-row weights and per-token dynamic "
+                       _apply_fp8_24, probe=_on_cuda(_probe_fp8_24), no_kernel_note=NO_GPU_NOTE))
+register(Variant("sparse-2:4+int8-dq", "2:4 magnitude sparsity + int8 per-row weights and per-token dynamic "
                        "activations (cuSPARSELt int8 via torch._cslt_sparse_mm)",
-                       Requirements(**_GPU_24, needs_torchao=True), _apply_int8_24, probe=_probe_int8_24))
+                       Requirements(**_GPU_24, needs_torchao=True), _apply_int8_24, probe=_on_cuda(_probe_int8_24), no_kernel_note=NO_GPU_NOTE))
