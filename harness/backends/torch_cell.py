@@ -76,6 +76,11 @@ class GroupRunner:
             self.applied = variant.apply(self.model, ApplyContext(self.device.type, self.dtype,
                                                                   calib.to(self.device), policy))
             self.apply_s = time.perf_counter() - t_apply
+            if self.device.type == "cuda":
+                # the unquantized weights a variant replaced sit in the caching allocator; NVML's
+                # per-process figure (the VRAM headline) would count them as the variant's footprint
+                gc.collect()
+                torch.cuda.empty_cache()
             self.weight_bytes = tensor_bytes(self.model)
             self.quality_result = self._quality() if self.backend == "pytorch" else None
             power = self.settings.cpu_power_w or getattr(self.ctx.profile, "power_w", None)
