@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import itertools
-import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -139,8 +138,3 @@ def new_run_id(models: Iterable[str]) -> str:
     first = next(iter(models)).replace("synthetic:", "").replace("/", "_").replace(":", "_")[-40:]
     return f"{utc_now().strftime('%Y%m%dT%H%M%SZ')}-{first}"
 
-
-def timed(fn, *a, **kw):
-    t0 = time.perf_counter()
-    out = fn(*a, **kw)
-    return out, time.perf_counter() - t0

@@ -47,9 +47,7 @@ class CudaGraphEngine:
         self.device, self.B, self.P, self.N = device, batch, prompt_tokens, new_tokens
         self.energy = energy_reader
         self.dec = LeanDecoder(model, batch, prompt_tokens + new_tokens)
-        self.compiled = compile_step
         self.name = "compiled+cuda-graph" if compile_step else "cuda-graph"
-        self.name_detail = None
         self.tuned = compile_step and (tune if tune is not None else batch <= TUNE_MAX_BATCH)
         if compile_step:
             _inductor_settings(self.tuned)
