@@ -84,3 +84,15 @@ def test_policy_keeps_layers_unquantized(tiny_loaded):
     get_variant("int8-wo").apply(m, ctx)
     assert type(m.model.layers[0].self_attn.q_proj.weight).__name__ in ("Parameter", "Tensor")
     assert "Int8" in type(m.model.layers[0].mlp.up_proj.weight).__name__
+
+
+def test_record_kernel_names_the_ops_that_ran(tiny_loaded):
+    """torchao's CPU int8 weight-only path converts the int8 weight on every call; the ops say so."""
+    from harness.variants.inspect import ops_that_ran
+
+    base = tiny_loaded.instantiate(torch.device("cpu"), torch.float32)
+    assert "aten::mm" in ops_that_ran(base, torch.float32) or "aten::linear" in ops_that_ran(base, torch.float32)
+    q = tiny_loaded.instantiate(torch.device("cpu"), torch.float32)
+    get_variant("int8-wo").apply(q, ApplyContext("cpu", torch.float32))
+    ops = ops_that_ran(q, torch.float32)
+    assert "aten::_to_copy" in ops and "aten::mm" in ops

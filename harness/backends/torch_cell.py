@@ -25,7 +25,7 @@ from harness.meters.cpu_energy import open_cpu_energy_reader
 from harness.models import load_model
 from harness.records import Record
 from harness.variants import get_variant, policy_for
-from harness.variants.inspect import tensor_bytes
+from harness.variants.inspect import ops_that_ran, tensor_bytes
 from harness.variants.registry import ApplyContext
 
 # Calibration data for AWQ, Wanda and static scales: a fixed number of corpus tokens from the tail
@@ -82,6 +82,8 @@ class GroupRunner:
                 gc.collect()
                 torch.cuda.empty_cache()
             self.weight_bytes = tensor_bytes(self.model)
+            ops = ops_that_ran(self.model, self.dtype)
+            self.kernel = f"{self.applied.kernel}; aten ops: {ops}" if ops else self.applied.kernel
             self.quality_result = self._quality() if self.backend == "pytorch" else None
             power = self.settings.cpu_power_w or getattr(self.ctx.profile, "power_w", None)
             self.energy = open_cpu_energy_reader(power) if self.device.type == "cpu" else None
@@ -195,7 +197,7 @@ class GroupRunner:
             tuned = getattr(engine, "tuned", None)
         except (torch.OutOfMemoryError, MemoryError) as e:
             return self._record(cell, status="does-not-fit", reason=f"out of memory in the workload: {str(e)[:300]}",
-                                weight_bytes=self.weight_bytes, kernel=self.applied.kernel, kv_cache_bytes=kv_bytes)
+                                weight_bytes=self.weight_bytes, kernel=self.kernel, kv_cache_bytes=kv_bytes)
         finally:
             del engine
             if self.device.type == "cuda":
@@ -227,7 +229,7 @@ class GroupRunner:
         if self.quality_result is not None:
             fields.update(quality.record_fields(self.quality_result, self.settings.quality))
             extra["quality"] = quality.record_extra(self.quality_result, self.settings.quality)
-        return self._record(cell, kernel=self.applied.kernel, decode_path=m.engine_name,
+        return self._record(cell, kernel=self.kernel, decode_path=m.engine_name,
                             weights_note=self.loaded.weights_note, prompt_source=prompt_source,
                             weight_bytes=self.weight_bytes, kv_cache_bytes=kv_bytes if shape else None,
                             calibration_s=self.applied.calibration_s, extra=extra, **fields)

@@ -52,3 +52,37 @@ def linear_weight_types(model: nn.Module) -> str:
     c = Counter(type(m.weight).__name__ if type(m.weight) is not nn.Parameter else f"Tensor[{m.weight.dtype}]"
                 for m in model.modules() if isinstance(m, nn.Linear))
     return ", ".join(f"{k} x{v}" for k, v in c.most_common())
+
+
+# Shape-only ops that say nothing about which kernel did the work.
+_TRIVIAL_OPS = {"aten::view", "aten::t", "aten::transpose", "aten::reshape", "aten::as_strided", "aten::empty",
+                "aten::empty_strided", "aten::flatten", "aten::expand", "aten::unsqueeze", "aten::squeeze",
+                "aten::_unsafe_view", "aten::detach", "aten::alias", "aten::contiguous", "aten::resolve_conj",
+                "aten::resolve_neg", "aten::lift_fresh", "aten::slice", "aten::select", "aten::permute"}
+
+
+def ops_that_ran(model: nn.Module, dtype: torch.dtype, top: int = 4) -> str:
+    """The aten ops one MLP projection of `model` dispatches for a one-token input, by CPU time.
+
+    Measured with torch.profiler (CPU activity only, so cheap on GPU too): it shows what a tensor
+    subclass really does, e.g. torchao's CPU int8 path is `aten::_to_copy` (int8 -> fp32 weight on
+    every call) followed by `aten::mm`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    target = next((m for n, m in model.named_modules() if n.endswith("down_proj")), None)
+    if target is None:
+        target = next((m for m in model.modules() if isinstance(m, nn.Linear)), None)
+    if target is None:
+        return ""
+    p = next(iter(target.buffers()), None) if not isinstance(target, nn.Linear) else target.weight
+    in_features = getattr(target, "in_features", None)
+    if p is None or in_features is None:
+        return ""
+    x = torch.randn(1, 1, in_features, dtype=dtype, device=p.device)
+    with torch.inference_mode():
+        target(x)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            target(x)
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::") and e.key not in _TRIVIAL_OPS]
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return ", ".join(e.key for e in events[:top])
