@@ -109,6 +109,26 @@ def run(ctx: click.Context, **opts) -> None:
     click.echo(str(out_dir))
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def report(run_dir: Path) -> None:
+    """Rewrite report.md, the tables and charts/ of RUN_DIR from its records (nothing is re-measured)."""
+    from harness.records import load_records, write_tables
+    from harness.report import write_charts, write_report
+
+    try:
+        records = load_records(run_dir)
+    except (FileNotFoundError, ValueError) as e:
+        raise click.UsageError(str(e)) from None
+    run_json = run_dir / "run.json"
+    run = json.loads(run_json.read_text()) if run_json.is_file() else {}
+    write_tables(records, run_dir)
+    write_report(records, run, run_dir)
+    for p in write_charts(records, run_dir):
+        click.echo(str(p))
+    click.echo(str(run_dir / "report.md"))
+
+
 from harness.cli_microbench import import_microbench  # noqa: E402
 from harness.cli_profiles import detect, plan, profiles  # noqa: E402
 from harness.cli_quality import sensitivity  # noqa: E402

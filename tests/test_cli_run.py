@@ -139,3 +139,27 @@ def test_gpu_run_uses_cuda_graphs_and_compares_with_generate(tmp_path):
     assert ours.setup_s > 0
     assert ours.energy_source == "nvml_counter" and ours.energy_j > 0 and ours.power_mean_w > 0
     assert ours.idle_power_w > 0 and ours.mbu is not None and 0 < ours.mbu < 1.5
+
+
+def test_report_command_rebuilds_views_from_records(quick_run, tmp_path):
+    import shutil
+
+    _, out = quick_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "report.md").unlink()
+    r = CliRunner().invoke(main, ["report", str(copy)])
+    assert r.exit_code == 0, r.output
+    assert "| synthetic:tiny | int8-wo |" in (copy / "report.md").read_text()
+    assert CliRunner().invoke(main, ["report", str(tmp_path)]).exit_code == 2   # no records there
+
+
+def test_power_timeline_chart_from_stored_timelines(tmp_path):
+    from harness.records import Record
+    from harness.report import write_charts
+
+    r = Record(model="m", variant="baseline", backend="pytorch", profile="h100-sxm-80gb", batch_size=1,
+               prompt_tokens=8, new_tokens=4, decode_tok_s=1.0, power_mean_w=400.0, idle_power_w=120.0,
+               extra={"power_timeline": {"t_s": [0.0, 0.05, 0.1], "power_w": [390.0, 410.0, 400.0], "rate_hz": 20.0}})
+    paths = write_charts([r], tmp_path)
+    assert (tmp_path / "charts" / "power_timeline.png") in paths

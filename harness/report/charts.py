@@ -46,7 +46,36 @@ def write_charts(records: list[Record], out_dir: Path) -> list[Path]:
     paths = [path]
     if len({r.batch_size for r in ok}) > 1:
         paths.append(_batch_curve(ok, charts / "decode_vs_batch.png"))
+    timed = [r for r in ok if (r.extra.get("power_timeline") or {}).get("t_s")]
+    if timed:
+        paths.append(_power_timelines(timed, charts / "power_timeline.png"))
     return paths
+
+
+def _power_timelines(rs: list[Record], path: Path) -> Path:
+    """NVML instant power over each cell's full-loop energy window, with its mean (counter energy /
+    window) and the idle power measured for the model."""
+    n = len(rs)
+    cols = min(n, 4)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False, sharey=True)
+    for ax, r in zip(axes.flat, rs):
+        tl = r.extra["power_timeline"]
+        ax.plot(tl["t_s"], tl["power_w"], lw=0.8, color="#3b7dd8", label=f"instant power ({tl.get('rate_hz', 0):.0f} Hz)")
+        if r.power_mean_w is not None:
+            ax.axhline(r.power_mean_w, color="#d8843b", ls="--", lw=1, label=f"mean {r.power_mean_w:.0f} W (counter)")
+        if r.idle_power_w is not None:
+            ax.axhline(r.idle_power_w, color="#888888", ls=":", lw=1, label=f"idle {r.idle_power_w:.0f} W")
+        ax.set_title(f"{r.variant} [{r.backend}] b{r.batch_size} p{r.prompt_tokens}", fontsize=8)
+        ax.set_xlabel("s into the window", fontsize=8)
+        ax.legend(fontsize=6, loc="lower right")
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("W (NVML_FI_DEV_POWER_INSTANT)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _batch_curve(ok: list[Record], path: Path) -> Path:
