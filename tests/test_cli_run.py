@@ -55,6 +55,8 @@ def test_quick_run_records(quick_run):
             assert "40 W" in r.energy_method and r.j_per_token_decode > 0
         # random weights: quality is reported as not meaningful, never computed
         assert r.quality_verdict == "not-meaningful" and r.perplexity is None and r.kl_mean is None
+        # the planner's projection sits beside the measured bytes, and agrees on this model
+        assert r.planned_weight_bytes == pytest.approx(r.weight_bytes, rel=0.02)
     base, q = recs[0], recs[2]
     assert q.weight_bytes < base.weight_bytes
     assert "Int8" in q.kernel and "float32" in base.kernel

@@ -22,3 +22,21 @@ def measured_fields(m: Measurement) -> dict:
         prefill_s_samples=m.prefill_s_samples, decode_s_samples=m.decode_s_samples, tpot_s_samples=tpot,
         extra={"rss_method": RSS_METHOD, "definitions": DEFINITIONS,
                "first_row_tokens": m.last_tokens[0][:32] if m.last_tokens else []})
+
+
+_PLAN_FORMATS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def planned_weight_bytes(shape, variant: str, dtype_name: str) -> int | None:
+    """The planner's projection of the variant's resident weight bytes, shown beside the measured
+    figure; None where the planner has no layout for it (e.g. a policy file)."""
+    from harness.plan.layouts import VariantError, parse_variant
+    from harness.plan.roofline import weight_bytes
+
+    base = _PLAN_FORMATS.get(dtype_name)
+    if shape is None or base is None:
+        return None
+    try:
+        return weight_bytes(shape, parse_variant(variant), base).total
+    except VariantError:
+        return None

@@ -17,7 +17,7 @@ from harness.backends.generate_engine import GenerateEngine
 from harness.backends.gpu_meters import GpuRunMeters, bandwidth_fields, energy_fields
 from harness.meters.bandwidth import mean_decode_context
 from harness.backends.measure import measure
-from harness.backends.records_fill import measured_fields
+from harness.backends.records_fill import measured_fields, planned_weight_bytes
 from harness.backends.device import compute_dtype, free_memory_bytes, resolve_device
 from harness import quality
 from harness.corpus import load_corpus
@@ -229,6 +229,7 @@ class GroupRunner:
         if self.quality_result is not None:
             fields.update(quality.record_fields(self.quality_result, self.settings.quality))
             extra["quality"] = quality.record_extra(self.quality_result, self.settings.quality)
+        fields["planned_weight_bytes"] = planned_weight_bytes(shape, cell.variant, str(self.dtype).replace("torch.", ""))
         return self._record(cell, kernel=self.kernel, decode_path=m.engine_name,
                             weights_note=self.loaded.weights_note, prompt_source=prompt_source,
                             weight_bytes=self.weight_bytes, kv_cache_bytes=kv_bytes if shape else None,

@@ -42,7 +42,7 @@ def render_report(records: list[Record], run: dict) -> str:
         "## Results",
         "",
         "| model | variant | backend | batch | prompt | new | status | decode tok/s (± sd) | vs baseline | "
-        "prefill tok/s | TTFT ms | TPOT p50 / p99 ms | weights MB | vs baseline | peak RSS MB | J/token decode (source) | kernel |",
+        "prefill tok/s | TTFT ms | TPOT p50 / p99 ms | weights MB (planned) | vs baseline | peak RSS MB | J/token decode (source) | kernel |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
@@ -52,7 +52,7 @@ def render_report(records: list[Record], run: dict) -> str:
             f"| {r.model} | {r.variant} | {r.backend} | {r.batch_size} | {r.prompt_tokens} | {r.new_tokens} | "
             f"{r.status} | {num(r.decode_tok_s)}{sd if r.decode_tok_s is not None else ''} | "
             f"{_ratio(r.decode_tok_s, b.decode_tok_s if b else None)} | {num(r.prefill_tok_s)} | {ms(r.ttft_s)} | "
-            f"{ms(r.tpot_p50_s)} / {ms(r.tpot_p99_s)} | {mb(r.weight_bytes)} | "
+            f"{ms(r.tpot_p50_s)} / {ms(r.tpot_p99_s)} | {mb(r.weight_bytes)} ({mb(r.planned_weight_bytes)}) | "
             f"{_ratio(r.weight_bytes, b.weight_bytes if b else None)} | {mb(r.peak_rss_bytes)} | {_energy(r)} | "
             f"{r.kernel or NA} |")
     lines += _quality_table(records)
@@ -74,7 +74,8 @@ def render_report(records: list[Record], run: dict) -> str:
         + ", ".join(sorted({r.timing_source for r in records if r.timing_source}) or [NA]) + ".",
         "- peak RSS: " + (next((r.extra.get("rss_method") for r in records if r.extra.get("rss_method")), NA)) + ".",
         "- weights MB: bytes of every parameter and buffer as stored (quantized tensors' inner data, "
-        "scales and zero points), tied tensors once; measured from the tensors, not computed.",
+        "scales and zero points), tied tensors once; measured from the tensors, not computed. In brackets: "
+        "the planner's projection from the storage layout (`harness plan`), for comparison.",
     ]
     lines += [f"- energy ({m})" for m in methods] or ["- energy: unavailable"]
     return "\n".join(lines) + "\n"
