@@ -30,3 +30,15 @@ def tiny_loaded():
     from harness.models import load_model
 
     return load_model("synthetic:tiny")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small matmuls gain nothing from a second thread, and OpenMP's spin-waits make them several
+    times slower whenever the other core is busy (shared 2-core machines)."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

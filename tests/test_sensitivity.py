@@ -16,14 +16,7 @@ from harness.variants import ApplyContext, get_variant, policy_for
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small matmuls gain nothing from a second thread, and OpenMP's spin-waits make them several
-    times slower whenever the other core is busy (shared 2-core machines)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 FRAGILE = "model.layers.2.mlp.down_proj"
 SETTINGS = QualitySettings(tokens=32, window=32, stride=16, reference_dtype="float32")
 
