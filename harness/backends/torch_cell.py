@@ -128,7 +128,8 @@ class GroupRunner:
         budget = free * (1 - self.settings.memory_headroom)
         if need > budget:
             raise _Skip("does-not-fit",
-                        f"{self.model_spec} needs {need / 1e9:.2f} GB ({self.dtype} weights{what}); "
+                        f"{self.model_spec} needs {need / 1e9:.2f} GB ({self.dtype} weights{what}; variants are "
+                        f"applied to a full-precision instance); "
                         f"{self.device} has {free / 1e9:.2f} GB ({self.settings.memory_headroom:.0%} kept as headroom)")
 
     # -- one cell ---------------------------------------------------------------------------------
