@@ -74,6 +74,9 @@ def execute(req: RunRequest, echo: Callable[[str], None] = print) -> Path:
     axes = SweepAxes(models, variants, req.batch_sizes, req.prompt_tokens, req.new_tokens, req.backends)
     if req.device not in ("auto", "cpu") and not req.device.startswith("cuda"):
         raise ValueError(f"--device takes auto, cpu, cuda or cuda:N, got {req.device!r}")
+    from harness.backends.device import resolve_device
+
+    resolve_device(req.device)   # e.g. cuda asked for on a machine without one: refuse before any output
     profile, why = resolve_profile(req.profile, req.profiles_dir, req.cpu_power_w)
 
     from harness import provenance

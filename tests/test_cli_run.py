@@ -78,11 +78,14 @@ def test_report_names_machine_and_every_cell(quick_run):
     (["--corpus", "/nonexistent.txt"], "corpus"),
     (["--device", "tpu"], "--device"),
     (["--profile", "no-such-profile"], "unknown profile"),
+    pytest.param(["--device", "cuda"], "no CUDA GPU", marks=pytest.mark.skipif(
+        __import__("torch").cuda.is_available(), reason="this machine has a GPU")),
 ])
 def test_bad_input_is_a_usage_error(args, msg, tmp_path):
     r = CliRunner().invoke(main, ["run", "--quick", "--model", "synthetic:tiny", "--out", str(tmp_path / "x"), *args])
     assert r.exit_code == 2, r.output
     assert msg in r.output
+    assert not (tmp_path / "x").exists()    # refused before any output folder is made
 
 
 def test_no_quality_marks_records_skipped(tmp_path):
