@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.records import Record
+from harness.report import claims
 from harness.report.fmt import NA, mb, ms, num, sig
 
 
@@ -55,6 +56,7 @@ def render_report(records: list[Record], run: dict) -> str:
             f"{ms(r.tpot_p50_s)} / {ms(r.tpot_p99_s)} | {mb(r.weight_bytes)} ({mb(r.planned_weight_bytes)}) | "
             f"{_ratio(r.weight_bytes, b.weight_bytes if b else None)} | {mb(r.peak_rss_bytes)} | {_energy(r)} | "
             f"{r.kernel or NA} |")
+    lines += claims.render(records)
     lines += _quality_table(records)
     lines += _energy_table(records)
     bad = [r for r in records if r.status != "ok"]

@@ -1,0 +1,97 @@
+"""The compression claims the harness exists to test, checked against a run's own Records.
+
+Each claim compares a variant with the baseline of the same cell (model, backend, batch, prompt,
+new tokens) in the same run. A claim with no matching pair of ok records is "not measured in this
+run", never a pass. Quality verdicts ride along: a speed-up whose variant failed the quality guard
+is reported as such.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from harness.records import Record
+
+
+@dataclass(frozen=True)
+class Claim:
+    text: str
+    variants: tuple[str, ...]            # base variant names the claim is about (policy suffixes allowed)
+    metric: str                          # Record field compared with the baseline
+    holds: Callable[[float], bool]       # on the ratio variant / baseline
+    wording: str                         # how the ratio is read, e.g. "{:.2f}x decode tok/s"
+
+
+CLAIMS = (
+    Claim("2:4 structured sparsity doubles throughput", ("sparse-2:4", "sparse-2:4-wanda"), "decode_tok_s",
+          lambda r: r >= 1.9, "{:.2f}x decode tok/s (holds at >= 1.9x)"),
+    Claim("INT4 weights cut memory by 75%", ("int4-wo", "int4-awq"), "_memory_bytes",
+          lambda r: r <= 0.25 * 1.1, "{:.0%} of the baseline's memory (holds at <= 27.5%)"),
+    Claim("FP8 gives much faster inference", ("fp8-dq", "fp8-wo"), "decode_tok_s",
+          lambda r: r >= 1.3, "{:.2f}x decode tok/s (holds at >= 1.3x)"),
+    Claim("quantization cuts energy per token by up to 65%", ("int8-wo", "int8-dq", "int4-wo", "int4-awq", "fp8-wo",
+                                                             "fp8-dq", "w4a8"), "j_per_token_decode",
+          lambda r: r <= 0.35 * 1.1, "{:.0%} of the baseline's decode J/token (a 65% cut holds at <= 38.5%)"),
+)
+
+
+def _memory_bytes(r: Record) -> int | None:
+    """Device memory where measured (peak VRAM), else the resident weight bytes."""
+    return r.peak_vram_bytes if r.peak_vram_bytes is not None else r.weight_bytes
+
+
+def _value(r: Record, metric: str):
+    return _memory_bytes(r) if metric == "_memory_bytes" else getattr(r, metric)
+
+
+def _cell(r: Record) -> tuple:
+    return (r.model, r.backend, r.batch_size, r.prompt_tokens, r.new_tokens)
+
+
+@dataclass(frozen=True)
+class Finding:
+    claim: str
+    variant: str
+    cell: tuple
+    ratio: float
+    holds: bool
+    reading: str
+    quality: str
+
+
+def check(records: list[Record]) -> tuple[list[Finding], list[str]]:
+    """(findings, claims not measured in this run)."""
+    baselines = {_cell(r): r for r in records if r.status == "ok" and r.variant == "baseline"}
+    findings, missing = [], []
+    for c in CLAIMS:
+        found = False
+        for r in records:
+            base = baselines.get(_cell(r))
+            if r.status != "ok" or r.variant.split("@")[0] not in c.variants or base is None:
+                continue
+            a, b = _value(r, c.metric), _value(base, c.metric)
+            if a is None or not b:
+                continue
+            ratio = a / b
+            found = True
+            findings.append(Finding(c.text, r.variant, _cell(r), ratio, c.holds(ratio), c.wording.format(ratio),
+                                    r.quality_verdict or "not measured"))
+        if not found:
+            missing.append(c.text)
+    return findings, missing
+
+
+def render(records: list[Record]) -> list[str]:
+    findings, missing = check(records)
+    if not findings and not missing:
+        return []
+    out = ["", "## Claims checked against this run", "",
+           "| claim | variant | model / backend / batch / prompt | measured | held? | quality |", "|---|---|---|---|---|---|"]
+    for f in findings:
+        model, backend, batch, prompt, _ = f.cell
+        out.append(f"| {f.claim} | {f.variant} | {model} / {backend} / {batch} / {prompt} | {f.reading} | "
+                   f"**{'yes' if f.holds else 'no'}** | {f.quality} |")
+    if missing:
+        out += ["", "Not measured in this run (no ok record of such a variant beside an ok baseline of the same cell): "
+                + "; ".join(missing) + "."]
+    return out
