@@ -129,6 +129,28 @@ def report(run_dir: Path) -> None:
     click.echo(str(run_dir / "report.md"))
 
 
+@main.command()
+@click.argument("before", type=click.Path(exists=True, path_type=Path))
+@click.argument("after", type=click.Path(exists=True, path_type=Path))
+@click.option("--fail-on", default="decode_tok_s:-5%", show_default=True,
+              help="Comma list of metric:allowed-change, e.g. decode_tok_s:-5%,ttft_s:+10%,j_per_token_decode:+5%.")
+def compare(before: Path, after: Path, fail_on: str) -> None:
+    """Compare two runs cell by cell. Exit code 1 when a metric got worse by more than its threshold and
+    by more than the runs' own spread; 0 otherwise."""
+    from harness.records import load_records
+    from harness.report import compare as cmp
+
+    try:
+        thresholds = cmp.parse_thresholds(fail_on)
+        deltas = cmp.compare(load_records(before), load_records(after), thresholds)
+    except (cmp.CompareError, FileNotFoundError, ValueError) as e:
+        raise click.UsageError(str(e)) from None
+    click.echo(cmp.render(deltas))
+    bad = [d for d in deltas if d.status == "regression"]
+    click.echo(f"{len(bad)} regression(s) in {len(deltas)} comparisons")
+    sys.exit(1 if bad else 0)
+
+
 from harness.cli_microbench import import_microbench  # noqa: E402
 from harness.cli_profiles import detect, plan, profiles  # noqa: E402
 from harness.cli_quality import sensitivity  # noqa: E402
