@@ -22,6 +22,7 @@ class RunConfig:
     repeats: int = DEFAULT_MIN_REPEATS
     min_seconds: float = DEFAULT_MIN_SECONDS
     backends: str = "pytorch"
+    tune: str = "auto"
     energy_window_s: float = 10.0
     device: str = "auto"
     profile: str = "auto"

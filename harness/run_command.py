@@ -37,6 +37,7 @@ class RunRequest:
     out: Path | None = None
     backends: tuple[str, ...] = ("pytorch",)
     compile: bool = True
+    tune: str = "auto"
     meters: bool = True
     energy_window_s: float = 10.0
     quality: QualitySettings = field(default_factory=QualitySettings)
@@ -89,12 +90,12 @@ def execute(req: RunRequest, echo: Callable[[str], None] = print) -> Path:
         raise ValueError(f"{out_dir} already holds records.jsonl; choose another --out")
     meter = MeterSettings(warmup=req.warmup, min_repeats=req.repeats, min_seconds=req.min_seconds)
     settings = RunSettings(device=req.device, meter=meter, corpus=str(req.corpus) if req.corpus else None,
-                           cpu_power_w=req.cpu_power_w, compile=req.compile, meters=req.meters,
+                           cpu_power_w=req.cpu_power_w, compile=req.compile, tune=req.tune, meters=req.meters,
                            energy_window_s=req.energy_window_s, quality=req.quality)
     prov = provenance.collect(profile.id)
     ctx = RunContext(run_id=run_id, profile=profile, provenance=prov)
     run_meta = {"run_id": run_id, "axes": asdict(axes), "profile": profile.id, "profile_reason": why,
-                "settings": {"device": req.device, "cpu_power_w": req.cpu_power_w, "compile": req.compile,
+                "settings": {"device": req.device, "cpu_power_w": req.cpu_power_w, "compile": req.compile, "tune": req.tune,
                              "meters": req.meters, "energy_window_s": req.energy_window_s}, "meter": asdict(meter),
                 "corpus": corpus_name, "provenance": prov, "quality": req.quality.as_dict(), "cells": len(expand(axes))}
     echo(f"run {run_id}: {run_meta['cells']} cells on profile {profile.id} ({why})")

@@ -83,6 +83,7 @@ class RunSettings:
     cpu_power_w: float | None = None     # for the CPU energy estimate when RAPL is unreadable
     memory_headroom: float = 0.10        # refuse a model whose weights need more than 90% of free memory
     compile: bool = True                 # GPU: compile the decode step before capturing it
+    tune: str = "auto"                   # GPU: coordinate-descent tuning: auto (batch 1 only), on, off
     meters: bool = True                  # False: no energy window, power sampler or RSS sampler (overhead check)
     energy_window_s: float = 10.0        # GPU: minimum length of each energy window (full loop, prefill loop)
     quality: QualitySettings = field(default_factory=QualitySettings)

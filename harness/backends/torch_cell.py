@@ -152,8 +152,9 @@ class GroupRunner:
                 return EagerEngine(self.model, self.device, self.energy), notes
             for comp in ((True, False) if self.settings.compile else (False,)):
                 try:
+                    tune = {"auto": None, "on": True, "off": False}[self.settings.tune]
                     return CudaGraphEngine(self.model, self.device, cell.batch_size, cell.prompt_tokens,
-                                           cell.new_tokens, compile_step=comp), notes
+                                           cell.new_tokens, compile_step=comp, tune=tune), notes
                 except torch.OutOfMemoryError:
                     raise
                 except Exception as e:  # noqa: BLE001  (record why the faster path failed, try the next)
