@@ -97,7 +97,8 @@ class RunContext:
     gpu: object | None = None            # GpuRunMeters, opened by the first CUDA cell
 
 
-def _base_record(cell: Cell, ctx: RunContext, **kw) -> Record:
+def cell_record(cell: Cell, ctx: RunContext, **kw) -> Record:
+    """The Record of a cell with its keys and the run's provenance filled in; figures come as kw."""
     return Record(model=cell.model, variant=cell.variant, backend=cell.backend, profile=ctx.profile.id,
                   batch_size=cell.batch_size, prompt_tokens=cell.prompt_tokens, new_tokens=cell.new_tokens,
                   run_id=ctx.run_id, provenance=ctx.provenance, **kw)
@@ -120,7 +121,7 @@ def run_sweep(axes: SweepAxes, settings: RunSettings, ctx: RunContext,
             try:
                 rec = runner.run(cell)
             except Exception as e:  # noqa: BLE001  (a cell's failure is a row, never the end of the sweep)
-                rec = _base_record(cell, ctx, status="failed", reason=f"{type(e).__name__}: {e}",
+                rec = cell_record(cell, ctx, status="failed", reason=f"{type(e).__name__}: {e}",
                                    extra={"traceback": traceback.format_exc(limit=8)})
             records.append(rec)
             if on_record:

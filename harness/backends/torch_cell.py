@@ -134,10 +134,9 @@ class GroupRunner:
 
     # -- one cell ---------------------------------------------------------------------------------
     def _record(self, cell, **kw) -> Record:
-        return Record(model=cell.model, variant=cell.variant, backend=cell.backend, profile=self.ctx.profile.id,
-                      batch_size=cell.batch_size, prompt_tokens=cell.prompt_tokens, new_tokens=cell.new_tokens,
-                      device=str(self.device), dtype=str(self.dtype).replace("torch.", ""),
-                      run_id=self.ctx.run_id, provenance=self.ctx.provenance, **kw)
+        from harness.runner import cell_record
+
+        return cell_record(cell, self.ctx, device=str(self.device), dtype=str(self.dtype).replace("torch.", ""), **kw)
 
     def _engine(self, cell):
         """(engine, notes): the fastest path that works here, and why a faster one was not used."""

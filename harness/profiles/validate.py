@@ -86,11 +86,17 @@ def _id(path, key, v):
     return s
 
 
-def _class(path, key, v):
-    s = _string(path, key, v)
-    if s not in CLASSES:
-        raise ProfileError(path, key, f"unknown class {s!r}; one of {', '.join(CLASSES)}")
-    return s
+def _choice(allowed, what: str):
+    """A validator for a string that must be one of `allowed`."""
+    def check(path, key, v):
+        s = _string(path, key, v)
+        if s not in allowed:
+            raise ProfileError(path, key, f"unknown {what} {s!r}; one of {', '.join(allowed)}")
+        return s
+    return check
+
+
+_class = _choice(CLASSES, "class")
 
 
 def _memory(path, key, v):
@@ -163,11 +169,7 @@ def _eps(path, key, v):
     return eps
 
 
-def _baseline(path, key, v):
-    s = _string(path, key, v)
-    if s not in BASELINE_FORMATS:
-        raise ProfileError(path, key, f"unknown baseline format {s!r}; one of {', '.join(BASELINE_FORMATS)}")
-    return s
+_baseline = _choice(BASELINE_FORMATS, "baseline format")
 
 
 def _memory_options(path, key, v):
