@@ -64,7 +64,13 @@ def main() -> None:
               help="GPU: inductor coordinate-descent tuning of the compiled step (auto: batch 1 only; "
                    "it raised 8B batch-1 decode from 159 to 172 tok/s on the H100 for ~40 s more compile).")
 @click.option("--no-meters", "no_meters", is_flag=True,
-              help="Turn off energy windows, the power sampler and the RSS sampler (to measure their overhead).")
+              help="Turn off energy windows, the power sampler and the RSS sampler.")
+@click.option("--repetitions", default=1, show_default=True, type=click.IntRange(1),
+              help="Measure each cell this many times on the same prepared engine (one record each; the "
+                   "report gives their coefficient of variation).")
+@click.option("--meter-overhead", "meter_overhead", is_flag=True,
+              help="Benchmark the meters' own cost: measure every repetition once with meters and once "
+                   "without (ABBA order, equal windows); the report compares decode tok/s.")
 @click.option("--energy-window-s", default=D.energy_window_s, show_default=True, type=click.FloatRange(min=0.5),
               help="GPU: minimum seconds of each NVML energy window (full loop and prefill-only loop).")
 @click.option("--device", default=D.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -104,12 +110,19 @@ def run(ctx: click.Context, **opts) -> None:
             profile=opts["profile"], profiles_dir=opts["profiles_dir"], cpu_power_w=opts["cpu_power_w"],
             corpus=opts["corpus"], out=opts["out"],
             backends=tuple(b.strip() for b in opts["backends"].split(",") if b.strip()),
-            compile=not opts["no_compile"], tune=opts["tune"], meters=not opts["no_meters"],
+            compile=not opts["no_compile"], tune=opts["tune"],
+            meters=_meter_mode(opts["no_meters"], opts["meter_overhead"]), repetitions=opts["repetitions"],
             energy_window_s=opts["energy_window_s"], quality=q)
         out_dir = execute(req, echo=lambda s: click.echo(s, err=True))
     except ValueError as e:  # bad input: spec, variant, corpus, device, profile
         raise click.UsageError(str(e)) from None
     click.echo(str(out_dir))
+
+
+def _meter_mode(no_meters: bool, overhead: bool) -> str:
+    if no_meters and overhead:
+        raise ValueError("--meter-overhead compares meters on with meters off; it cannot run with --no-meters")
+    return "alternate" if overhead else ("off" if no_meters else "on")
 
 
 @main.command()

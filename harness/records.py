@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 STATUSES = ("ok", "failed", "unsupported", "does-not-fit")
 # Where an energy figure comes from. `estimate` is never mixed with measured sources in one column
@@ -38,6 +38,8 @@ class Record:
     decode_path: str = ""              # eager, cuda-graph, compiled, hf-generate
     weights_note: str = ""             # e.g. "dequantized from GGUF Q4_1"
     prompt_source: str = ""            # corpus tokens or seeded random ids
+    repetition: int = 0                # which measurement of the same cell (--repetitions), from 0
+    meters: bool = True                # energy windows and samplers on during the timed loop
     # figures (None = not measured; never 0 for "unknown")
     decode_tok_s: float | None = None
     decode_tok_s_stdev: float | None = None
@@ -67,6 +69,7 @@ class Record:
     peak_vram_bytes: int | None = None
     kv_cache_bytes: int | None = None
     planned_weight_bytes: int | None = None    # the planner's projection beside the measured figure
+    vram_expected_bytes: int | None = None     # weights + KV + workspace (activations + runtime), see extra.vram_budget
     achieved_bandwidth_bytes_per_s: float | None = None
     mbu: float | None = None                   # achieved / copy bandwidth measured in the same run
     mfu: float | None = None                   # prefill FLOP/s / profile peak for the format
@@ -94,9 +97,14 @@ class Record:
             raise ValueError(f"energy_source {self.energy_source!r} not in {ENERGY_SOURCES}")
 
     @property
-    def key(self) -> tuple:
+    def cell_key(self) -> tuple:
+        """What was measured, whichever repetition and meter setting measured it."""
         return (self.model, self.variant, self.backend, self.profile,
                 self.batch_size, self.prompt_tokens, self.new_tokens)
+
+    @property
+    def key(self) -> tuple:
+        return self.cell_key + (self.repetition, self.meters)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,11 +116,34 @@ NESTED_FIELDS = SAMPLE_FIELDS + ("energy_flags", "provenance", "extra")
 
 
 def _upgrade_0_to_1(d: dict[str, Any]) -> dict[str, Any]:
-    # Version 0 was never written; this is where a future upgrade goes (rename, unit change, ...).
+    # Version 0 was never written.
     return d
 
 
-_UPGRADES = {0: _upgrade_0_to_1}
+def _upgrade_1_to_2(d: dict[str, Any]) -> dict[str, Any]:
+    # Version 2 added repetitions and the meters flag; every version-1 record was a single
+    # measurement, with meters on unless the run was made with --no-meters.
+    d.setdefault("repetition", 0)
+    if "meters" not in d:
+        d["meters"] = "meters off" not in str((d.get("extra") or {}).get("peak_vram_method", ""))
+    return d
+
+
+_UPGRADES = {0: _upgrade_0_to_1, 1: _upgrade_1_to_2}
+
+
+def primary(records: Iterable[Record]) -> list[Record]:
+    """The records that views showing one figure per cell use: of each cell, its first repetition
+    measured with meters on (or its first repetition, in a run with meters off). The other
+    repetitions stay in the files and feed the repetition and meter-overhead sections of the report.
+    Records of a cell with the same repetition and meter setting (files of several runs) all stay."""
+    records = list(records)
+    best: dict[tuple, tuple[bool, int]] = {}
+    for r in records:
+        rank = (r.meters, -r.repetition)
+        if r.cell_key not in best or rank > best[r.cell_key]:
+            best[r.cell_key] = rank
+    return [r for r in records if (r.meters, -r.repetition) == best[r.cell_key]]
 
 
 def from_envelope(env: dict[str, Any]) -> Record:

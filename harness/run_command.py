@@ -38,7 +38,8 @@ class RunRequest:
     backends: tuple[str, ...] = ("pytorch",)
     compile: bool = True
     tune: str = "auto"
-    meters: bool = True
+    meters: str = "on"                 # on | off | alternate (meter-overhead benchmark)
+    repetitions: int = 1
     energy_window_s: float = 10.0
     quality: QualitySettings = field(default_factory=QualitySettings)
 
@@ -72,12 +73,13 @@ def execute(req: RunRequest, echo: Callable[[str], None] = print) -> Path:
         parse_spec(m)
     variants = tuple(parse_variant_list(req.variants))
     corpus_name, _ = load_corpus(req.corpus)
-    axes = SweepAxes(models, variants, req.batch_sizes, req.prompt_tokens, req.new_tokens, req.backends)
+    axes = SweepAxes(models, variants, req.batch_sizes, req.prompt_tokens, req.new_tokens, req.backends,
+                     repetitions=req.repetitions, meters=req.meters)
     if req.device not in ("auto", "cpu") and not req.device.startswith("cuda"):
         raise ValueError(f"--device takes auto, cpu, cuda or cuda:N, got {req.device!r}")
     from harness.backends.device import resolve_device
 
-    resolve_device(req.device)   # e.g. cuda asked for on a machine without one: refuse before any output
+    device = resolve_device(req.device)   # e.g. cuda asked for on a machine without one: refuse before any output
     profile, why = resolve_profile(req.profile, req.profiles_dir, req.cpu_power_w)
 
     from harness import provenance
@@ -88,15 +90,21 @@ def execute(req: RunRequest, echo: Callable[[str], None] = print) -> Path:
     jsonl = out_dir / "records.jsonl"
     if jsonl.exists():
         raise ValueError(f"{out_dir} already holds records.jsonl; choose another --out")
+    allocator = None
+    if device.type == "cuda":
+        from harness.backends.device import configure_cuda_allocator
+
+        allocator = configure_cuda_allocator()
     meter = MeterSettings(warmup=req.warmup, min_repeats=req.repeats, min_seconds=req.min_seconds)
     settings = RunSettings(device=req.device, meter=meter, corpus=str(req.corpus) if req.corpus else None,
-                           cpu_power_w=req.cpu_power_w, compile=req.compile, tune=req.tune, meters=req.meters,
+                           cpu_power_w=req.cpu_power_w, compile=req.compile, tune=req.tune, meters=req.meters != "off",
                            energy_window_s=req.energy_window_s, quality=req.quality)
     prov = provenance.collect(profile.id)
     ctx = RunContext(run_id=run_id, profile=profile, provenance=prov)
     run_meta = {"run_id": run_id, "axes": asdict(axes), "profile": profile.id, "profile_reason": why,
                 "settings": {"device": req.device, "cpu_power_w": req.cpu_power_w, "compile": req.compile, "tune": req.tune,
-                             "meters": req.meters, "energy_window_s": req.energy_window_s}, "meter": asdict(meter),
+                             "meters": req.meters, "repetitions": req.repetitions, "cuda_allocator": allocator,
+                             "energy_window_s": req.energy_window_s}, "meter": asdict(meter),
                 "corpus": corpus_name, "provenance": prov, "quality": req.quality.as_dict(), "cells": len(expand(axes))}
     echo(f"run {run_id}: {run_meta['cells']} cells on profile {profile.id} ({why})")
     t_start = time.perf_counter()

@@ -20,6 +20,9 @@ from harness.records import Record
 # pytorch: the harness's own engine (eager on CPU; static cache + compiled step in a CUDA graph on GPU).
 # transformers-generate: transformers' eager generate(), what users get by default, for comparison.
 BACKENDS = ("pytorch", "transformers-generate")
+# Meters during the timed loop: on, off, or alternate (the overhead benchmark: every repetition is
+# measured once with and once without, in ABBA order so that a slow drift cancels).
+METER_MODES = ("on", "off", "alternate")
 
 
 @dataclass(frozen=True)
@@ -30,8 +33,14 @@ class SweepAxes:
     prompt_tokens: tuple[int, ...]
     new_tokens: tuple[int, ...]
     backends: tuple[str, ...] = ("pytorch",)
+    repetitions: int = 1                 # measurements of each cell, on the same prepared engine
+    meters: str = "on"                   # on | off | alternate (each repetition once with, once without)
 
     def __post_init__(self) -> None:
+        if self.repetitions < 1:
+            raise ValueError(f"repetitions must be at least 1, got {self.repetitions}")
+        if self.meters not in METER_MODES:
+            raise ValueError(f"meters must be one of {', '.join(METER_MODES)}, got {self.meters!r}")
         unknown = [b for b in self.backends if b not in BACKENDS]
         if unknown:
             raise ValueError(f"unknown backend(s) {unknown}; valid backends: {', '.join(BACKENDS)}")
@@ -53,18 +62,37 @@ class Cell:
     batch_size: int
     prompt_tokens: int
     new_tokens: int
+    repetition: int = 0
+    meters: bool = True
+
+    @property
+    def geometry(self) -> tuple[int, int, int]:
+        """What an engine is built for: cells differing only in repetition or meters share one."""
+        return self.batch_size, self.prompt_tokens, self.new_tokens
 
     def label(self) -> str:
+        rep = f" rep={self.repetition}" if self.repetition else ""
         return (f"{self.model} {self.variant} [{self.backend}] batch={self.batch_size} prompt={self.prompt_tokens} "
-                f"new={self.new_tokens}")
+                f"new={self.new_tokens}{rep}{'' if self.meters else ' meters=off'}")
+
+
+def _meter_settings(mode: str, repetition: int) -> tuple[bool, ...]:
+    if mode == "alternate":
+        return (False, True) if repetition % 2 == 0 else (True, False)
+    return (mode == "on",)
 
 
 def expand(axes: SweepAxes) -> list[Cell]:
     """Deterministic order: model, variant, backend, then batch, prompt length, new tokens (each axis
-    in the order given)."""
+    in the order given), then repetitions and meter settings, innermost."""
     combos = itertools.product(axes.models, axes.variants, axes.backends, axes.batch_sizes, axes.prompt_tokens,
                                axes.new_tokens)
-    return [Cell(i, *c) for i, c in enumerate(combos)]
+    cells: list[Cell] = []
+    for c in combos:
+        for rep in range(axes.repetitions):
+            for on in _meter_settings(axes.meters, rep):
+                cells.append(Cell(len(cells), *c, repetition=rep, meters=on))
+    return cells
 
 
 def group_cells(cells: Iterable[Cell]) -> list[tuple[str, str, str, list[Cell]]]:
@@ -84,7 +112,7 @@ class RunSettings:
     memory_headroom: float = 0.10        # refuse a model whose weights need more than 90% of free memory
     compile: bool = True                 # GPU: compile the decode step before capturing it
     tune: str = "auto"                   # GPU: coordinate-descent tuning: auto (batch 1 only), on, off
-    meters: bool = True                  # False: no energy window, power sampler or RSS sampler (overhead check)
+    meters: bool = True                  # False: no cell has meters on (no GPU meters are opened at all)
     energy_window_s: float = 10.0        # GPU: minimum length of each energy window (full loop, prefill loop)
     quality: QualitySettings = field(default_factory=QualitySettings)
 
@@ -101,7 +129,7 @@ def cell_record(cell: Cell, ctx: RunContext, **kw) -> Record:
     """The Record of a cell with its keys and the run's provenance filled in; figures come as kw."""
     return Record(model=cell.model, variant=cell.variant, backend=cell.backend, profile=ctx.profile.id,
                   batch_size=cell.batch_size, prompt_tokens=cell.prompt_tokens, new_tokens=cell.new_tokens,
-                  run_id=ctx.run_id, provenance=ctx.provenance, **kw)
+                  repetition=cell.repetition, meters=cell.meters, run_id=ctx.run_id, provenance=ctx.provenance, **kw)
 
 
 def run_sweep(axes: SweepAxes, settings: RunSettings, ctx: RunContext,

@@ -168,3 +168,53 @@ def test_power_timeline_chart_from_stored_timelines(tmp_path):
                extra={"power_timeline": {"t_s": [0.0, 0.05, 0.1], "power_w": [390.0, 410.0, 400.0], "rate_hz": 20.0}})
     paths = write_charts([r], tmp_path)
     assert (tmp_path / "charts" / "power_timeline.png") in paths
+
+
+def test_repetitions_with_meter_overhead_reuse_the_engine(tmp_path):
+    out = tmp_path / "reps"
+    res = CliRunner().invoke(main, ["run", "--model", "synthetic:tiny", "--variants", "baseline", "--quick",
+                                    "--repetitions", "2", "--meter-overhead", "--cpu-power-w", "40", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    recs = load_records(out)
+    assert [(r.repetition, r.meters) for r in recs] == [(0, False), (0, True), (1, True), (1, False)]
+    assert all(r.status == "ok" for r in recs)
+    # one engine for the cell: only the first measurement built it
+    assert [r.extra["engine_reused"] for r in recs] == [False, True, True, True]
+    assert recs[0].peak_rss_bytes is None and recs[1].peak_rss_bytes > 0   # the RSS sampler is a meter
+    run = json.loads((out / "run.json").read_text())
+    assert run["cells"] == 4 and run["settings"]["meters"] == "alternate" and run["settings"]["repetitions"] == 2
+    md = (out / "report.md").read_text()
+    assert "## Repetitions (meters on)" in md and "## Meter overhead" in md
+
+
+def test_meter_overhead_needs_meters(tmp_path):
+    res = CliRunner().invoke(main, ["run", "--model", "synthetic:tiny", "--quick", "--no-meters", "--meter-overhead",
+                                    "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "--meter-overhead" in res.output
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.gpu
+def test_gpu_repetitions_meter_overhead_and_vram_budget(tmp_path):
+    out = tmp_path / "g"
+    r = CliRunner().invoke(main, ["run", "--model", "synthetic:tiny", "--variants", "baseline", "--device", "cuda",
+                                  "--quick", "--repetitions", "2", "--meter-overhead", "--energy-window-s", "1",
+                                  "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    recs = load_records(out)
+    assert [(x.repetition, x.meters) for x in recs] == [(0, False), (0, True), (1, True), (1, False)]
+    for x in recs:
+        assert x.status == "ok", x.reason
+        assert x.decode_path == "compiled+cuda-graph"
+        assert x.timed_s >= 1.0                     # meters off: held as long as the energy window
+        if x.meters:
+            assert x.energy_source == "nvml_counter" and x.j_per_token_decode > 0
+            b = x.extra["vram_budget"]
+            assert x.vram_expected_bytes == b["expected_bytes"] > b["weight_bytes"] > 0
+            assert b["ratio"] == pytest.approx(x.peak_vram_bytes / x.vram_expected_bytes)
+        else:
+            assert x.energy_source == "unavailable" and x.energy_j is None and x.power_mean_w is None
+    assert [x.extra["engine_reused"] for x in recs] == [False, True, True, True]
+    run = json.loads((out / "run.json").read_text())
+    assert run["settings"]["cuda_allocator"].startswith("expandable_segments:True")
+    assert "## Meter overhead" in (out / "report.md").read_text()

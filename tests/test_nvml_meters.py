@@ -316,3 +316,54 @@ def test_copy_bandwidth_and_matmul_cpu_fallback_give_positive_figures():
     assert c.value_per_s > 0 and len(c.samples_per_s) == 3 and "perf_counter" in c.method
     mm = bw.measure_matmul_flops("cpu", n=64, dtype="float32", iters=3, repeats=2, warmup=1)
     assert mm.value_per_s > 0
+
+
+def _window(peak, source="nvml_process", proc=None, reserved_now=None, device_peak=None):
+    from harness.meters.vram import VramWindow
+
+    return VramWindow(peak, source, device_peak, None, proc, None, None, (), reserved_now)
+
+
+def test_vram_budget_counts_weights_kv_activations_and_the_measured_runtime():
+    from harness.meters.vram import vram_budget
+
+    gb = 10**9
+    # NVML 10.0 GB for the process while torch held 9.4 GB: 0.6 GB of context and libraries
+    b = vram_budget(_window(10 * gb, proc=10 * gb, reserved_now=9.4 * gb), 8 * gb, gb // 2, gb // 10)
+    assert b.runtime_bytes == 0.6 * gb and b.expected_bytes == 8 * gb + gb // 2 + gb // 10 + 0.6 * gb
+    assert b.ratio == pytest.approx(10 / 9.2) and b.within
+    # 13.5 GB held for the same needs (fragmented blocks kept after the variant): over the 10% tolerance
+    over = vram_budget(_window(13.5 * gb, proc=13.5 * gb, reserved_now=12.9 * gb), 8 * gb, gb // 2, gb // 10)
+    assert over.ratio == pytest.approx(13.5 / 9.2) and not over.within
+    assert over.as_dict()["within_tolerance"] is False
+    # torch's own peak excludes the context: no runtime term
+    t = vram_budget(_window(9 * gb, source="torch_reserved"), 8 * gb, gb // 2, gb // 10)
+    assert t.runtime_bytes is None and t.expected_bytes == 8 * gb + gb // 2 + gb // 10
+    # unknown terms give no verdict, never a 0
+    assert vram_budget(_window(None, source="unavailable"), 8 * gb, 0, 0) is None
+    assert vram_budget(_window(9 * gb, proc=9 * gb, reserved_now=None), 8 * gb, 0, 0) is None
+    assert vram_budget(_window(9 * gb, proc=9 * gb, reserved_now=8 * gb), None, 0, 0) is None
+
+
+def test_workspace_of_an_unchunked_prefill_grows_with_every_prompt_token():
+    from harness.plan.roofline import PREFILL_CHUNK_TOKENS, workspace_bytes
+
+    shape = PRESETS["llama-3.1-8b"]
+    chunked = workspace_bytes(shape, 4096, 8, "bf16")
+    whole = workspace_bytes(shape, 4096, 8, "bf16", chunk_tokens=None)
+    logits = 8 * shape.vocab_size * 4
+    assert (whole - logits) == pytest.approx((chunked - logits) * 8 * 4096 / PREFILL_CHUNK_TOKENS)
+
+
+def test_cuda_allocator_setting_respects_the_environment(monkeypatch):
+    from harness.backends import device
+
+    calls = []
+    monkeypatch.setattr(torch._C, "_accelerator_setAllocatorSettings", calls.append, raising=False)
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")
+    assert device.configure_cuda_allocator() == "PYTORCH_CUDA_ALLOC_CONF=max_split_size_mb:128 (from the environment)"
+    assert calls == []
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
+    assert device.configure_cuda_allocator() == "expandable_segments:True (set by harness)"
+    assert calls == ["expandable_segments:True"]

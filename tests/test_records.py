@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from harness.records import (SCHEMA_VERSION, Record, append_jsonl, from_envelope, load_records, to_envelope,
-                             to_frame, write_tables)
+from harness.records import (SCHEMA_VERSION, Record, append_jsonl, from_envelope, load_records, primary,
+                             to_envelope, to_frame, write_tables)
 
 
 def _rec(**kw):
@@ -42,3 +42,25 @@ def test_invalid_status_and_energy_source():
         _rec(status="great")
     with pytest.raises(ValueError, match="energy_source"):
         _rec(energy_source="guess")
+
+
+def test_version_1_records_upgrade_to_single_measurements():
+    env = to_envelope(_rec())
+    for k in ("repetition", "meters"):
+        env.pop(k)
+    on = from_envelope(dict(env, schema_version=1))
+    assert on.repetition == 0 and on.meters is True
+    off = from_envelope(dict(env, schema_version=1,
+                             extra={"peak_vram_method": "torch.cuda.max_memory_allocated (meters off)"}))
+    assert off.meters is False
+
+
+def test_primary_keeps_the_first_meters_on_repetition_of_each_cell():
+    recs = [_rec(repetition=0, meters=False, decode_tok_s=1.0), _rec(repetition=0, meters=True, decode_tok_s=2.0),
+            _rec(repetition=1, meters=True, decode_tok_s=3.0), _rec(repetition=1, meters=False, decode_tok_s=4.0),
+            _rec(batch_size=2, repetition=0, meters=False, decode_tok_s=5.0),
+            _rec(batch_size=2, repetition=1, meters=False, decode_tok_s=6.0)]
+    assert [r.decode_tok_s for r in primary(recs)] == [2.0, 5.0]
+    # a plain run: every record is primary, in order; duplicates from merged runs all stay
+    plain = [_rec(batch_size=b) for b in (1, 2, 1)]
+    assert primary(plain) == plain

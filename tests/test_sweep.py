@@ -33,3 +33,28 @@ def test_axes_must_be_non_empty_and_positive():
         SweepAxes(("m",), (), (1,), (1,), (1,))
     with pytest.raises(ValueError, match="batch_sizes"):
         SweepAxes(("m",), ("baseline",), (0,), (1,), (1,))
+
+
+def test_repetitions_are_innermost_and_share_a_geometry():
+    axes = SweepAxes(("m",), ("baseline",), (1, 8), (16,), (4,), repetitions=3)
+    cells = expand(axes)
+    assert [(c.batch_size, c.repetition, c.meters) for c in cells] == [
+        (1, 0, True), (1, 1, True), (1, 2, True), (8, 0, True), (8, 1, True), (8, 2, True)]
+    assert len({c.geometry for c in cells}) == 2
+    assert "rep=2" in cells[2].label() and "rep=" not in cells[0].label()
+
+
+def test_meter_overhead_alternates_abba():
+    cells = expand(SweepAxes(("m",), ("baseline",), (1,), (16,), (4,), repetitions=4, meters="alternate"))
+    assert [(c.repetition, c.meters) for c in cells] == [
+        (0, False), (0, True), (1, True), (1, False), (2, False), (2, True), (3, True), (3, False)]
+    assert "meters=off" in cells[0].label()
+    off = expand(SweepAxes(("m",), ("baseline",), (1,), (16,), (4,), repetitions=2, meters="off"))
+    assert [c.meters for c in off] == [False, False]
+
+
+def test_repetition_and_meter_settings_are_validated():
+    with pytest.raises(ValueError, match="repetitions"):
+        SweepAxes(("m",), ("baseline",), (1,), (1,), (1,), repetitions=0)
+    with pytest.raises(ValueError, match="meters must be one of"):
+        SweepAxes(("m",), ("baseline",), (1,), (1,), (1,), meters="sometimes")

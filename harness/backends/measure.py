@@ -73,17 +73,18 @@ class Measurement:
 
 
 def measure(engine, ids, new_tokens: int, settings: MeterSettings, energy_reader=None,
-            setup_s: float = 0.0, window=None, sample_rss: bool = True) -> Measurement:
+            setup_s: float = 0.0, window=None, sample_rss: bool = True, hold_s: float = 0.0) -> Measurement:
     """`window`: a meter with begin()/end() (the GPU energy meter) wrapped around the timed loop;
     the loop then runs at least `window.min_window_s`. `sample_rss=False` turns the RSS sampler off
-    (for measuring the meters' own overhead)."""
+    (for measuring the meters' own overhead). `hold_s`: a further minimum length of the timed loop
+    (a meters-off repetition runs as long as the meters-on ones it is compared with)."""
     t_setup = time.perf_counter()
     for _ in range(settings.warmup):
         engine.run_pass(ids, new_tokens)
     setup_s += time.perf_counter() - t_setup
 
     rss = RssSampler() if sample_rss else None
-    min_seconds = max(settings.min_seconds, getattr(window, "min_window_s", 0.0) if window else 0.0)
+    min_seconds = max(settings.min_seconds, hold_s, getattr(window, "min_window_s", 0.0) if window else 0.0)
     prefill, decode, tpot = [], [], []
     decode_e: float | None = 0.0 if energy_reader and energy_reader.source != "unavailable" else None
     if rss:

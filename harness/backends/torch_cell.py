@@ -49,6 +49,7 @@ class GroupRunner:
         self._skip: _Skip | None = None
         self.model = None
         self.fused = False
+        self._live = None      # (geometry, engine, notes) of the last cell, for its repetitions
 
     # -- preparation, outside every timed region ------------------------------------------------
     def _prepare(self) -> None:
@@ -178,39 +179,41 @@ class GroupRunner:
                                 kv_cache_bytes=kv_bytes)
         ids, prompt_source = self.loaded.prompt_ids(self.corpus_name, self.corpus_text,
                                                     cell.batch_size, cell.prompt_tokens)
-        gpu = self._gpu_meters()
+        gpu = self._gpu_meters(cell)
         vram = gpu.vram_meter() if gpu else None
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         if vram:
             vram.begin()
-        engine = None
         try:
-            engine, notes = self._engine(cell)
+            engine, notes, fresh = self._engine_for(cell)
+            # a meters-off repetition beside meters-on ones runs as long as their energy window, so
+            # that the two differ in nothing but the meters
+            hold_s = self.settings.energy_window_s if (self.settings.meters and not cell.meters
+                                                       and self.device.type == "cuda") else 0.0
             m = measure(engine, ids, cell.new_tokens, self.settings.meter, self.energy,
-                        setup_s=self.prepare_s + getattr(engine, "setup_s", 0.0),
-                        window=gpu.meter if gpu else None, sample_rss=self.settings.meters)
+                        setup_s=self.prepare_s + (getattr(engine, "setup_s", 0.0) if fresh else 0.0),
+                        window=gpu.meter if gpu else None, sample_rss=cell.meters, hold_s=hold_s)
             if gpu:
+                vram_window = vram.end(m.window.timeline)
                 w_pre, n_pre = gpu.prefill_window(engine, ids.to(self.device))
-                gpu_fields, gpu_extra = energy_fields(gpu, self.model_spec, m, w_pre, n_pre,
-                                                      vram.end(m.window.timeline), cell)
+                gpu_fields, gpu_extra = energy_fields(gpu, self.model_spec, m, w_pre, n_pre, vram_window, cell)
+                gpu_fields, gpu_extra = self._vram_budget(vram_window, kv_bytes, cell, gpu_fields, gpu_extra)
             static_cache = isinstance(engine, _static_cache_engines())
             tuned = getattr(engine, "tuned", None)
         except (torch.OutOfMemoryError, MemoryError) as e:
+            self._release_engine()
             return self._record(cell, status="does-not-fit", reason=f"out of memory in the workload: {str(e)[:300]}",
                                 weight_bytes=self.weight_bytes, kernel=self.kernel, kv_cache_bytes=kv_bytes)
-        finally:
-            del engine
-            if self.device.type == "cuda":
-                torch._dynamo.reset()
-                gc.collect()
-                torch.cuda.empty_cache()
+        except BaseException:
+            self._release_engine()
+            raise
         self.prepare_s = 0.0  # the group's set-up is charged to its first cell only
         fields = measured_fields(m)
         extra = dict(fields.pop("extra"), apply_s=self.apply_s, load_s=self.loaded.load_s,
                      calibration_tokens=CALIBRATION_SEQS * CALIBRATION_TOKENS,
                      fused_projections=self.fused, engine_notes=notes,
-                     coordinate_descent_tuning=tuned)
+                     coordinate_descent_tuning=tuned, engine_reused=not fresh)
         if gpu:
             fields.update(gpu_fields)
             extra.update(gpu_extra)
@@ -236,15 +239,50 @@ class GroupRunner:
                             weight_bytes=self.weight_bytes, kv_cache_bytes=kv_bytes if shape else None,
                             calibration_s=self.applied.calibration_s, extra=extra, **fields)
 
-    def _gpu_meters(self):
-        """The run's GPU meters (opened by the first CUDA cell), or None on CPU or with meters off."""
-        if self.device.type != "cuda" or not self.settings.meters:
+    def _vram_budget(self, window, kv_bytes: int, cell, fields: dict, extra: dict) -> tuple[dict, dict]:
+        from harness.meters.vram import vram_budget
+        from harness.plan.roofline import workspace_bytes
+
+        shape = self.loaded.shape
+        act = (workspace_bytes(shape, cell.prompt_tokens, cell.batch_size,
+                               "fp16" if self.dtype == torch.float16 else "bf16", chunk_tokens=None)
+               if shape is not None else None)
+        budget = vram_budget(window, self.weight_bytes, kv_bytes if shape is not None else None, act)
+        if budget is not None:
+            fields = dict(fields, vram_expected_bytes=budget.expected_bytes)
+            extra = dict(extra, vram_budget=budget.as_dict())
+        return fields, extra
+
+    def _engine_for(self, cell):
+        """(engine, notes, fresh): the engine built for this cell's geometry, reused by the following
+        repetitions of the same cell (compiling and capturing again would only add noise)."""
+        if self._live is not None and self._live[0] == cell.geometry:
+            return self._live[1], self._live[2], False
+        self._release_engine()
+        engine, notes = self._engine(cell)
+        self._live = (cell.geometry, engine, notes)
+        return engine, notes, True
+
+    def _release_engine(self) -> None:
+        if self._live is None:
+            return
+        self._live = None
+        if self.device.type == "cuda":
+            torch._dynamo.reset()
+            gc.collect()
+            torch.cuda.empty_cache()
+
+    def _gpu_meters(self, cell=None):
+        """The run's GPU meters (opened by the first CUDA cell), or None on CPU, with meters off, or
+        for a cell measured without meters."""
+        if self.device.type != "cuda" or not self.settings.meters or (cell is not None and not cell.meters):
             return None
         if self.ctx.gpu is None:
             self.ctx.gpu = GpuRunMeters(self.device.index or 0, self.settings.energy_window_s)
         return self.ctx.gpu
 
     def close(self) -> None:
+        self._release_engine()
         self.model = None
         gc.collect()
         if self.device.type == "cuda":

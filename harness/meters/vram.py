@@ -29,6 +29,7 @@ class VramWindow:
     torch_max_allocated_bytes: int | None
     torch_max_reserved_bytes: int | None
     notes: tuple[str, ...] = ()
+    torch_reserved_at_end_bytes: int | None = None   # held by the allocator when the NVML figure was read
 
 
 def _torch_cuda():
@@ -46,6 +47,13 @@ def torch_peaks(cuda_indices: Sequence[int]) -> tuple[int | None, int | None]:
         return None, None
     return (sum(int(cuda.max_memory_allocated(i)) for i in cuda_indices),
             sum(int(cuda.max_memory_reserved(i)) for i in cuda_indices))
+
+
+def torch_reserved_now(cuda_indices: Sequence[int]) -> int | None:
+    cuda = _torch_cuda()
+    if cuda is None or not cuda_indices:
+        return None
+    return sum(int(cuda.memory_reserved(i)) for i in cuda_indices)
 
 
 def reset_torch_peaks(cuda_indices: Sequence[int]) -> None:
@@ -89,6 +97,7 @@ class VramMeter:
     def end(self, timeline=None) -> VramWindow:
         notes = []
         alloc, reserved = torch_peaks(self.cuda_indices)
+        reserved_now = torch_reserved_now(self.cuda_indices)
         end_used = _sum_or_none(d.memory_used_bytes() for d in self.devices)
         sampled = timeline.peak_memory_used_bytes() if timeline is not None else None
         if sampled is None and end_used is not None:
@@ -106,7 +115,57 @@ class VramMeter:
             notes.append("no NVML: torch caching-allocator peak, without CUDA context and libraries")
         else:
             peak, src = None, "unavailable"
-        return VramWindow(peak, src, device_peak, self._begin_used, proc, alloc, reserved, tuple(notes))
+        return VramWindow(peak, src, device_peak, self._begin_used, proc, alloc, reserved, tuple(notes), reserved_now)
+
+
+# Peak VRAM may exceed weights + KV cache + workspace by this share before it is flagged.
+VRAM_BUDGET_TOLERANCE = 0.10
+
+
+@dataclass(frozen=True)
+class VramBudget:
+    """Peak VRAM against what the cell needs: weights (measured from the tensors) + KV cache (from the
+    shape) + workspace. Workspace = activations (the planner's formula, for the prefill tokens this
+    engine runs in one chunk) + the CUDA context and libraries, measured as NVML's figure minus what
+    torch's allocator held at the same moment. What is left over is allocator slack: cached or
+    fragmented blocks, leftovers of variant application, CUDA graph pools."""
+    expected_bytes: int
+    weight_bytes: int
+    kv_cache_bytes: int
+    activation_bytes: int
+    runtime_bytes: int | None
+    peak_bytes: int
+    ratio: float                 # peak / expected
+
+    @property
+    def within(self) -> bool:
+        return self.ratio <= 1 + VRAM_BUDGET_TOLERANCE
+
+    def as_dict(self) -> dict:
+        return {"expected_bytes": self.expected_bytes, "weight_bytes": self.weight_bytes,
+                "kv_cache_bytes": self.kv_cache_bytes, "activation_bytes": self.activation_bytes,
+                "runtime_bytes": self.runtime_bytes, "peak_bytes": self.peak_bytes, "ratio": self.ratio,
+                "within_tolerance": self.within, "tolerance": VRAM_BUDGET_TOLERANCE,
+                "method": "expected = weights (tensors) + KV cache (shape) + activations (planner formula, "
+                          "prefill tokens in one chunk) + runtime (NVML used - torch reserved, same moment)"}
+
+
+def vram_budget(window: VramWindow, weight_bytes: int | None, kv_bytes: int | None,
+                activation_bytes: int | None) -> VramBudget | None:
+    """None when the peak or a term is unknown. The runtime term is counted only where the peak is an
+    NVML figure (torch's own peak excludes the context)."""
+    if window.peak_vram_bytes is None or weight_bytes is None or kv_bytes is None or activation_bytes is None:
+        return None
+    runtime = None
+    if window.peak_vram_source in ("nvml_process", "nvml_device"):
+        used = (window.nvml_process_used_bytes if window.peak_vram_source == "nvml_process"
+                else window.nvml_device_peak_used_bytes)
+        if used is None or window.torch_reserved_at_end_bytes is None:
+            return None
+        runtime = max(0, used - window.torch_reserved_at_end_bytes)
+    expected = weight_bytes + kv_bytes + activation_bytes + (runtime or 0)
+    return VramBudget(expected, weight_bytes, kv_bytes, activation_bytes, runtime, window.peak_vram_bytes,
+                      window.peak_vram_bytes / expected)
 
 
 def _tensors(obj, depth: int = 0) -> Iterable:

@@ -17,7 +17,7 @@ from harness.models.spec import ModelSpecError, shape_of
 from harness.plan.layouts import VariantError, parse_variant
 from harness.plan.roofline import PlanRow, Workload, project
 from harness.profiles.schema import Profile
-from harness.records import Record, load_records
+from harness.records import Record, load_records, primary
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def calibrate(records: Iterable[Record], profiles: Mapping[str, Profile], backen
     average the engine with transformers' generate() rows of the same run, which run at a fifth of the speed."""
     cal = Calibration()
     cells: dict[tuple[str, str], list[tuple[float | None, float | None]]] = {}
-    for r in records:
+    for r in primary(records):
         where = f"record {r.model} / {r.variant} / {r.profile} / batch {r.batch_size}"
         if r.status != "ok":
             cal.skipped.append(f"{where}: status {r.status}")

@@ -136,11 +136,13 @@ def kv_cache_bytes(shape: ArchShape, context: int, batch: int, base: str) -> int
     return round(shape.kv_bytes_per_token(_bytes_per(base)) * context * batch)
 
 
-def workspace_bytes(shape: ArchShape, context: int, batch: int, base: str) -> int:
+def workspace_bytes(shape: ArchShape, context: int, batch: int, base: str,
+                    chunk_tokens: int | None = PREFILL_CHUNK_TOKENS) -> int:
+    """`chunk_tokens`: prefill chunk; None for an engine that runs every prompt token in one pass."""
     hd = shape.head_dim_
     width = (shape.num_attention_heads * hd + 2 * shape.num_key_value_heads * hd + shape.hidden_size
              + 2 * shape.intermediate_size)
-    tokens = min(batch * context, PREFILL_CHUNK_TOKENS)
+    tokens = batch * context if chunk_tokens is None else min(batch * context, chunk_tokens)
     return round(tokens * width * _bytes_per(base) + batch * shape.vocab_size * LOGIT_BYTES)
 
 

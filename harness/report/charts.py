@@ -8,7 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from harness.records import Record  # noqa: E402
+from harness.records import Record, primary  # noqa: E402
 
 
 def _label(r: Record) -> str:
@@ -18,7 +18,7 @@ def _label(r: Record) -> str:
 def write_charts(records: list[Record], out_dir: Path) -> list[Path]:
     charts = out_dir / "charts"
     charts.mkdir(parents=True, exist_ok=True)
-    ok = [r for r in records if r.status == "ok"]
+    ok = [r for r in primary(records) if r.status == "ok"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(ok) + 4), 4.5))
     labels = [_label(r) for r in ok]
     x = range(len(ok))

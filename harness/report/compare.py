@@ -1,6 +1,7 @@
 """Run-to-run comparison of Records, with direction, noise and thresholds.
 
-Cells are matched by (model, variant, backend, batch, prompt, new tokens). Each metric declares
+Cells are matched by (model, variant, backend, batch, prompt, new tokens); a run measured with
+--repetitions contributes its first meters-on repetition of each cell (`records.primary`). Each metric declares
 whether higher is better. A change counts as a regression only when it goes the bad way by more than
 its threshold AND by more than the noise: twice the two runs' spreads added (stdev over passes for
 decode tok/s, IQR for TTFT and TPOT), so a delta inside the run-to-run spread is never a regression.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from harness.records import Record
+from harness.records import Record, primary
 
 HIGHER, LOWER = "higher", "lower"
 # metric -> (better direction, field holding its spread or None)
@@ -63,8 +64,8 @@ def _key(r: Record) -> tuple:
 
 
 def compare(a: list[Record], b: list[Record], thresholds: dict[str, float]) -> list[Delta]:
-    old = {_key(r): r for r in a if r.status == "ok"}
-    new = {_key(r): r for r in b if r.status == "ok"}
+    old = {_key(r): r for r in primary(a) if r.status == "ok"}
+    new = {_key(r): r for r in primary(b) if r.status == "ok"}
     out = []
     for key in list(old) + [k for k in new if k not in old]:
         ra, rb = old.get(key), new.get(key)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.records import Record
-from harness.report import claims
+from harness.records import Record, primary
+from harness.report import claims, repeats
 from harness.report.fmt import NA, mb, ms, num, sig
 
 
@@ -27,6 +27,10 @@ def _energy(r: Record) -> str:
 
 
 def render_report(records: list[Record], run: dict) -> str:
+    """One row per cell (its first meters-on repetition); repetitions and meter overhead get their
+    own sections."""
+    every = list(records)
+    records = primary(every)
     prov = run.get("provenance", {})
     v = prov.get("versions", {})
     lines = [f"# harness run {run.get('run_id', '')}", ""]
@@ -59,6 +63,7 @@ def render_report(records: list[Record], run: dict) -> str:
     lines += claims.render(records)
     lines += _quality_table(records)
     lines += _energy_table(records)
+    lines += repeats.render(every)
     bad = [r for r in records if r.status != "ok"]
     if bad:
         lines += ["", "## Cells that did not run", ""]
@@ -118,22 +123,33 @@ def _energy_table(records: list[Record]) -> list[str]:
         return []
     out = ["", "## Energy, memory and bandwidth", "",
            "| model | variant | backend | batch | prompt | J/token decode (gross) | J/token decode (net of idle) | "
-           "J/prompt token | mean / peak W | idle W | peak VRAM GB | KV cache GB | achieved GB/s | MBU | MFU (prefill) | flags |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "J/prompt token | mean / peak W | idle W | peak VRAM GB | vs weights + KV + workspace | KV cache GB | "
+           "achieved GB/s | MBU | MFU (prefill) | flags |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         net = (r.extra.get("energy_net") or {}).get("j_per_token_decode")
         out.append(
             f"| {r.model} | {r.variant} | {r.backend} | {r.batch_size} | {r.prompt_tokens} | {sig(r.j_per_token_decode)} | "
             f"{sig(net)} | {sig(r.j_per_token_prefill)} | {num(r.power_mean_w, 0)} / {num(r.power_peak_w, 0)} | "
-            f"{num(r.idle_power_w, 0)} | {num(r.peak_vram_bytes and r.peak_vram_bytes / 1e9, 2)} | "
+            f"{num(r.idle_power_w, 0)} | {num(r.peak_vram_bytes and r.peak_vram_bytes / 1e9, 2)} | {_vram_vs(r)} | "
             f"{num(r.kv_cache_bytes and r.kv_cache_bytes / 1e9, 2)} | "
             f"{num(r.achieved_bandwidth_bytes_per_s and r.achieved_bandwidth_bytes_per_s / 1e9, 0)} | {_pct(r.mbu)} | "
             f"{_pct(r.mfu)} | {'; '.join(r.energy_flags) or NA} |")
     out += ["", "Energy: NVML energy-counter deltas, two-loop method (decode J/token = (E_full - E_prefill) per pass / "
             "decode tokens); gross is the headline, net subtracts idle power x window. MBU = achieved decode "
             "bandwidth (weights + KV cache read per step x steps/s) / device-to-device copy bandwidth measured in "
-            "the same run. MFU = prefill FLOP/s / the profile's peak for the variant's compute format."]
+            "the same run. MFU = prefill FLOP/s / the profile's peak for the variant's compute format. "
+            "Peak VRAM vs weights + KV + workspace: workspace = activations of the prefill (planner formula) + CUDA "
+            "context and libraries (NVML figure - torch reserved at the same moment); over 1.10x is flagged (allocator "
+            "slack: cached or fragmented blocks, leftovers of variant application)."]
     return out
+
+
+def _vram_vs(r: Record) -> str:
+    b = r.extra.get("vram_budget")
+    if not b or r.peak_vram_bytes is None:
+        return NA
+    return f"{b['ratio']:.2f}x of {b['expected_bytes'] / 1e9:.2f}" + ("" if b["within_tolerance"] else " **over**")
 
 
 def write_report(records: list[Record], run: dict, out_dir: Path) -> Path:
