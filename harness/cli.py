@@ -61,8 +61,12 @@ def main() -> None:
 @click.option("--no-compile", "no_compile", is_flag=True,
               help="GPU: capture the decode step as a CUDA graph without compiling it first.")
 @click.option("--tune", type=click.Choice(["auto", "on", "off"]), default=D.tune, show_default=True,
-              help="GPU: inductor coordinate-descent tuning of the compiled step (auto: batch 1 only; "
-                   "it raised 8B batch-1 decode from 159 to 172 tok/s on the H100 for ~40 s more compile).")
+              help="GPU: inductor coordinate-descent tuning of the compiled step (auto: batch 1 only). On the "
+                   "H100, 8B bf16 batch 1: 159 tok/s untuned, 158.5-174.2 tuned (40-60 s more compile); "
+                   "int8-wo ran at 14.9 tok/s untuned against 220-240 tuned.")
+@click.option("--compile-mode", type=click.Choice(["default", "max-autotune"]), default="default", show_default=True,
+              help="GPU: inductor mode of the compiled step. max-autotune benchmarks Triton GEMM templates "
+                   "against cuBLAS and can fuse a weight's dequantization into them (minutes per cell).")
 @click.option("--no-meters", "no_meters", is_flag=True,
               help="Turn off energy windows, the power sampler and the RSS sampler.")
 @click.option("--repetitions", default=1, show_default=True, type=click.IntRange(1),
@@ -110,7 +114,7 @@ def run(ctx: click.Context, **opts) -> None:
             profile=opts["profile"], profiles_dir=opts["profiles_dir"], cpu_power_w=opts["cpu_power_w"],
             corpus=opts["corpus"], out=opts["out"],
             backends=tuple(b.strip() for b in opts["backends"].split(",") if b.strip()),
-            compile=not opts["no_compile"], tune=opts["tune"],
+            compile=not opts["no_compile"], tune=opts["tune"], compile_mode=opts["compile_mode"],
             meters=_meter_mode(opts["no_meters"], opts["meter_overhead"]), repetitions=opts["repetitions"],
             energy_window_s=opts["energy_window_s"], quality=q)
         out_dir = execute(req, echo=lambda s: click.echo(s, err=True))

@@ -38,6 +38,7 @@ class RunRequest:
     backends: tuple[str, ...] = ("pytorch",)
     compile: bool = True
     tune: str = "auto"
+    compile_mode: str = "default"
     meters: str = "on"                 # on | off | alternate (meter-overhead benchmark)
     repetitions: int = 1
     energy_window_s: float = 10.0
@@ -97,12 +98,14 @@ def execute(req: RunRequest, echo: Callable[[str], None] = print) -> Path:
         allocator = configure_cuda_allocator()
     meter = MeterSettings(warmup=req.warmup, min_repeats=req.repeats, min_seconds=req.min_seconds)
     settings = RunSettings(device=req.device, meter=meter, corpus=str(req.corpus) if req.corpus else None,
-                           cpu_power_w=req.cpu_power_w, compile=req.compile, tune=req.tune, meters=req.meters != "off",
+                           cpu_power_w=req.cpu_power_w, compile=req.compile, tune=req.tune, compile_mode=req.compile_mode,
+                           meters=req.meters != "off",
                            energy_window_s=req.energy_window_s, quality=req.quality)
     prov = provenance.collect(profile.id)
     ctx = RunContext(run_id=run_id, profile=profile, provenance=prov)
     run_meta = {"run_id": run_id, "axes": asdict(axes), "profile": profile.id, "profile_reason": why,
                 "settings": {"device": req.device, "cpu_power_w": req.cpu_power_w, "compile": req.compile, "tune": req.tune,
+                             "compile_mode": req.compile_mode,
                              "meters": req.meters, "repetitions": req.repetitions, "cuda_allocator": allocator,
                              "energy_window_s": req.energy_window_s}, "meter": asdict(meter),
                 "corpus": corpus_name, "provenance": prov, "quality": req.quality.as_dict(), "cells": len(expand(axes))}

@@ -112,6 +112,7 @@ class RunSettings:
     memory_headroom: float = 0.10        # refuse a model whose weights need more than 90% of free memory
     compile: bool = True                 # GPU: compile the decode step before capturing it
     tune: str = "auto"                   # GPU: coordinate-descent tuning: auto (batch 1 only), on, off
+    compile_mode: str = "default"        # GPU: default | max-autotune (see backends.cuda_engine)
     meters: bool = True                  # False: no cell has meters on (no GPU meters are opened at all)
     energy_window_s: float = 10.0        # GPU: minimum length of each energy window (full loop, prefill loop)
     quality: QualitySettings = field(default_factory=QualitySettings)

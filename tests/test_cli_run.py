@@ -13,7 +13,8 @@ def test_version_and_help():
     r = CliRunner().invoke(main, ["run", "--help"])
     assert r.exit_code == 0
     for opt in ("--model", "--variants", "--batch", "--prompt-tokens", "--new-tokens", "--repeats",
-                "--min-seconds", "--out", "--quick", "--profile"):
+                "--min-seconds", "--out", "--quick", "--profile", "--repetitions", "--meter-overhead",
+                "--compile-mode", "--tune", "--no-meters"):
         assert opt in r.output
 
 
@@ -185,6 +186,13 @@ def test_repetitions_with_meter_overhead_reuse_the_engine(tmp_path):
     assert run["cells"] == 4 and run["settings"]["meters"] == "alternate" and run["settings"]["repetitions"] == 2
     md = (out / "report.md").read_text()
     assert "## Repetitions (meters on)" in md and "## Meter overhead" in md
+
+
+def test_bad_compile_mode_and_repetitions_are_refused(tmp_path):
+    for args in (["--compile-mode", "fastest"], ["--repetitions", "0"]):
+        res = CliRunner().invoke(main, ["run", "--model", "synthetic:tiny", "--quick", *args, "--out", str(tmp_path / "x")])
+        assert res.exit_code == 2 and args[0] in res.output
+    assert not (tmp_path / "x").exists()
 
 
 def test_meter_overhead_needs_meters(tmp_path):

@@ -28,21 +28,26 @@ def _inductor_settings(tune: bool) -> None:
     # Each cell compiles its own step (shapes differ); dynamo is reset between cells, so this limit
     # is only a guard against silently falling back to eager after many recompiles.
     dc.cache_size_limit = max(dc.cache_size_limit, 64)
-    # Coordinate-descent tuning of the generated kernels: on the lab H100 it took the 8B bf16 batch-1
-    # step from 159 to 172 tok/s, for about 40 s more compile time (measured 2026-11-22).
+    # Coordinate-descent tuning of the generated kernels. Lab H100, 8B bf16 batch 1 (2026-11-22): 159
+    # tok/s untuned; 158.5-174.2 tuned over five runs; torchao int8 weight-only 14.9 untuned, 220-240
+    # tuned. 40-60 s more compile time per cell.
     ic.coordinate_descent_tuning = tune
 
 
 # Tuning pays at batch 1, where decode is memory-bound with tiny GEMVs; above it, matmuls go to cuBLAS
 # and tuning costs compile time for little gain.
 TUNE_MAX_BATCH = 1
+# default: inductor's defaults. max-autotune: benchmark Triton GEMM templates against cuBLAS and fuse
+# pointwise prologues (e.g. a weight's dequantization) into them; minutes of compilation per cell.
+COMPILE_MODES = ("default", "max-autotune")
 
 
 class CudaGraphEngine:
     timing_source = "cuda_events"
 
     def __init__(self, model: nn.Module, device: torch.device, batch: int, prompt_tokens: int, new_tokens: int,
-                 compile_step: bool = True, energy_reader=None, tune: bool | None = None):
+                 compile_step: bool = True, energy_reader=None, tune: bool | None = None,
+                 compile_mode: str = "default"):
         t0 = time.perf_counter()
         self.device, self.B, self.P, self.N = device, batch, prompt_tokens, new_tokens
         self.energy = energy_reader
@@ -51,7 +56,12 @@ class CudaGraphEngine:
         self.tuned = compile_step and (tune if tune is not None else batch <= TUNE_MAX_BATCH)
         if compile_step:
             _inductor_settings(self.tuned)
-        self.step = torch.compile(self.dec, fullgraph=True, dynamic=False) if compile_step else self.dec
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
+        self.compile_mode = compile_mode if compile_step else None
+        # max-autotune without inductor's own CUDA graphs: the step is captured in ours
+        mode = "max-autotune-no-cudagraphs" if compile_mode == "max-autotune" else None
+        self.step = torch.compile(self.dec, fullgraph=True, dynamic=False, mode=mode) if compile_step else self.dec
         z = dict(device=device, dtype=torch.long)
         self.prompt = torch.zeros((batch, prompt_tokens), **z)
         self.prompt_pos = torch.arange(prompt_tokens, device=device)

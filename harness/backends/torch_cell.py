@@ -154,7 +154,8 @@ class GroupRunner:
                 try:
                     tune = {"auto": None, "on": True, "off": False}[self.settings.tune]
                     return CudaGraphEngine(self.model, self.device, cell.batch_size, cell.prompt_tokens,
-                                           cell.new_tokens, compile_step=comp, tune=tune), notes
+                                           cell.new_tokens, compile_step=comp, tune=tune,
+                                           compile_mode=self.settings.compile_mode), notes
                 except torch.OutOfMemoryError:
                     raise
                 except Exception as e:  # noqa: BLE001  (record why the faster path failed, try the next)
@@ -213,7 +214,8 @@ class GroupRunner:
         extra = dict(fields.pop("extra"), apply_s=self.apply_s, load_s=self.loaded.load_s,
                      calibration_tokens=CALIBRATION_SEQS * CALIBRATION_TOKENS,
                      fused_projections=self.fused, engine_notes=notes,
-                     coordinate_descent_tuning=tuned, engine_reused=not fresh)
+                     coordinate_descent_tuning=tuned, engine_reused=not fresh,
+                     compile_mode=getattr(engine, "compile_mode", None))
         if gpu:
             fields.update(gpu_fields)
             extra.update(gpu_extra)
@@ -261,6 +263,11 @@ class GroupRunner:
         self._release_engine()
         engine, notes = self._engine(cell)
         self._live = (cell.geometry, engine, notes)
+        if self.device.type == "cuda":
+            # what compilation, autotuning and warm-up left in the allocator's cache is set-up, not the
+            # cell's footprint (torch's peak over set-up stays on the record as torch_max_reserved_bytes)
+            gc.collect()
+            torch.cuda.empty_cache()
         return engine, notes, True
 
     def _release_engine(self) -> None:
