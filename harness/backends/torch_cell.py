@@ -229,7 +229,7 @@ class GroupRunner:
             bw_fields, bw_extra = bandwidth_fields(
                 self.ctx.gpu, self.ctx.profile, shape, cell.variant, self.weight_bytes,
                 shape.kv_bytes_per_token(torch.empty((), dtype=self.dtype).element_size()), ctx_len, cell,
-                fields["decode_tok_s"], fields["ttft_s"], str(self.dtype).replace("torch.", "").replace("bfloat16", "bf16").replace("float16", "fp16"))
+                fields["decode_tok_s"], fields["ttft_s"], self._format_name())
             fields.update(bw_fields)
             extra.update(bw_extra)
         if self.quality_result is not None:
@@ -246,14 +246,18 @@ class GroupRunner:
         from harness.plan.roofline import workspace_bytes
 
         shape = self.loaded.shape
-        act = (workspace_bytes(shape, cell.prompt_tokens, cell.batch_size,
-                               "fp16" if self.dtype == torch.float16 else "bf16", chunk_tokens=None)
+        act = (workspace_bytes(shape, cell.prompt_tokens, cell.batch_size, self._format_name(), chunk_tokens=None)
                if shape is not None else None)
         budget = vram_budget(window, self.weight_bytes, kv_bytes if shape is not None else None, act)
         if budget is not None:
             fields = dict(fields, vram_expected_bytes=budget.expected_bytes)
             extra = dict(extra, vram_budget=budget.as_dict())
         return fields, extra
+
+    def _format_name(self) -> str:
+        """The compute dtype as the planner and profiles name formats: bf16, fp16, fp32."""
+        return str(self.dtype).replace("torch.", "").replace("bfloat16", "bf16").replace("float16", "fp16").replace(
+            "float32", "fp32")
 
     def _engine_for(self, cell):
         """(engine, notes, fresh): the engine built for this cell's geometry, reused by the following

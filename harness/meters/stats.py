@@ -28,5 +28,12 @@ def stdev(xs: Sequence[float]) -> float | None:
     return statistics.stdev(xs) if len(xs) >= 2 else None
 
 
+def cv(xs: Sequence[float]) -> float | None:
+    """Coefficient of variation (sample stdev / mean); None under two values or at a zero mean."""
+    sd = stdev(xs)
+    m = statistics.mean(xs) if xs else 0
+    return sd / m if sd is not None and m else None
+
+
 def median(xs: Sequence[float]) -> float | None:
     return statistics.median(xs) if xs else None

@@ -13,6 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from statistics import mean, stdev
 
+from harness.meters.stats import cv, stdev as sd_or_none
 from harness.records import Record
 from harness.report.fmt import NA, num, sig
 
@@ -28,11 +29,6 @@ def t95(df: float) -> float:
     if df < 1:
         raise ValueError(f"degrees of freedom must be >= 1, got {df}")
     return _T95[min(int(df), 30) - 1] if df <= 30 else 1.96
-
-
-def cv(xs: list[float]) -> float | None:
-    """Coefficient of variation (sample stdev / mean); None under two values."""
-    return stdev(xs) / mean(xs) if len(xs) >= 2 and mean(xs) else None
 
 
 @dataclass(frozen=True)
@@ -107,8 +103,7 @@ def overheads(records: list[Record]) -> list[Overhead]:
         a, b = [r.decode_tok_s for r in on[cell]], [r.decode_tok_s for r in off[cell]]
         ci = welch_ci(a, b)
         base = mean(b)
-        out.append(Overhead(cell, len(a), len(b), mean(a), base, stdev(a) if len(a) > 1 else None,
-                            stdev(b) if len(b) > 1 else None, mean(a) / base - 1,
+        out.append(Overhead(cell, len(a), len(b), mean(a), base, sd_or_none(a), sd_or_none(b), mean(a) / base - 1,
                             (ci[0] / base, ci[1] / base) if ci else None))
     return out
 
