@@ -121,7 +121,7 @@ def execute(req: RunRequest, echo: Callable[[str], None] = print) -> Path:
 
     records = []
     try:
-        records = run_sweep(axes, settings, ctx, on_record=on_record, on_start=on_start)
+        records = run_sweep(expand(axes), settings, ctx, on_record=on_record, on_start=on_start)
     finally:
         from harness.records import read_jsonl
         from harness.report import write_charts, write_report

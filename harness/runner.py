@@ -133,13 +133,14 @@ def cell_record(cell: Cell, ctx: RunContext, **kw) -> Record:
                   repetition=cell.repetition, meters=cell.meters, run_id=ctx.run_id, provenance=ctx.provenance, **kw)
 
 
-def run_sweep(axes: SweepAxes, settings: RunSettings, ctx: RunContext,
+def run_sweep(cells: list[Cell], settings: RunSettings, ctx: RunContext,
               on_record: Callable[[Cell, Record, int], None] | None = None,
               on_start: Callable[[Cell, int], None] | None = None) -> list[Record]:
-    """Run every cell; a failing cell becomes a `failed` row and the sweep goes on."""
+    """Run the given cells (all of `expand(axes)`, or the ones a resumed run still lacks); a failing
+    cell becomes a `failed` row and the sweep goes on. Callbacks get the cell and len(cells)."""
     from harness.backends.torch_cell import GroupRunner  # torch is imported only when running
 
-    cells = expand(axes)
+    cells = list(cells)
     records: list[Record] = []
     models: dict[str, object] = {}
     for model_spec, variant, backend, group in group_cells(cells):
@@ -157,7 +158,8 @@ def run_sweep(axes: SweepAxes, settings: RunSettings, ctx: RunContext,
                 on_record(cell, rec, len(cells))
         runner.close()
         # models are loaded once per spec; drop one when no later group needs it
-        if all(g[0] != model_spec for g in group_cells(cells[group[-1].index + 1:])):
+        rest = cells[cells.index(group[-1]) + 1:]
+        if all(c.model != model_spec for c in rest):
             models.pop(model_spec, None)
             gc.collect()
     return records
