@@ -133,33 +133,75 @@ def cell_record(cell: Cell, ctx: RunContext, **kw) -> Record:
                   repetition=cell.repetition, meters=cell.meters, run_id=ctx.run_id, provenance=ctx.provenance, **kw)
 
 
-def run_sweep(cells: list[Cell], settings: RunSettings, ctx: RunContext,
-              on_record: Callable[[Cell, Record, int], None] | None = None,
-              on_start: Callable[[Cell, int], None] | None = None) -> list[Record]:
-    """Run the given cells (all of `expand(axes)`, or the ones a resumed run still lacks); a failing
-    cell becomes a `failed` row and the sweep goes on. Callbacks get the cell and len(cells)."""
+class RetireWorker(Exception):
+    """Raised by run_group after a cell's failed record was emitted, when the process can no longer be
+    trusted to measure (a CUDA error poisons the context for every later cell): the supervisor ends
+    this worker and starts a fresh one for the remaining cells of the group."""
+
+
+def is_fatal_device_error(e: BaseException) -> bool:
+    """A CUDA error (illegal memory access, launch failure, ...) leaves the context unusable."""
+    text = f"{type(e).__name__}: {e}"
+    return ("CUDA error" in text or "cudaError" in text or "CUBLAS_STATUS" in text
+            or "AcceleratorError" in type(e).__name__)
+
+
+def run_group(group: list[Cell], settings: RunSettings, ctx: RunContext,
+              emit: Callable[[Cell, Record], None], on_start: Callable[[Cell], None] | None = None,
+              models: dict | None = None) -> None:
+    """Run the cells of one (model, variant, backend) group in this process, calling `emit` with each
+    cell's record (a failing cell is a `failed` row). Raises RetireWorker after emitting the record of a
+    cell whose error leaves the process unusable."""
     from harness.backends.torch_cell import GroupRunner  # torch is imported only when running
 
-    cells = list(cells)
-    records: list[Record] = []
-    models: dict[str, object] = {}
-    for model_spec, variant, backend, group in group_cells(cells):
-        runner = GroupRunner(model_spec, variant, backend, settings, ctx, models)
+    models = {} if models is None else models
+    first = group[0]
+    runner = GroupRunner(first.model, first.variant, first.backend, settings, ctx, models)
+    try:
         for cell in group:
             if on_start:
-                on_start(cell, len(cells))
+                on_start(cell)
+            fatal = None
             try:
                 rec = runner.run(cell)
             except Exception as e:  # noqa: BLE001  (a cell's failure is a row, never the end of the sweep)
                 rec = cell_record(cell, ctx, status="failed", reason=f"{type(e).__name__}: {e}",
-                                   extra={"traceback": traceback.format_exc(limit=8)})
-            records.append(rec)
-            if on_record:
-                on_record(cell, rec, len(cells))
-        runner.close()
+                                  extra={"traceback": traceback.format_exc(limit=8)})
+                fatal = e if is_fatal_device_error(e) else None
+            emit(cell, rec)
+            if fatal is not None:
+                raise RetireWorker(f"{type(fatal).__name__}: {fatal}")
+    finally:
+        try:
+            runner.close()
+        except Exception:  # noqa: BLE001  (freeing a poisoned context can itself raise)
+            pass
+
+
+def run_sweep(cells: list[Cell], settings: RunSettings, ctx: RunContext,
+              on_record: Callable[[Cell, Record, int], None] | None = None,
+              on_start: Callable[[Cell, int], None] | None = None) -> list[Record]:
+    """Run the given cells (all of `expand(axes)`, or the ones a resumed run still lacks) in this
+    process; a failing cell becomes a `failed` row and the sweep goes on. Callbacks get the cell and
+    len(cells)."""
+    cells = list(cells)
+    n = len(cells)
+    records: list[Record] = []
+    models: dict[str, object] = {}
+
+    def emit(cell: Cell, rec: Record) -> None:
+        records.append(rec)
+        if on_record:
+            on_record(cell, rec, n)
+
+    groups = group_cells(cells)
+    for gi, (model_spec, _v, _b, group) in enumerate(groups):
+        try:
+            run_group(group, settings, ctx, emit, (lambda c: on_start(c, n)) if on_start else None, models)
+        except RetireWorker:
+            pass  # in-process: nothing to restart; later cells report their own errors
         # models are loaded once per spec; drop one when no later group needs it
-        rest = cells[cells.index(group[-1]) + 1:]
-        if all(c.model != model_spec for c in rest):
+        if all(g[0] != model_spec for g in groups[gi + 1:]):
             models.pop(model_spec, None)
             gc.collect()
     return records
