@@ -48,7 +48,7 @@ def sensitivity(model: str, variant: str, granularity: str, tokens: int, window:
     """
     import torch
 
-    from harness.backends.torch_cell import (CALIBRATION_SEED, CALIBRATION_SEQS, CALIBRATION_TOKENS,
+    from harness.backends.pytorch.backend import (CALIBRATION_SEED, CALIBRATION_SEQS, CALIBRATION_TOKENS,
                                              compute_dtype, resolve_device)
     from harness.corpus import load_corpus
     from harness.models import ModelSpecError, load_model

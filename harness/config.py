@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.backends.measure import DEFAULT_MIN_REPEATS, DEFAULT_MIN_SECONDS, DEFAULT_WARMUP
+from harness.pipeline.timed import DEFAULT_MIN_REPEATS, DEFAULT_MIN_SECONDS, DEFAULT_WARMUP
 from harness.models.spec import EMBEDDED_DEFAULT
 
 # Variants of the default sweep: every variant with a CPU kernel on the stack the Makefile installs

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from harness.backends.measure import MeterSettings
+from harness.pipeline.timed import MeterSettings
 from harness.corpus import load_corpus
 from harness.models.spec import parse_spec
 from harness.quality.settings import QualitySettings
@@ -78,7 +78,7 @@ def execute(req: RunRequest, echo: Callable[[str], None] = print) -> Path:
                      repetitions=req.repetitions, meters=req.meters)
     if req.device not in ("auto", "cpu") and not req.device.startswith("cuda"):
         raise ValueError(f"--device takes auto, cpu, cuda or cuda:N, got {req.device!r}")
-    from harness.backends.device import resolve_device
+    from harness.backends.pytorch.device import resolve_device
 
     device = resolve_device(req.device)   # e.g. cuda asked for on a machine without one: refuse before any output
     profile, why = resolve_profile(req.profile, req.profiles_dir, req.cpu_power_w)
@@ -93,7 +93,7 @@ def execute(req: RunRequest, echo: Callable[[str], None] = print) -> Path:
         raise ValueError(f"{out_dir} already holds records.jsonl; choose another --out")
     allocator = None
     if device.type == "cuda":
-        from harness.backends.device import configure_cuda_allocator
+        from harness.backends.pytorch.device import configure_cuda_allocator
 
         allocator = configure_cuda_allocator()
     meter = MeterSettings(warmup=req.warmup, min_repeats=req.repeats, min_seconds=req.min_seconds)

@@ -12,14 +12,11 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from harness.backends.measure import MeterSettings
+from harness.pipeline.timed import MeterSettings
 from harness.quality.settings import QualitySettings
 from harness.records import Record
 
 
-# pytorch: the harness's own engine (eager on CPU; static cache + compiled step in a CUDA graph on GPU).
-# transformers-generate: transformers' eager generate(), what users get by default, for comparison.
-BACKENDS = ("pytorch", "transformers-generate")
 # Meters during the timed loop: on, off, or alternate (the overhead benchmark: every repetition is
 # measured once with and once without, in ABBA order so that a slow drift cancels).
 METER_MODES = ("on", "off", "alternate")
@@ -41,9 +38,11 @@ class SweepAxes:
             raise ValueError(f"repetitions must be at least 1, got {self.repetitions}")
         if self.meters not in METER_MODES:
             raise ValueError(f"meters must be one of {', '.join(METER_MODES)}, got {self.meters!r}")
-        unknown = [b for b in self.backends if b not in BACKENDS]
+        from harness.backends import backend_names
+
+        unknown = [b for b in self.backends if b not in backend_names()]
         if unknown:
-            raise ValueError(f"unknown backend(s) {unknown}; valid backends: {', '.join(BACKENDS)}")
+            raise ValueError(f"unknown backend(s) {unknown}; valid backends: {', '.join(backend_names())}")
         for name in ("models", "variants", "backends", "batch_sizes", "prompt_tokens", "new_tokens"):
             if not getattr(self, name):
                 raise ValueError(f"sweep axis {name} is empty")
@@ -115,6 +114,7 @@ class RunSettings:
     compile_mode: str = "default"        # GPU: default | max-autotune (see backends.cuda_engine)
     meters: bool = True                  # False: no cell has meters on (no GPU meters are opened at all)
     energy_window_s: float = 10.0        # GPU: minimum length of each energy window (full loop, prefill loop)
+    plugins: tuple[str, ...] = ()        # modules imported before the sweep (and by every worker): extra backends, variants, meters
     quality: QualitySettings = field(default_factory=QualitySettings)
 
 
@@ -123,7 +123,7 @@ class RunContext:
     run_id: str
     profile: object                      # harness.profiles.Profile
     provenance: dict
-    gpu: object | None = None            # GpuRunMeters, opened by the first CUDA cell
+    gpu: object | None = None            # GpuRunMeters, opened by the first CUDA cell of this process
 
 
 def cell_record(cell: Cell, ctx: RunContext, **kw) -> Record:
@@ -152,11 +152,11 @@ def run_group(group: list[Cell], settings: RunSettings, ctx: RunContext,
     """Run the cells of one (model, variant, backend) group in this process, calling `emit` with each
     cell's record (a failing cell is a `failed` row). Raises RetireWorker after emitting the record of a
     cell whose error leaves the process unusable."""
-    from harness.backends.torch_cell import GroupRunner  # torch is imported only when running
+    from harness.pipeline.cell import GroupPipeline
 
     models = {} if models is None else models
     first = group[0]
-    runner = GroupRunner(first.model, first.variant, first.backend, settings, ctx, models)
+    runner = GroupPipeline(first.model, first.variant, first.backend, settings, ctx, models)
     try:
         for cell in group:
             if on_start:

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from harness.backends.engine import EagerEngine
-from harness.backends.generate_engine import GenerateEngine
-from harness.backends.lean import LeanDecoder, fuse_projections
+from harness.backends.pytorch.engine import EagerEngine
+from harness.backends.generate.engine import GenerateEngine
+from harness.backends.pytorch.lean import LeanDecoder, fuse_projections
 
 
 def _hf_greedy(m, ids, n):
@@ -48,7 +48,7 @@ def test_eager_and_generate_engines_agree_and_time_every_step(tiny_loaded):
 
 
 def test_lean_refuses_unknown_architectures():
-    from harness.backends.lean import supports
+    from harness.backends.pytorch.lean import supports
 
     class Cfg:
         model_type = "gpt2"
@@ -63,7 +63,7 @@ def test_lean_refuses_unknown_architectures():
 
 @pytest.mark.gpu
 def test_cuda_graph_engine_matches_lean_eager_fp32(tiny_loaded):
-    from harness.backends.cuda_engine import CudaGraphEngine
+    from harness.backends.pytorch.cuda_engine import CudaGraphEngine
 
     dev = torch.device("cuda")
     m = tiny_loaded.instantiate(dev, torch.float32)
@@ -120,7 +120,7 @@ def test_llama8b_bf16_logits_as_accurate_as_transformers():
 
 
 def test_lean_lm_gives_transformers_logits_for_fused_models(tiny_loaded):
-    from harness.backends.lean import LeanLM
+    from harness.backends.pytorch.lean import LeanLM
 
     m = tiny_loaded.instantiate(torch.device("cpu"), torch.float32)
     ids = torch.randint(0, tiny_loaded.vocab_size, (1, 40), generator=torch.Generator().manual_seed(6))

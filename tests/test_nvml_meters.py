@@ -356,7 +356,7 @@ def test_workspace_of_an_unchunked_prefill_grows_with_every_prompt_token():
 
 
 def test_cuda_allocator_setting_respects_the_environment(monkeypatch):
-    from harness.backends import device
+    from harness.backends.pytorch import device
 
     calls = []
     monkeypatch.setattr(torch._C, "_accelerator_setAllocatorSettings", calls.append, raising=False)

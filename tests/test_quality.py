@@ -175,7 +175,7 @@ ORDER_VARIANTS = ("int8-wo", "int4-wo", "int4-awq", "unstructured-50")
 @pytest.fixture(scope="module")
 def smol_kl():
     """Mean KL of each registered variant on 512 positions of the corpus head (lazily, once each)."""
-    from harness.backends.torch_cell import CALIBRATION_SEED, CALIBRATION_SEQS, CALIBRATION_TOKENS
+    from harness.backends.pytorch.backend import CALIBRATION_SEED, CALIBRATION_SEQS, CALIBRATION_TOKENS
     from harness.corpus import load_corpus
     from harness.models import load_model
 

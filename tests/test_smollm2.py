@@ -23,7 +23,7 @@ def test_embedded_model_answers(smol):
 
 def test_engine_greedy_tokens_equal_transformers_generate(smol):
     """Our decode loop must produce exactly transformers' greedy tokens (CPU, fp32)."""
-    from harness.backends.engine import EagerEngine
+    from harness.backends.pytorch.engine import EagerEngine
     from harness.corpus import load_corpus
 
     lm, m = smol

@@ -206,7 +206,7 @@ def test_probes_report_missing_kernels_instead_of_failing():
 
 # -- GPU: the real kernels (auto-skipped without CUDA) -------------------------------------------------
 def _gpu_pair(tiny_loaded):
-    from harness.backends.torch_cell import compute_dtype
+    from harness.backends.pytorch.device import compute_dtype
 
     dev = torch.device("cuda")
     dtype = compute_dtype(dev)

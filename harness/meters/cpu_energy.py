@@ -1,8 +1,9 @@
 """CPU energy: RAPL package counters when readable, else an estimate from CPU load and the profile's
 power figure, else unavailable. The three never mix: each window carries its source label.
 
-Readers return a cumulative reading; `joules(a, b)` turns two readings into energy over the window,
-so the caller can sum exactly the sub-windows it wants (e.g. only decode loops).
+Readers return a cumulative reading; `joules(a, b)` turns two readings into energy. The pipeline
+uses them through `CpuEnergyMeter`, a window like the NVML one (begin/end -> EnergyWindow), so the
+same two-loop split gives prefill and decode energy on every device.
 """
 from __future__ import annotations
 
@@ -103,3 +104,33 @@ def open_cpu_energy_reader(power_w: float | None, rapl_root: str = RAPL_ROOT):
     if power_w:
         return LoadEstimateReader(power_w)
     return UnavailableReader()
+
+
+class CpuEnergyMeter:
+    """A begin()/end() window over a CPU energy reader; results are `EnergyWindow`s, as on the GPU."""
+
+    def __init__(self, reader, min_window_s: float = 0.0):
+        self.reader = reader
+        self.source, self.method = reader.source, reader.method
+        self.min_window_s = min_window_s
+        self.update_period_s = None
+        self._start = None
+
+    def begin(self, name: str = "window") -> None:
+        if self._start is not None:
+            raise RuntimeError(f"window {self._start[2]!r} is still open")
+        self._start = (time.perf_counter(), self.reader.read(), name)
+
+    def end(self):
+        from harness.meters.gpu_energy import EnergyWindow
+
+        if self._start is None:
+            raise RuntimeError("end() without begin()")
+        t0, r0, name = self._start
+        self._start = None
+        r1 = self.reader.read()
+        energy = self.reader.joules(r0, r1) if r0 is not None else None
+        return EnergyWindow(name, energy, time.perf_counter() - t0, (), (), self.source, self.method)
+
+    def abort(self) -> None:
+        self._start = None

@@ -156,12 +156,16 @@ class GpuEnergyMeter:
     def end(self) -> EnergyWindow:
         if self._start is None:
             raise RuntimeError("end() without begin()")
-        self.sync()
-        e1 = self._read()
-        t1 = self._clock()
         t0, e0, name = self._start
+        # the window closes and the sampler stops whatever the reads below do: an NVML error inside
+        # one window must not leave every later cell failing at begin()
         self._start = None
-        timeline = self.sampler.end() if self.sampler is not None else None
+        try:
+            self.sync()
+            e1 = self._read()
+            t1 = self._clock()
+        finally:
+            timeline = self.sampler.end() if self.sampler is not None else None
         duration = t1 - t0
         if duration < self.update_period_s:
             raise WindowTooShort(
@@ -181,6 +185,14 @@ class GpuEnergyMeter:
         flags += cross_check(total, timeline)
         return EnergyWindow(name, total, duration, per, tuple(d.index for d in self.devices), self.source,
                             self.method, tuple(flags), self.update_period_s, timeline)
+
+    def abort(self) -> None:
+        """Close an open window without a result (the region it wrapped failed)."""
+        if self._start is None:
+            return
+        self._start = None
+        if self.sampler is not None:
+            self.sampler.end()
 
     def _aligned_read(self, timeout_s: float) -> list[tuple[float, float]]:
         """(time, energy) per device at the moment its counter next changes: removes edge staleness
@@ -227,6 +239,9 @@ class NullEnergyMeter:
         t0, name = self._start
         self._start = None
         return EnergyWindow(name, None, self._clock() - t0, (), (), self.source, self.method)
+
+    def abort(self) -> None:
+        self._start = None
 
 
 def open_gpu_energy_meter(nvml, nvml_indices: Sequence[int], sync: Callable[[], None], *,

@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness.backends.torch_cell import compute_dtype
+from harness.backends.pytorch.device import compute_dtype
 from harness.models.presets import PRESETS
 from harness.variants import get_variant
 from harness.variants.inspect import tensor_bytes

@@ -12,7 +12,8 @@ import time
 import torch
 from torch import nn
 
-from harness.backends.engine import PassResult, _sync
+from harness.backends.base import PassResult
+from harness.backends.pytorch.engine import _sync
 
 
 class _Stamps:
@@ -30,8 +31,8 @@ class GenerateEngine:
     timing_source = "perf_counter"
     setup_s = 0.0
 
-    def __init__(self, model: nn.Module, device: torch.device, energy_reader=None):
-        self.model, self.device, self.energy = model, device, energy_reader
+    def __init__(self, model: nn.Module, device: torch.device):
+        self.model, self.device = model, device
 
     @torch.inference_mode()
     def run_pass(self, ids: torch.Tensor, new_tokens: int) -> PassResult:

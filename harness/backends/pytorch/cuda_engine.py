@@ -13,8 +13,8 @@ import time
 import torch
 from torch import nn
 
-from harness.backends.engine import PassResult
-from harness.backends.lean import LeanDecoder
+from harness.backends.base import PassResult
+from harness.backends.pytorch.lean import LeanDecoder
 
 # Prefill is captured as a graph only while small: for large B x T the launch overhead is
 # negligible next to the math, and a captured graph would pin its activations in a private pool.
@@ -46,11 +46,10 @@ class CudaGraphEngine:
     timing_source = "cuda_events"
 
     def __init__(self, model: nn.Module, device: torch.device, batch: int, prompt_tokens: int, new_tokens: int,
-                 compile_step: bool = True, energy_reader=None, tune: bool | None = None,
+                 compile_step: bool = True, tune: bool | None = None,
                  compile_mode: str = "default"):
         t0 = time.perf_counter()
         self.device, self.B, self.P, self.N = device, batch, prompt_tokens, new_tokens
-        self.energy = energy_reader
         self.dec = LeanDecoder(model, batch, prompt_tokens + new_tokens)
         self.name = "compiled+cuda-graph" if compile_step else "cuda-graph"
         self.tuned = compile_step and (tune if tune is not None else batch <= TUNE_MAX_BATCH)
@@ -123,15 +122,12 @@ class CudaGraphEngine:
         else:
             self._prefill_body()
         ev[1].record()
-        e0 = self.energy.read() if self.energy else None
         for i in range(2, self.N + 1):
             self.g_decode.replay()
             ev[i].record()
         torch.cuda.synchronize(self.device)
-        e = self.energy.joules(e0, self.energy.read()) if self.energy else None
         ms = [ev[i].elapsed_time(ev[i + 1]) for i in range(self.N)]
-        return PassResult(prefill_s=ms[0] / 1e3, step_s=[x / 1e3 for x in ms[1:]], tokens=self.out.cpu(),
-                          decode_energy_j=e)
+        return PassResult(prefill_s=ms[0] / 1e3, step_s=[x / 1e3 for x in ms[1:]], tokens=self.out.cpu())
 
     @torch.inference_mode()
     def run_prefill(self, ids: torch.Tensor) -> None:

@@ -6,19 +6,11 @@ timed with perf_counter (CPU work is synchronous, so host clocks see the real co
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-
-@dataclass
-class PassResult:
-    prefill_s: float                      # prompt forward + first token: time to first token
-    step_s: list[float]                   # one entry per decode step (each yields one token per row)
-    tokens: torch.Tensor                  # (batch, new_tokens) greedy ids, first from prefill
-    decode_energy_j: float | None = None  # energy over the decode steps only, if a reader is given
-    extra: dict = field(default_factory=dict)
+from harness.backends.base import PassResult
 
 
 def _sync(device: torch.device) -> None:
@@ -32,9 +24,10 @@ class EagerEngine:
 
     name = "eager"
     timing_source = "perf_counter"
+    setup_s = 0.0
 
-    def __init__(self, model: nn.Module, device: torch.device, energy_reader=None):
-        self.model, self.device, self.energy = model, device, energy_reader
+    def __init__(self, model: nn.Module, device: torch.device):
+        self.model, self.device = model, device
 
     @torch.inference_mode()
     def run_pass(self, ids: torch.Tensor, new_tokens: int) -> PassResult:
@@ -53,7 +46,6 @@ class EagerEngine:
         _sync(self.device)
         prefill_s = time.perf_counter() - t0
         steps: list[float] = []
-        e0 = self.energy.read() if self.energy else None
         for i in range(1, new_tokens):
             ts = time.perf_counter()
             logits = self.model(input_ids=nxt[:, None], past_key_values=cache, use_cache=True).logits
@@ -61,8 +53,7 @@ class EagerEngine:
             out_tokens[:, i] = nxt
             _sync(self.device)
             steps.append(time.perf_counter() - ts)
-        e = self.energy.joules(e0, self.energy.read()) if self.energy else None
-        return PassResult(prefill_s, steps, out_tokens.cpu(), e)
+        return PassResult(prefill_s, steps, out_tokens.cpu())
 
     def run_prefill(self, ids: torch.Tensor) -> None:
         """Prompt forward + first token only (the prefill loop of the two-loop energy method)."""

@@ -1,0 +1,1 @@
+"""transformers generate() as a backend, for comparison with the harness engine."""

@@ -1,0 +1,217 @@
+"""PyTorch backend: one (model, variant) group prepared on a device, and the engine for each cell.
+
+Engine choice: on CUDA the lean decoder with a static cache, its decode step compiled and captured
+as a CUDA graph (falling back to an uncompiled graph, then to eager, with the reason on the record);
+on CPU the eager loop. The transformers-generate backend (../generate) reuses this preparation and
+swaps the engine.
+"""
+from __future__ import annotations
+
+import gc
+import time
+
+import torch
+
+from harness import quality
+from harness.backends.base import CellSkip, EngineChoice
+from harness.backends.pytorch import lean
+from harness.backends.pytorch.device import compute_dtype, free_memory_bytes, resolve_device
+from harness.backends.pytorch.engine import EagerEngine
+from harness.corpus import load_corpus
+from harness.models import load_model
+from harness.variants import get_variant, policy_for
+from harness.variants.inspect import ops_that_ran, tensor_bytes
+from harness.variants.registry import ApplyContext
+
+# Calibration data for AWQ, Wanda and static scales: a fixed number of corpus tokens from the tail
+# of the corpus (evaluation reads the head), seeded for synthetic models.
+CALIBRATION_SEQS, CALIBRATION_TOKENS, CALIBRATION_SEED = 8, 256, 1234
+OOM_ERRORS = (torch.OutOfMemoryError, MemoryError)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+class PytorchBackend:
+    name = "pytorch"
+    lean_engine = True        # the GPU fast path; transformers-generate turns it off
+    evaluates_quality = True
+
+    def prepare(self, model_spec: str, variant: str, settings, profile, model_cache: dict) -> "TorchPrepared":
+        return TorchPrepared(self, model_spec, variant, settings, profile, model_cache)
+
+    def make_engine(self, prepared: "TorchPrepared", cell) -> EngineChoice:
+        """The fastest path that works here, and why a faster one was not used."""
+        dev = prepared.torch_device
+        if dev.type != "cuda":
+            return EngineChoice(EagerEngine(prepared.model, dev))
+        if not prepared.use_lean:
+            return EngineChoice(EagerEngine(prepared.model, dev), (f"eager: {lean.supports(prepared.model)}",))
+        from harness.backends.pytorch.cuda_engine import CudaGraphEngine
+
+        s, notes = prepared.settings, []
+        tune = {"auto": None, "on": True, "off": False}[s.tune]
+        for comp in ((True, False) if s.compile else (False,)):
+            try:
+                eng = CudaGraphEngine(prepared.model, dev, cell.batch_size, cell.prompt_tokens, cell.new_tokens,
+                                      compile_step=comp, tune=tune, compile_mode=s.compile_mode)
+                return EngineChoice(eng, tuple(notes), facts={
+                    "coordinate_descent_tuning": eng.tuned, "compile_mode": eng.compile_mode, "static_cache": True})
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001  (record why the faster path failed, try the next)
+                if "CUDA error" in str(e):
+                    raise  # a poisoned context: no fallback can run here
+                notes.append(f"{'compiled' if comp else 'uncompiled'} CUDA graph failed: {type(e).__name__}: {str(e)[:300]}")
+                torch._dynamo.reset()
+        return EngineChoice(EagerEngine(prepared.model, dev), tuple(notes))
+
+
+class TorchPrepared:
+    """Load (once per spec), fit check, fuse, calibrate, apply, quality: everything outside the timed
+    region, done once per group."""
+
+    def __init__(self, backend: PytorchBackend, model_spec: str, variant: str, settings, profile, cache: dict):
+        t0 = time.perf_counter()
+        self.backend, self.model_spec, self.variant_name = backend, model_spec, variant
+        self.settings, self.profile = settings, profile
+        self.torch_device = resolve_device(settings.device)
+        self.torch_dtype = compute_dtype(self.torch_device)
+        self.device, self.device_type = str(self.torch_device), self.torch_device.type
+        self.dtype = dtype_name(self.torch_dtype)
+        self.dtype_bytes = torch.empty((), dtype=self.torch_dtype).element_size()
+        self.oom_errors = OOM_ERRORS
+        self.model, self.fused, self._live = None, False, None
+        v = get_variant(variant)
+        cc = torch.cuda.get_device_capability(self.torch_device) if self.device_type == "cuda" else None
+        why = v.unsupported_reason(self.device_type, cc, profile)
+        if why:
+            raise CellSkip("unsupported", why)
+        try:
+            self._load_and_apply(v, cache)
+        except OOM_ERRORS as e:
+            self.close()
+            raise CellSkip("does-not-fit", f"out of memory while loading/applying: {e}") from None
+        self.prepare_s = time.perf_counter() - t0
+
+    def _load_and_apply(self, variant, cache: dict) -> None:
+        if self.model_spec not in cache:
+            cache[self.model_spec] = load_model(self.model_spec)
+        self.loaded = cache[self.model_spec]
+        self.shape = self.loaded.shape
+        self._check_fit()
+        self.model = self.loaded.instantiate(self.torch_device, self.torch_dtype)
+        self.use_lean = (self.backend.lean_engine and self.device_type == "cuda"
+                         and lean.supports(self.model) is None)
+        if self.use_lean and getattr(variant, "fusable", True):
+            lean.fuse_projections(self.model)   # before the variant: per-row numerics unchanged
+            self.fused = True
+        self.corpus_name, self.corpus_text = load_corpus(self.settings.corpus)
+        calib, _ = self.loaded.prompt_ids(self.corpus_name, self.corpus_text, CALIBRATION_SEQS,
+                                          CALIBRATION_TOKENS, seed=CALIBRATION_SEED, from_end=True)
+        policy = policy_for(self.variant_name, self.shape.num_hidden_layers if self.shape else None)
+        t_apply = time.perf_counter()
+        applied = variant.apply(self.model, ApplyContext(self.device_type, self.torch_dtype,
+                                                         calib.to(self.torch_device), policy))
+        apply_s = time.perf_counter() - t_apply
+        if self.device_type == "cuda":
+            # the unquantized weights a variant replaced sit in the caching allocator; NVML's
+            # per-process figure (the VRAM headline) would count them as the variant's footprint
+            gc.collect()
+            torch.cuda.empty_cache()
+        self.weight_bytes = tensor_bytes(self.model)
+        ops = ops_that_ran(self.model, self.torch_dtype)
+        self.kernel = f"{applied.kernel}; aten ops: {ops}" if ops else applied.kernel
+        self.facts = {"apply_s": apply_s, "load_s": self.loaded.load_s, "calibration_s": applied.calibration_s,
+                      "calibration_tokens": CALIBRATION_SEQS * CALIBRATION_TOKENS, "fused_projections": self.fused,
+                      "weights_note": self.loaded.weights_note}
+        self._quality = self._evaluate_quality() if self.backend.evaluates_quality else None
+
+    def _evaluate_quality(self):
+        """Quality of this variant instance against the baseline reference (built once per model),
+        outside every timed region. Synthetic weights: not meaningful, not computed."""
+        q = self.settings.quality
+        if not q.enabled:
+            return quality.skipped()
+        key = (self.device, self.dtype, q)
+        if key not in self.loaded.quality_refs:
+            self.loaded.quality_refs[key] = quality.reference_for(self.loaded, self.corpus_name, self.corpus_text,
+                                                                  self.torch_device, self.torch_dtype, q)
+        ref = self.loaded.quality_refs[key]
+        if ref is None:
+            return quality.not_meaningful()
+        try:
+            return quality.evaluate(lean.LeanLM(self.model) if self.fused else self.model, ref)
+        except (RuntimeError, ValueError, NotImplementedError) as e:
+            # the speed figures are still worth keeping; the record says quality was not measured and why
+            return quality.skipped(f"quality evaluation failed: {type(e).__name__}: {str(e)[:300]}")
+
+    def quality(self):
+        return self._quality
+
+    def _check_fit(self, extra_bytes: int = 0, what: str = "") -> None:
+        if self.shape is None:
+            return
+        need = self.shape.param_count() * self.dtype_bytes + extra_bytes
+        free = free_memory_bytes(self.torch_device) + (tensor_bytes(self.model) if self.model is not None else 0)
+        headroom = self.settings.memory_headroom
+        if need > free * (1 - headroom):
+            raise CellSkip("does-not-fit",
+                           f"{self.model_spec} needs {need / 1e9:.2f} GB ({self.torch_dtype} weights{what}; variants are "
+                           f"applied to a full-precision instance); "
+                           f"{self.torch_device} has {free / 1e9:.2f} GB ({headroom:.0%} kept as headroom)")
+
+    def check_cell(self, cell) -> int | None:
+        if self.shape is None:
+            return None
+        tokens = cell.prompt_tokens + cell.new_tokens
+        kv = int(self.shape.kv_bytes_per_token(self.dtype_bytes) * cell.batch_size * tokens)
+        try:
+            self._check_fit(kv, f" + {kv / 1e9:.2f} GB KV cache for batch {cell.batch_size} x {tokens} tokens")
+        except CellSkip as s:
+            s.fields.update(weight_bytes=self.weight_bytes, kv_cache_bytes=kv)
+            raise
+        return kv
+
+    def prompt(self, cell):
+        return self.loaded.prompt_ids(self.corpus_name, self.corpus_text, cell.batch_size, cell.prompt_tokens)
+
+    def engine(self, cell) -> EngineChoice:
+        """The engine built for this cell's geometry, reused by the following repetitions of the same
+        cell (compiling and capturing again would only add noise)."""
+        if self._live is not None and self._live[0] == cell.geometry:
+            c = self._live[1]
+            return EngineChoice(c.engine, c.notes, False, c.facts)
+        self.release_engine()
+        choice = self.backend.make_engine(self, cell)
+        self._live = (cell.geometry, choice)
+        if self.device_type == "cuda":
+            # what compilation, autotuning and warm-up left in the allocator's cache is set-up, not the
+            # cell's footprint (torch's peak over set-up stays on the record as torch_max_reserved_bytes)
+            gc.collect()
+            torch.cuda.empty_cache()
+        return choice
+
+    def reset_peaks(self) -> None:
+        if self.device_type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.torch_device)
+
+    def allocator_peak_bytes(self) -> int | None:
+        return torch.cuda.max_memory_allocated(self.torch_device) if self.device_type == "cuda" else None
+
+    def release_engine(self) -> None:
+        if self._live is None:
+            return
+        self._live = None
+        if self.device_type == "cuda":
+            torch._dynamo.reset()
+            gc.collect()
+            torch.cuda.empty_cache()
+
+    def close(self) -> None:
+        self.release_engine()
+        self.model = None
+        gc.collect()
+        if self.device_type == "cuda":
+            torch.cuda.empty_cache()
