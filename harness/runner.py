@@ -114,6 +114,7 @@ class RunSettings:
     compile_mode: str = "default"        # GPU: default | max-autotune (see backends.cuda_engine)
     meters: bool = True                  # False: no cell has meters on (no GPU meters are opened at all)
     energy_window_s: float = 10.0        # GPU: minimum length of each energy window (full loop, prefill loop)
+    isolation: str = "none"              # process | none (the executor)
     plugins: tuple[str, ...] = ()        # modules imported before the sweep (and by every worker): extra backends, variants, meters
     quality: QualitySettings = field(default_factory=QualitySettings)
 
