@@ -130,3 +130,32 @@ def test_lean_lm_gives_transformers_logits_for_fused_models(tiny_loaded):
         ours = LeanLM(m)(input_ids=ids)
     assert ours.shape == ref.shape
     assert torch.allclose(ours, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("model_type,extra", [
+    ("mistral", {"sliding_window": 8}),      # window shorter than the context: masked beyond it
+    ("mistral", {"sliding_window": 4096}),   # window longer than the context: full attention
+    ("qwen2", {}),                           # q/k/v biases
+])
+def test_lean_decoder_equals_transformers_for_each_family(model_type, extra):
+    """Greedy tokens of the lean decoder equal transformers' forward on CPU in fp32, for every family
+    the lean decoder accepts, including a sliding window that masks part of the context."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from harness.backends.pytorch.lean import supports
+
+    cfg = AutoConfig.for_model(model_type, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                               num_key_value_heads=2, intermediate_size=256, vocab_size=512,
+                               max_position_embeddings=256, **extra)
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_config(cfg).eval()
+    assert supports(m) is None
+    ids = torch.randint(0, 512, (2, 12), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(_lean_greedy(m, ids, 10), _hf_greedy(m, ids, 10))
+    # and the logits of every position agree (a mask error would show at the first masked key)
+    from harness.backends.pytorch.lean import LeanLM
+
+    with torch.inference_mode():
+        ref = m(input_ids=ids).logits
+        got = LeanLM(m)(ids)
+    assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4)

@@ -25,10 +25,21 @@ def supports(model: nn.Module) -> str | None:
     mt = getattr(getattr(model, "config", None), "model_type", None)
     if mt not in SUPPORTED_MODEL_TYPES:
         return f"lean decoder supports {SUPPORTED_MODEL_TYPES}, not {mt!r}"
-    if getattr(model.config, "sliding_window", None) and getattr(model.config, "use_sliding_window", True) \
-            and mt == "mistral":
-        return "sliding-window attention is not implemented in the lean decoder"
+    if mt == "qwen2" and getattr(model.config, "use_sliding_window", False):
+        return "Qwen2 per-layer sliding windows (use_sliding_window) are not implemented in the lean decoder"
     return None
+
+
+def sliding_window(config) -> int | None:
+    """The attention window in tokens, or None for full attention. Mistral applies `sliding_window`
+    when set; Qwen2 only with `use_sliding_window` (and then only above `max_window_layers`, which
+    the lean decoder does not model: refused in supports())."""
+    w = getattr(config, "sliding_window", None)
+    if not w:
+        return None
+    if getattr(config, "model_type", None) == "qwen2" and not getattr(config, "use_sliding_window", False):
+        return None
+    return int(w)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -64,7 +75,9 @@ class LeanDecoder(nn.Module):
     """forward(ids (B, T), pos (T,) absolute positions) -> logits of the last position (B, vocab).
 
     The KV cache is (B, kv_heads, max_len, head_dim) per layer, written at `pos` with index_copy_;
-    attention reads the whole cache under a mask `key position <= query position`.
+    attention reads the whole cache under a mask `key position <= query position` and, for a model
+    with a sliding window W (Mistral), `key position > query position - W` as transformers does: the
+    same as full attention while the context is within the window, masked beyond it.
     """
 
     def __init__(self, model: nn.Module, batch: int, max_len: int):
@@ -84,6 +97,7 @@ class LeanDecoder(nn.Module):
         self.k_cache = [torch.zeros(shape, dtype=dtype, device=p.device) for _ in model.model.layers]
         self.v_cache = [torch.zeros(shape, dtype=dtype, device=p.device) for _ in model.model.layers]
         self.key_pos = torch.arange(max_len, device=p.device)
+        self.window = sliding_window(cfg)
 
     def kv_cache_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k_cache + self.v_cache)
@@ -95,6 +109,8 @@ class LeanDecoder(nn.Module):
         cos, sin = m.rotary_emb(x, pos[None].expand(B, T))
         cos, sin = cos[:, None], sin[:, None]                       # (B, 1, T, head_dim)
         mask = self.key_pos[None, :] <= pos[:, None]                # (T, max_len), True = attend
+        if self.window is not None:
+            mask = mask & (self.key_pos[None, :] > pos[:, None] - self.window)
         for i, layer in enumerate(m.layers):
             a, mlp = layer.self_attn, layer.mlp
             h = layer.input_layernorm(x)
