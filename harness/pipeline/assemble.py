@@ -181,7 +181,8 @@ def assemble_record(cell, ctx, settings, o: CellOutcome):
     extra.update(apply_s=facts.get("apply_s"), load_s=facts.get("load_s"),
                  calibration_tokens=facts.get("calibration_tokens"), fused_projections=facts.get("fused_projections"),
                  engine_notes=list(choice.notes), coordinate_descent_tuning=choice.facts.get("coordinate_descent_tuning"),
-                 engine_reused=not choice.fresh, compile_mode=choice.facts.get("compile_mode"))
+                 engine_reused=not choice.fresh, compile_mode=choice.facts.get("compile_mode"),
+                 compile_choice=choice.facts.get("compile_choice"))
     return cell_record(cell, ctx, device=prepared.device, dtype=prepared.dtype, kernel=prepared.kernel,
                        decode_path=m.engine_name, weights_note=facts.get("weights_note", ""),
                        prompt_source=o.prompt_source, weight_bytes=prepared.weight_bytes, kv_cache_bytes=o.kv_bytes,

@@ -48,16 +48,10 @@ class PytorchBackend:
             return EngineChoice(EagerEngine(prepared.model, dev))
         if not prepared.use_lean:
             return EngineChoice(EagerEngine(prepared.model, dev), (f"eager: {lean.supports(prepared.model)}",))
-        from harness.backends.pytorch.cuda_engine import CudaGraphEngine
-
         s, notes = prepared.settings, []
-        tune = {"auto": None, "on": True, "off": False}[s.tune]
         for comp in ((True, False) if s.compile else (False,)):
             try:
-                eng = CudaGraphEngine(prepared.model, dev, cell.batch_size, cell.prompt_tokens, cell.new_tokens,
-                                      compile_step=comp, tune=tune, compile_mode=s.compile_mode)
-                return EngineChoice(eng, tuple(notes), facts={
-                    "coordinate_descent_tuning": eng.tuned, "compile_mode": eng.compile_mode, "static_cache": True})
+                return self._graph_engine(prepared, cell, comp, notes)
             except torch.OutOfMemoryError:
                 raise
             except Exception as e:  # noqa: BLE001  (record why the faster path failed, try the next)
@@ -66,6 +60,47 @@ class PytorchBackend:
                 notes.append(f"{'compiled' if comp else 'uncompiled'} CUDA graph failed: {type(e).__name__}: {str(e)[:300]}")
                 torch._dynamo.reset()
         return EngineChoice(EagerEngine(prepared.model, dev), tuple(notes))
+
+    @staticmethod
+    def _graph_engine(prepared: "TorchPrepared", cell, compile_step: bool, notes: list) -> EngineChoice:
+        """A CUDA-graph engine; with --tune auto and compilation, the compile configuration is chosen
+        by measurement (harness.backends.pytorch.compile_choice)."""
+        from harness.backends.pytorch import compile_choice as cc
+        from harness.backends.pytorch.cuda_engine import CudaGraphEngine
+
+        s, dev = prepared.settings, prepared.torch_device
+
+        def build(tune):
+            return CudaGraphEngine(prepared.model, dev, cell.batch_size, cell.prompt_tokens, cell.new_tokens,
+                                   compile_step=compile_step, tune=tune, compile_mode=s.compile_mode)
+
+        facts = {"static_cache": True, "compile_mode": s.compile_mode if compile_step else None}
+        if not compile_step or s.tune != "auto" or cell.new_tokens < 2:
+            eng = build({"auto": None, "on": True, "off": False}[s.tune] if compile_step else False)
+            facts["coordinate_descent_tuning"] = eng.tuned
+            facts["compile_choice"] = {"source": f"--tune {s.tune}" if compile_step else "not compiled"}
+            return EngineChoice(eng, tuple(notes), facts=facts)
+        key = cc.choice_key(torch.cuda.get_device_name(dev), prepared.model_spec, prepared.variant_name,
+                            cell.batch_size, cell.prompt_tokens, cell.new_tokens, s.compile_mode, cc.versions())
+        setup = []
+
+        def build_named(name):
+            eng = build(cc.CANDIDATES[name]["tune"])
+            setup.append(eng.setup_s)
+            return eng
+
+        def release(eng):
+            del eng
+            torch._dynamo.reset()
+            gc.collect()
+            torch.cuda.empty_cache()
+
+        eng, choice = cc.choose(key, build_named, cc.median_step_s, release, cc.ChoiceCache())
+        eng.setup_s = sum(setup)   # every candidate compiled here is set-up of this cell
+        facts["coordinate_descent_tuning"] = eng.tuned
+        facts["compile_choice"] = {"chosen": choice.name, "step_s": choice.step_s, "source": choice.source,
+                                   "candidates": list(cc.CANDIDATES)}
+        return EngineChoice(eng, tuple(notes), facts=facts)
 
 
 class TorchPrepared:

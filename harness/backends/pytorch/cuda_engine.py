@@ -139,5 +139,21 @@ class CudaGraphEngine:
         else:
             self._prefill_body()
 
+    @torch.inference_mode()
+    def decode_step_s(self, n: int) -> float:
+        """Mean seconds of up to `n` back-to-back decode-graph replays after a prefill (CUDA events),
+        for comparing compile configurations on the same replays."""
+        if self.g_decode is None:
+            raise ValueError("no decode graph (new_tokens = 1)")
+        n = max(1, min(n, self.N - 1))
+        self._prefill_body()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(n):
+            self.g_decode.replay()
+        end.record()
+        torch.cuda.synchronize(self.device)
+        return start.elapsed_time(end) / 1e3 / n
+
     def kv_cache_bytes(self) -> int:
         return self.dec.kv_cache_bytes()
