@@ -127,4 +127,19 @@ def _rss_factory(scope: MeterScope):
     return RssMeter() if scope.cell.meters else None
 
 
+def _foreign_load_factory(scope: MeterScope):
+    """Other processes' CPU and GPU use during the window (harness.meters.foreign)."""
+    if not scope.cell.meters:
+        return None
+    from harness.meters.foreign import ForeignLoadMeter
+
+    devices = []
+    if scope.device_type == "cuda" and scope.settings.meters:
+        gpu = gpu_run_meters(scope)
+        if gpu.nvml_index is not None:
+            devices = gpu.nvml.devices([gpu.nvml_index])
+    return ForeignLoadMeter(devices)
+
+
 register_meter("rss", _rss_factory)
+register_meter("foreign-load", _foreign_load_factory)

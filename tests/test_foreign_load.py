@@ -1,0 +1,58 @@
+"""Foreign load: another process busy during a window is recorded and flagged."""
+import subprocess
+import sys
+import time
+
+from harness.meters.foreign import ForeignLoadMeter
+from harness.meters.nvml import ProcessMemory
+
+
+class FakeGpu:
+    def __init__(self, pids):
+        self.pids = pids
+
+    def processes(self):
+        return [ProcessMemory(p, 1 << 30) for p in self.pids]
+
+
+def test_a_busy_neighbour_process_is_flagged():
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<5: pass"])
+    try:
+        time.sleep(0.3)                        # let it start spinning
+        m = ForeignLoadMeter(max_cpu_share=0.25)
+        m.begin()
+        time.sleep(1.0)                        # this process idles; the neighbour spins one core
+        r = m.end()
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert r.other_cpu_cores is not None and r.other_cpu_cores > 0.5
+    assert any("other processes used" in f for f in r.flags)
+    fields = m.record_fields(r)["foreign_load"]
+    assert fields["other_cpu_cores"] == r.other_cpu_cores and fields["flags"] == list(r.flags)
+
+
+def test_own_work_is_not_foreign():
+    m = ForeignLoadMeter(max_cpu_share=0.25)
+    m.begin()
+    t = time.perf_counter()
+    while time.perf_counter() - t < 0.8:       # this process spins one core: its own work
+        pass
+    r = m.end()
+    # this machine may be shared, so other processes may be busy too: what must hold is that the
+    # spinning core was counted as ours, not as theirs
+    assert r.own_cpu_cores > 0.7
+
+
+def test_other_gpu_processes_are_listed_and_ours_is_not():
+    import os
+
+    m = ForeignLoadMeter([FakeGpu([os.getpid(), 4242])])
+    m.begin()
+    r = m.end()
+    assert r.gpu_processes_listed and r.other_gpu_processes == ((4242, 1 << 30),)
+    assert any("pid 4242" in f for f in r.flags)
+    quiet = ForeignLoadMeter([FakeGpu([])])
+    quiet.begin()
+    q = quiet.end()
+    assert not q.gpu_processes_listed and q.other_gpu_processes == ()
