@@ -23,7 +23,7 @@ from harness import quality
 from harness.corpus import load_corpus
 from harness.meters.cpu_energy import open_cpu_energy_reader
 from harness.models import load_model
-from harness.records import Record
+from harness.records import Record, sections_from_extra
 from harness.variants import get_variant, policy_for
 from harness.variants.inspect import ops_that_ran, tensor_bytes
 from harness.variants.registry import ApplyContext
@@ -239,7 +239,7 @@ class GroupRunner:
         return self._record(cell, kernel=self.kernel, decode_path=m.engine_name,
                             weights_note=self.loaded.weights_note, prompt_source=prompt_source,
                             weight_bytes=self.weight_bytes, kv_cache_bytes=kv_bytes if shape else None,
-                            calibration_s=self.applied.calibration_s, extra=extra, **fields)
+                            calibration_s=self.applied.calibration_s, **sections_from_extra(extra), **fields)
 
     def _vram_budget(self, window, kv_bytes: int, cell, fields: dict, extra: dict) -> tuple[dict, dict]:
         from harness.meters.vram import vram_budget
