@@ -1,21 +1,57 @@
 """The Record: one per cell, versioned, with units in field names. Every view reads this schema.
 
 Files: `records.jsonl` holds one envelope per line, {"schema_version": N, **fields}; older envelopes
-are upgraded on load by `_UPGRADES`. Parquet and CSV are flat views written from the same fields.
+are upgraded on load by `_UPGRADES`. Parquet and CSV are flat views written from the same fields
+(lists, dicts and the typed sections become JSON strings there).
+
+Durability: a record is appended in one write call and fsynced; a write that fails (a full disk) is
+rolled back to the previous size and raises `RecordsWriteError` naming the file. A torn last line
+(the process died inside that write) is skipped on read with a warning. Views are written through
+`harness.atomic` (temporary name + rename), so a failure never leaves a truncated file behind.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
-SCHEMA_VERSION = 2
+from harness.atomic import atomic_path
+from harness.record_sections import (SECTIONS, BandwidthDetail, EnergyDetail, EngineInfo, MemoryDetail,
+                                     QualityDetail, VramBudgetDetail, build_section, split_legacy_extra)
+
+__all__ = ["SCHEMA_VERSION", "STATUSES", "ENERGY_SOURCES", "CELL_AXES", "Record", "EngineInfo", "EnergyDetail",
+           "MemoryDetail", "VramBudgetDetail", "BandwidthDetail", "QualityDetail", "RecordsWriteError", "cell_axes",
+           "cell_key", "sections_from_extra", "primary", "from_envelope", "to_envelope", "append_jsonl", "read_jsonl",
+           "load_records", "to_frame", "write_tables", "write_view"]
+
+SCHEMA_VERSION = 3
 
 STATUSES = ("ok", "failed", "unsupported", "does-not-fit")
 # Where an energy figure comes from. `estimate` is never mixed with measured sources in one column
 # without its label; `unavailable` goes with energy_j = None.
 ENERGY_SOURCES = ("nvml_counter", "rapl", "estimate", "unavailable")
+
+# What a cell is: the sweep axes that tell one measurement target from another. Repetition and the
+# meter setting are not axes (several records of one cell); views drop axes with `without=`.
+CELL_AXES = ("model", "variant", "backend", "profile", "batch_size", "prompt_tokens", "new_tokens")
+
+
+def cell_axes(without: Iterable[str] = ()) -> tuple[str, ...]:
+    drop = set(without)
+    unknown = drop - set(CELL_AXES)
+    if unknown:
+        raise ValueError(f"not cell axes: {sorted(unknown)}; axes are {CELL_AXES}")
+    return tuple(a for a in CELL_AXES if a not in drop)
+
+
+def cell_key(r: "Record", without: Iterable[str] = ()) -> tuple:
+    """The cell a record measured, as a tuple in `cell_axes(without)` order."""
+    return tuple(getattr(r, a) for a in cell_axes(without))
 
 
 @dataclass
@@ -69,7 +105,7 @@ class Record:
     peak_vram_bytes: int | None = None
     kv_cache_bytes: int | None = None
     planned_weight_bytes: int | None = None    # the planner's projection beside the measured figure
-    vram_expected_bytes: int | None = None     # weights + KV + workspace (activations + runtime), see extra.vram_budget
+    vram_expected_bytes: int | None = None     # weights + KV + workspace (activations + runtime), see memory.budget
     achieved_bandwidth_bytes_per_s: float | None = None
     mbu: float | None = None                   # achieved / copy bandwidth measured in the same run
     mfu: float | None = None                   # prefill FLOP/s / profile peak for the format
@@ -85,22 +121,30 @@ class Record:
     prefill_s_samples: list[float] = field(default_factory=list)
     decode_s_samples: list[float] = field(default_factory=list)
     tpot_s_samples: list[float] = field(default_factory=list)
+    # typed detail sections (harness.record_sections): how the figures above were made
+    engine: EngineInfo = field(default_factory=EngineInfo)
+    energy: EnergyDetail = field(default_factory=EnergyDetail)
+    memory: MemoryDetail = field(default_factory=MemoryDetail)
+    bandwidth: BandwidthDetail = field(default_factory=BandwidthDetail)
+    quality: QualityDetail = field(default_factory=QualityDetail)
     # run provenance, repeated on each record so a record stands alone
     run_id: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)   # whatever has no field or section yet
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"status {self.status!r} not in {STATUSES}")
         if self.energy_source not in ENERGY_SOURCES:
             raise ValueError(f"energy_source {self.energy_source!r} not in {ENERGY_SOURCES}")
+        for name, cls in SECTIONS.items():
+            if not isinstance(getattr(self, name), cls):
+                raise TypeError(f"Record.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
 
     @property
     def cell_key(self) -> tuple:
         """What was measured, whichever repetition and meter setting measured it."""
-        return (self.model, self.variant, self.backend, self.profile,
-                self.batch_size, self.prompt_tokens, self.new_tokens)
+        return cell_key(self)
 
     @property
     def key(self) -> tuple:
@@ -112,7 +156,19 @@ class Record:
 
 FIELD_NAMES = tuple(f.name for f in fields(Record))
 SAMPLE_FIELDS = ("prefill_s_samples", "decode_s_samples", "tpot_s_samples")
-NESTED_FIELDS = SAMPLE_FIELDS + ("energy_flags", "provenance", "extra")
+NESTED_FIELDS = SAMPLE_FIELDS + ("energy_flags",) + tuple(SECTIONS) + ("provenance", "extra")
+
+
+def sections_from_extra(extra: dict[str, Any]) -> dict[str, Any]:
+    """Record keyword arguments from an untyped `extra` dict of schema-2 keys: the typed sections
+    filled from the keys they know, and `extra` holding the rest. For producers still building that
+    dict; new code constructs the sections directly."""
+    parts, rest = split_legacy_extra(extra)
+    out: dict[str, Any] = {}
+    for name, d in parts.items():
+        out[name], unknown = build_section(SECTIONS[name], d)
+        rest.update({f"{name}.{k}": v for k, v in unknown.items()})
+    return dict(out, extra=rest)
 
 
 def _upgrade_0_to_1(d: dict[str, Any]) -> dict[str, Any]:
@@ -129,7 +185,16 @@ def _upgrade_1_to_2(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-_UPGRADES = {0: _upgrade_0_to_1, 1: _upgrade_1_to_2}
+def _upgrade_2_to_3(d: dict[str, Any]) -> dict[str, Any]:
+    # Version 3 moved engine, energy, memory, bandwidth and quality facts out of `extra` into typed
+    # sections; keys no section knows stay in `extra`.
+    parts, rest = split_legacy_extra(d.get("extra") or {})
+    d.update(parts)
+    d["extra"] = rest
+    return d
+
+
+_UPGRADES = {0: _upgrade_0_to_1, 1: _upgrade_1_to_2, 2: _upgrade_2_to_3}
 
 
 def primary(records: Iterable[Record]) -> list[Record]:
@@ -156,8 +221,18 @@ def from_envelope(env: dict[str, Any]) -> Record:
         version += 1
     known = {k: v for k, v in env.items() if k in FIELD_NAMES}
     unknown = {k: v for k, v in env.items() if k not in FIELD_NAMES}
-    if unknown:
-        known.setdefault("extra", {}).update(unknown)
+    extra = dict(known.get("extra") or {})
+    extra.update(unknown)
+    for name, cls in SECTIONS.items():
+        value = known.get(name)
+        if value is None:
+            known.pop(name, None)
+            continue
+        if not isinstance(value, dict):
+            raise ValueError(f"section {name!r} must be an object, got {type(value).__name__}")
+        known[name], rest = build_section(cls, value)
+        extra.update({f"{name}.{k}": v for k, v in rest.items()})
+    known["extra"] = extra
     return Record(**known)
 
 
@@ -165,22 +240,88 @@ def to_envelope(r: Record) -> dict[str, Any]:
     return {"schema_version": SCHEMA_VERSION, **r.to_dict()}
 
 
-def append_jsonl(path: Path, r: Record) -> None:
-    """Append one record and flush, so a crash later in the sweep loses nothing already measured."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(to_envelope(r)) + "\n")
-        f.flush()
+class RecordsWriteError(OSError):
+    """A record or a view could not be written; the message names the file and the OS error."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
-def read_jsonl(path: Path) -> list[Record]:
+def _write_failure(path: Path, what: str, e: OSError) -> RecordsWriteError:
+    why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "the OS refused it"
+    err = RecordsWriteError(f"{path}: could not write {what}: {why} ({e.strerror or e})")
+    err.errno, err.filename = e.errno, str(path)
+    return err
+
+
+def _tail_fix(path: Path, fd: int, size: int) -> bytes:
+    """Bytes to put before a new line so it starts a line of its own. A last line with no newline is a
+    torn write (the process died inside it) when it does not parse: it is cut off, with a warning."""
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return b""
+    start, chunk = size, 1 << 16
+    while start > 0:
+        lo = max(0, start - chunk)
+        at = os.pread(fd, start - lo, lo).rfind(b"\n")
+        if at >= 0:
+            start = lo + at + 1
+            break
+        start = lo
+    try:
+        json.loads(os.pread(fd, size - start, start))
+        return b"\n"
+    except ValueError:
+        warnings.warn(f"{path}: cutting off a torn last line ({size - start} bytes at offset {start}) before "
+                      "appending", stacklevel=3)
+        os.ftruncate(fd, start)
+        return b""
+
+
+def append_jsonl(path: str | Path, r: Record) -> None:
+    """Append one record in a single write call, then fsync, so a crash later in the sweep loses
+    nothing already measured and a failed write leaves no partial line behind."""
+    path = Path(path)
+    line = (json.dumps(to_envelope(r)) + "\n").encode("utf-8")   # before touching the file: may raise TypeError
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise _write_failure(path, "a record", e) from e
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            data = _tail_fix(path, fd, size) + line
+            size = os.fstat(fd).st_size
+            written = os.write(fd, data)
+            if written != len(data):   # a short write to a regular file: the disk filled up inside it
+                raise OSError(errno.ENOSPC, f"short write, {written} of {len(data)} bytes")
+            os.fsync(fd)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise _write_failure(path, "a record", e) from e
+    finally:
+        os.close(fd)
+
+
+def read_jsonl(path: str | Path) -> list[Record]:
+    """Records of a jsonl file. A last line that is not JSON (a torn write) is skipped with a warning;
+    any other invalid line is an error naming file:line."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    out.append(from_envelope(json.loads(line)))
-                except (json.JSONDecodeError, TypeError, ValueError) as e:
-                    raise ValueError(f"{path}:{n}: not a valid record: {e}") from e
+    for i, (n, line) in enumerate(lines):
+        try:
+            env = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                warnings.warn(f"{path}:{n}: skipping a torn last line (a write that did not finish): {e}",
+                              stacklevel=2)
+                break
+            raise ValueError(f"{path}:{n}: not a valid record: {e}") from e
+        try:
+            out.append(from_envelope(env))
+        except (TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"{path}:{n}: not a valid record: {e}") from e
     return out
 
 
@@ -207,7 +348,19 @@ def to_frame(records: Iterable[Record]):
     return pd.DataFrame(rows, columns=list(FIELD_NAMES))
 
 
+def write_view(path: str | Path, write: Callable[[Path], object], what: str = "the view") -> Path:
+    """Write a view file through a temporary name (`write(tmp)`), renamed over `path` only once whole.
+    Raises RecordsWriteError naming the file when the disk is full or the write fails."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            write(tmp)
+    except OSError as e:
+        raise _write_failure(path, what, e) from e
+    return path
+
+
 def write_tables(records: list[Record], out_dir: Path) -> None:
     df = to_frame(records)
-    df.to_csv(out_dir / "records.csv", index=False)
-    df.to_parquet(out_dir / "records.parquet", index=False)
+    write_view(Path(out_dir) / "records.csv", lambda p: df.to_csv(p, index=False), "the CSV table")
+    write_view(Path(out_dir) / "records.parquet", lambda p: df.to_parquet(p, index=False), "the Parquet table")

@@ -16,7 +16,7 @@ def test_claims_compare_with_the_same_cells_baseline():
             _r("baseline", batch_size=8, decode_tok_s=700.0),
             _r("sparse-2:4", batch_size=8, decode_tok_s=1500.0)]
     findings, missing = claims.check(recs)
-    by = {(f.claim, f.variant, f.cell[2]): f for f in findings}
+    by = {(f.claim, f.variant, dict(zip(claims.PAIR_AXES, f.cell))["batch_size"]): f for f in findings}
     sparse1 = by[("2:4 structured sparsity doubles throughput", "sparse-2:4", 1)]
     assert sparse1.ratio == 0.6 and not sparse1.holds
     assert by[("2:4 structured sparsity doubles throughput", "sparse-2:4", 8)].holds   # 1500 / 700 = 2.14x

@@ -95,7 +95,7 @@ def test_no_quality_marks_records_skipped(tmp_path):
                                   "--no-quality", "--out", str(out)])
     assert r.exit_code == 0, r.output
     rec = load_records(out)[0]
-    assert rec.quality_verdict == "skipped" and "--no-quality" in rec.extra["quality"]["note"]
+    assert rec.quality_verdict == "skipped" and "--no-quality" in rec.quality.note
 
 
 def test_bad_quality_threshold_is_a_usage_error(tmp_path):
@@ -161,12 +161,13 @@ def test_report_command_rebuilds_views_from_records(quick_run, tmp_path):
 
 
 def test_power_timeline_chart_from_stored_timelines(tmp_path):
-    from harness.records import Record
+    from harness.records import EnergyDetail, Record
     from harness.report import write_charts
 
     r = Record(model="m", variant="baseline", backend="pytorch", profile="h100-sxm-80gb", batch_size=1,
                prompt_tokens=8, new_tokens=4, decode_tok_s=1.0, power_mean_w=400.0, idle_power_w=120.0,
-               extra={"power_timeline": {"t_s": [0.0, 0.05, 0.1], "power_w": [390.0, 410.0, 400.0], "rate_hz": 20.0}})
+               energy=EnergyDetail(power_timeline={"t_s": [0.0, 0.05, 0.1], "power_w": [390.0, 410.0, 400.0],
+                                                   "rate_hz": 20.0}))
     paths = write_charts([r], tmp_path)
     assert (tmp_path / "charts" / "power_timeline.png") in paths
 
@@ -180,7 +181,7 @@ def test_repetitions_with_meter_overhead_reuse_the_engine(tmp_path):
     assert [(r.repetition, r.meters) for r in recs] == [(0, False), (0, True), (1, True), (1, False)]
     assert all(r.status == "ok" for r in recs)
     # one engine for the cell: only the first measurement built it
-    assert [r.extra["engine_reused"] for r in recs] == [False, True, True, True]
+    assert [r.engine.reused for r in recs] == [False, True, True, True]
     assert recs[0].peak_rss_bytes is None and recs[1].peak_rss_bytes > 0   # the RSS sampler is a meter
     run = json.loads((out / "run.json").read_text())
     assert run["cells"] == 4 and run["settings"]["meters"] == "alternate" and run["settings"]["repetitions"] == 2
@@ -217,12 +218,12 @@ def test_gpu_repetitions_meter_overhead_and_vram_budget(tmp_path):
         assert x.timed_s >= 1.0                     # meters off: held as long as the energy window
         if x.meters:
             assert x.energy_source == "nvml_counter" and x.j_per_token_decode > 0
-            b = x.extra["vram_budget"]
-            assert x.vram_expected_bytes == b["expected_bytes"] > b["weight_bytes"] > 0
-            assert b["ratio"] == pytest.approx(x.peak_vram_bytes / x.vram_expected_bytes)
+            b = x.memory.budget
+            assert x.vram_expected_bytes == b.expected_bytes > b.weight_bytes > 0
+            assert b.ratio == pytest.approx(x.peak_vram_bytes / x.vram_expected_bytes)
         else:
             assert x.energy_source == "unavailable" and x.energy_j is None and x.power_mean_w is None
-    assert [x.extra["engine_reused"] for x in recs] == [False, True, True, True]
+    assert [x.engine.reused for x in recs] == [False, True, True, True]
     run = json.loads((out / "run.json").read_text())
     assert run["settings"]["cuda_allocator"].startswith("expandable_segments:True")
     assert "## Meter overhead" in (out / "report.md").read_text()

@@ -26,9 +26,9 @@ def test_direction_threshold_and_noise():
     assert by(compare(a, faster, t)) == {"decode_tok_s": "improvement", "ttft_s": "regression"}
 
 
-def test_missing_cells_and_bad_thresholds():
-    (d,) = compare([_r(decode_tok_s=1.0)], [_r(batch_size=8, decode_tok_s=1.0)], {"decode_tok_s": 0.05})[:1]
-    assert d.status == "missing"
+def test_missing_figures_and_bad_thresholds():
+    (d,) = compare([_r(decode_tok_s=1.0)], [_r(decode_tok_s=None)], {"decode_tok_s": 0.05})
+    assert d.status == "missing" and d.a == 1.0 and d.b is None
     with pytest.raises(CompareError, match="unknown metric"):
         parse_thresholds("speed:-5%")
     with pytest.raises(CompareError, match="look like"):

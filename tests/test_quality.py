@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness.quality import (QualityReference, QualityResult, QualitySettings, evaluate, not_meaningful, record_extra,
+from harness.quality import (QualityReference, QualityResult, QualitySettings, evaluate, not_meaningful, record_detail,
                              record_fields, reference_for, skipped, verdict)
 from harness.quality.metrics import sliding_windows
 from harness.records import Record
@@ -160,7 +160,7 @@ def test_synthetic_models_are_not_meaningful_and_never_computed(tiny_loaded, mon
     fields = record_fields(r, QualitySettings())
     assert fields == {"perplexity": None, "kl_mean": None, "kl_p99": None, "top1_agreement": None,
                       "quality_verdict": "not-meaningful"}
-    assert "random weights" in record_extra(r, QualitySettings())["reason"]
+    assert "random weights" in record_detail(r, QualitySettings()).reason
     rec = Record(model="synthetic:tiny", variant="int8-wo", backend="b", profile="p", batch_size=1,
                  prompt_tokens=1, new_tokens=1, **fields)
     assert rec.quality_verdict == "not-meaningful"

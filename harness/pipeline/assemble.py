@@ -45,7 +45,7 @@ def timing_fields(m) -> dict[str, Any]:
 
 
 def energy_fields(full, prefill, n_pre: int, m, cell, idle) -> tuple[dict, dict]:
-    """Record fields and extra entries from the full-loop window, the prefill-loop window (None where
+    """Record fields and section entries from the full-loop window, the prefill-loop window (None where
     it was not run) and idle power (None off the GPU), by the two-loop split."""
     pre = LoopEnergy.from_window(prefill, n_pre) if prefill is not None else LoopEnergy(None, 0.0, 0)
     idle_w = getattr(idle, "power_w", None)
@@ -62,13 +62,13 @@ def energy_fields(full, prefill, n_pre: int, m, cell, idle) -> tuple[dict, dict]
                   j_per_token_prefill=gross.j_per_token_prefill, power_mean_w=full.mean_power_w,
                   power_peak_w=full.peak_power_w, idle_power_w=idle_w, energy_source=full.source,
                   energy_method=method, energy_flags=flags)
-    extra = {"energy_net": None if net is None else {"basis": net.basis, "j_per_token_decode": net.j_per_token_decode,
-                                                     "j_per_token_prefill": net.j_per_token_prefill},
-             "j_per_output_token": gross.j_per_output_token,
-             "power_timeline": full.timeline.to_json() if full.timeline is not None else None}
-    if idle is not None:
-        extra["idle_method"] = idle.method
-    return fields, extra
+    detail = {"j_per_output_token": gross.j_per_output_token,
+              "power_timeline": full.timeline.to_json() if full.timeline is not None else None,
+              "idle_power_method": idle.method if idle is not None else None}
+    if net is not None:
+        detail.update(net_basis=net.basis, net_j_per_token_decode=net.j_per_token_decode,
+                      net_j_per_token_prefill=net.j_per_token_prefill)
+    return fields, {"energy": detail}
 
 
 def bandwidth_fields(gpu, profile, shape, weight_bytes: int, kv_per_token: float, context_len: float, cell,
@@ -84,9 +84,10 @@ def bandwidth_fields(gpu, profile, shape, weight_bytes: int, kv_per_token: float
     peak = profile.peak(fmt) if hasattr(profile, "peak") else None
     flops = achieved_flops(prefill_flops(shape, cell.batch_size, cell.prompt_tokens), ttft_s) if shape else None
     return ({"achieved_bandwidth_bytes_per_s": bw, "mbu": mbu(bw, copy), "mfu": mfu(flops, peak)},
-            {"copy_bandwidth_bytes_per_s": copy, "copy_bandwidth_method": gpu.copy_bw.method if gpu else None,
-             "bandwidth_share_of_profile_peak": mbu(bw, peak_bw), "decode_bytes_per_step": per_step,
-             "decode_context_for_kv_bytes": context_len, "prefill_flop_per_s": flops, "mfu_format": fmt})
+            {"bandwidth": {"copy_bandwidth_bytes_per_s": copy,
+                           "copy_bandwidth_method": gpu.copy_bw.method if gpu else None,
+                           "share_of_profile_peak": mbu(bw, peak_bw), "decode_bytes_per_step": per_step,
+                           "decode_context_tokens": context_len, "prefill_flop_per_s": flops, "mfu_format": fmt}})
 
 
 def vram_budget_fields(window, prepared, kv_bytes, cell) -> tuple[dict, dict]:
@@ -99,7 +100,7 @@ def vram_budget_fields(window, prepared, kv_bytes, cell) -> tuple[dict, dict]:
     budget = vram_budget(window, prepared.weight_bytes, kv_bytes if shape is not None else None, act)
     if budget is None:
         return {}, {}
-    return {"vram_expected_bytes": budget.expected_bytes}, {"vram_budget": budget.as_dict()}
+    return {"vram_expected_bytes": budget.expected_bytes}, {"memory": {"budget": budget.as_dict()}}
 
 
 def planned_weight_bytes(shape, variant: str, dtype: str) -> int | None:
@@ -132,35 +133,37 @@ class CellOutcome:
     idle: Any = None              # IdlePower of this model (GPU)
 
 
-def _meter_fields(o: CellOutcome, cell, fields: dict, extra: dict) -> None:
+def _meter_fields(o: CellOutcome, cell, fields: dict, sections: dict, extra: dict) -> None:
     m, meters, prepared = o.measurement, o.meters, o.prepared
     if meters is None:
         if prepared.device_type == "cuda":
             fields["peak_vram_bytes"] = prepared.allocator_peak_bytes()
-            extra["peak_vram_method"] = "torch.cuda.max_memory_allocated (meters off)"
+            _merge(sections, {"memory": {"peak_vram_method": "torch.cuda.max_memory_allocated (meters off)"}})
         return
     for w in meters.windows:
         if w is not meters.energy and w.name in m.windows:
-            _split_into(w.record_fields(m.windows[w.name]), fields, extra)
+            _split_into(w.record_fields(m.windows[w.name]), fields, sections, extra)
     if meters.energy is not None:
         ef, ex = energy_fields(m.windows["energy"], o.prefill, o.prefill_passes, m, cell, o.idle)
         fields.update(ef)
-        extra.update(ex)
+        _merge(sections, ex)
     if meters.vram is not None:
         vf, vx = vram_budget_fields(m.windows["vram"], prepared, o.kv_bytes, cell)
         fields.update(vf)
-        extra.update(vx)
+        _merge(sections, vx)
 
 
 def assemble_record(cell, ctx, settings, o: CellOutcome):
     """The Record of a measured cell."""
+    from harness.records import SECTIONS, build_section
     from harness.runner import cell_record
 
     m, prepared, choice = o.measurement, o.prepared, o.choice
     fields = timing_fields(m)
     extra: dict[str, Any] = {"definitions": DEFINITIONS,
                              "first_row_tokens": m.last_tokens[0][:32] if m.last_tokens else []}
-    _meter_fields(o, cell, fields, extra)
+    sections: dict[str, dict] = {}
+    _meter_fields(o, cell, fields, sections, extra)
     shape = prepared.shape
     if prepared.device_type == "cuda" and shape is not None:
         # the static cache is read whole each step (masked); a dynamic cache only up to the context
@@ -170,30 +173,48 @@ def assemble_record(cell, ctx, settings, o: CellOutcome):
                                   shape.kv_bytes_per_token(prepared.dtype_bytes), ctx_len, cell,
                                   fields["decode_tok_s"], fields["ttft_s"], compute_format(cell.variant, prepared.dtype))
         fields.update(bf)
-        extra.update(bx)
+        _merge(sections, bx)
     q = prepared.quality()
     if q is not None:
         from harness import quality
 
         fields.update(quality.record_fields(q, settings.quality))
-        extra["quality"] = quality.record_extra(q, settings.quality)
+        sections["quality"] = quality.record_detail(q, settings.quality)
     facts = prepared.facts
-    extra.update(apply_s=facts.get("apply_s"), load_s=facts.get("load_s"),
-                 calibration_tokens=facts.get("calibration_tokens"), fused_projections=facts.get("fused_projections"),
-                 engine_notes=list(choice.notes), coordinate_descent_tuning=choice.facts.get("coordinate_descent_tuning"),
-                 engine_reused=not choice.fresh, compile_mode=choice.facts.get("compile_mode"),
-                 compile_choice=choice.facts.get("compile_choice"))
+    _merge(sections, {"engine": {
+        "load_s": facts.get("load_s"), "apply_s": facts.get("apply_s"),
+        "calibration_tokens": facts.get("calibration_tokens"), "fused_projections": facts.get("fused_projections"),
+        "compile_mode": choice.facts.get("compile_mode"),
+        "coordinate_descent_tuning": choice.facts.get("coordinate_descent_tuning"),
+        "compile_choice": choice.facts.get("compile_choice"), "reused": not choice.fresh,
+        "notes": list(choice.notes)}})
+    typed = {}
+    for name, d in sections.items():
+        typed[name], unknown = build_section(SECTIONS[name], d) if isinstance(d, dict) else (d, {})
+        extra.update({f"{name}.{k}": v for k, v in unknown.items()})
     return cell_record(cell, ctx, device=prepared.device, dtype=prepared.dtype, kernel=prepared.kernel,
                        decode_path=m.engine_name, weights_note=facts.get("weights_note", ""),
                        prompt_source=o.prompt_source, weight_bytes=prepared.weight_bytes, kv_cache_bytes=o.kv_bytes,
                        calibration_s=facts.get("calibration_s"),
                        planned_weight_bytes=planned_weight_bytes(shape, cell.variant, prepared.dtype),
-                       extra=extra, **fields)
+                       extra=extra, **typed, **fields)
 
 
-def _split_into(values: dict, fields: dict, extra: dict) -> None:
-    """A meter's values: Record fields where the Record has them, `extra` otherwise."""
-    from harness.records import FIELD_NAMES
+def _merge(sections: dict, new: dict) -> None:
+    for name, d in new.items():
+        sections.setdefault(name, {}).update(d)
+
+
+def _split_into(values: dict, fields: dict, sections: dict, extra: dict) -> None:
+    """A meter's values: `section.field` into that typed section, Record fields where the Record has
+    them, `extra` otherwise."""
+    from harness.records import FIELD_NAMES, SECTIONS
 
     for k, v in values.items():
-        (fields if k in FIELD_NAMES else extra)[k] = v
+        section, dot, name = k.partition(".")
+        if dot and section in SECTIONS:
+            _merge(sections, {section: {name: v}})
+        elif k in FIELD_NAMES:
+            fields[k] = v
+        else:
+            extra[k] = v

@@ -30,7 +30,7 @@ class RssMeter:
         return self._s.end()
 
     def record_fields(self, result) -> dict[str, Any]:
-        return {"peak_rss_bytes": result.peak_rss_bytes, "rss_method": RSS_METHOD}
+        return {"peak_rss_bytes": result.peak_rss_bytes, "memory.rss_method": RSS_METHOD}
 
 
 class EnergyMeter:
@@ -77,10 +77,10 @@ class VramWindowMeter:
         return self.vram.end(getattr(last, "timeline", None))
 
     def record_fields(self, w) -> dict[str, Any]:
-        return {"peak_vram_bytes": w.peak_vram_bytes, "peak_vram_source": w.peak_vram_source,
-                "vram": {"torch_max_allocated_bytes": w.torch_max_allocated_bytes,
-                         "torch_max_reserved_bytes": w.torch_max_reserved_bytes,
-                         "process_bytes": w.nvml_process_used_bytes, "notes": list(w.notes)}}
+        return {"peak_vram_bytes": w.peak_vram_bytes, "memory.peak_vram_source": w.peak_vram_source,
+                "memory.torch_max_allocated_bytes": w.torch_max_allocated_bytes,
+                "memory.torch_max_reserved_bytes": w.torch_max_reserved_bytes,
+                "memory.nvml_process_bytes": w.nvml_process_used_bytes, "memory.vram_notes": list(w.notes)}
 
 
 @dataclass

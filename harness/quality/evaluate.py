@@ -178,13 +178,16 @@ def record_fields(result: QualityResult, settings: QualitySettings) -> dict:
             "top1_agreement": result.top1_agreement, "quality_verdict": status}
 
 
-def record_extra(result: QualityResult, settings: QualitySettings) -> dict:
-    """What goes under Record.extra["quality"]: the verdict's reason and how the figures were made."""
+def record_detail(result: QualityResult, settings: QualitySettings):
+    """Record.quality: the verdict's reason and how the figures were made."""
+    from harness.records import QualityDetail
+
     _, reason = verdict(result, settings)
-    return {"reason": reason, "tokens": result.tokens, "forward_tokens": result.forward_tokens,
-            "eval_s": result.eval_s, "baseline_perplexity": result.baseline_perplexity,
-            "window": settings.window, "stride": settings.stride, "reference_dtype": settings.reference_dtype,
-            "kl": "nats, KL(P_baseline || P_variant) per scored position", "note": result.note}
+    return QualityDetail(reason=reason, scored_tokens=result.tokens, forward_tokens=result.forward_tokens,
+                         eval_s=result.eval_s, baseline_perplexity=result.baseline_perplexity,
+                         window_tokens=settings.window, stride_tokens=settings.stride,
+                         reference_dtype=settings.reference_dtype,
+                         kl_definition="nats, KL(P_baseline || P_variant) per scored position", note=result.note)
 
 
 def reference_for(loaded, corpus_name: str, corpus_text: str, device: torch.device, dtype: torch.dtype,

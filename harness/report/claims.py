@@ -1,8 +1,8 @@
 """The compression claims the harness exists to test, checked against a run's own Records.
 
-Each claim compares a variant with the baseline of the same cell (model, backend, batch, prompt,
-new tokens) in the same run. A claim with no matching pair of ok records is "not measured in this
-run", never a pass. Quality verdicts ride along: a speed-up whose variant failed the quality guard
+Each claim compares a variant with the baseline of the same cell (every cell axis but the variant:
+model, backend, profile, batch, prompt, new tokens) in the same run. A claim with no matching pair
+of ok records is "not measured in this run", never a pass. Quality verdicts ride along: a speed-up whose variant failed the quality guard
 is reported as such.
 """
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from harness.records import Record
+from harness.records import Record, cell_axes, cell_key
+from harness.report.fmt import md
 
 
 @dataclass(frozen=True)
@@ -44,15 +45,18 @@ def _value(r: Record, metric: str):
     return _memory_bytes(r) if metric == "_memory_bytes" else getattr(r, metric)
 
 
+PAIR_AXES = cell_axes(without=("variant",))   # what a variant shares with its baseline
+
+
 def _cell(r: Record) -> tuple:
-    return (r.model, r.backend, r.batch_size, r.prompt_tokens, r.new_tokens)
+    return cell_key(r, without=("variant",))
 
 
 @dataclass(frozen=True)
 class Finding:
     claim: str
     variant: str
-    cell: tuple
+    cell: tuple                          # in PAIR_AXES order
     ratio: float
     holds: bool
     reading: str
@@ -88,9 +92,9 @@ def render(records: list[Record]) -> list[str]:
     out = ["", "## Claims checked against this run", "",
            "| claim | variant | model / backend / batch / prompt | measured | held? | quality |", "|---|---|---|---|---|---|"]
     for f in findings:
-        model, backend, batch, prompt, _ = f.cell
-        out.append(f"| {f.claim} | {f.variant} | {model} / {backend} / {batch} / {prompt} | {f.reading} | "
-                   f"**{'yes' if f.holds else 'no'}** | {f.quality} |")
+        c = dict(zip(PAIR_AXES, f.cell))
+        out.append(f"| {f.claim} | {md(f.variant)} | {md(c['model'])} / {md(c['backend'])} / {c['batch_size']} / "
+                   f"{c['prompt_tokens']} | {f.reading} | **{'yes' if f.holds else 'no'}** | {md(f.quality)} |")
     if missing:
         out += ["", "Not measured in this run (no ok record of such a variant beside an ok baseline of the same cell): "
                 + "; ".join(missing) + "."]

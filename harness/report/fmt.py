@@ -18,3 +18,16 @@ def mb(x) -> str:
 
 def sig(x, n: int = 3) -> str:
     return NA if x is None else f"{x:.{n}g}"
+
+
+_MD_ESCAPES = str.maketrans({"\\": "\\\\", "|": "\\|", "&": "&amp;", "<": "&lt;", ">": "&gt;",
+                             "\r": " ", "\n": " ", "`": "\\`"})
+
+
+def md(x) -> str:
+    """A user-supplied string (model path, variant with its policy file, failure reason, corpus name)
+    as Markdown text: `|` cannot split a table column, `<`, `>`, `&` cannot pass through as raw HTML,
+    a newline cannot end a table row, a backtick cannot open a code span. None prints as the em dash."""
+    if x is None:
+        return NA
+    return str(x).translate(_MD_ESCAPES)

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.records import Record, primary
+from harness.records import Record, cell_key, primary, write_view
 from harness.report import claims, repeats
-from harness.report.fmt import NA, mb, ms, num, sig
+from harness.report.fmt import NA, mb, md, ms, num, sig
 
 
 def _baseline_for(r: Record, records: list[Record]) -> Record | None:
+    cell = cell_key(r, without=("variant",))
     for b in records:
-        if (b.variant == "baseline" and b.status == "ok" and b.model == r.model and b.backend == r.backend
-                and (b.batch_size, b.prompt_tokens, b.new_tokens) == (r.batch_size, r.prompt_tokens, r.new_tokens)):
+        if b.variant == "baseline" and b.status == "ok" and cell_key(b, without=("variant",)) == cell:
             return b
     return None
 
@@ -21,9 +21,7 @@ def _ratio(a, b) -> str:
 
 
 def _energy(r: Record) -> str:
-    if r.j_per_token_decode is None:
-        return f"{NA} ({r.energy_source})"
-    return f"{r.j_per_token_decode:.3g} ({r.energy_source})"
+    return f"{sig(r.j_per_token_decode)} ({md(r.energy_source)})"
 
 
 def render_report(records: list[Record], run: dict) -> str:
@@ -33,16 +31,18 @@ def render_report(records: list[Record], run: dict) -> str:
     records = primary(every)
     prov = run.get("provenance", {})
     v = prov.get("versions", {})
-    lines = [f"# harness run {run.get('run_id', '')}", ""]
+    lines = [f"# harness run {md(run.get('run_id', ''))}", ""]
     lines += [
-        f"- machine: {prov.get('cpu', '?')} ({prov.get('cpu_count', '?')} logical CPUs, "
-        f"{(prov.get('memory_bytes') or 0) / 2**30:.0f} GiB)" + (f"; GPUs: {', '.join(prov['gpus'])}" if prov.get("gpus") else "; no GPU"),
-        f"- profile: `{run.get('profile', '?')}` ({run.get('profile_reason', '')})",
-        f"- harness {prov.get('harness_version')} at {str(prov.get('git_commit'))[:12]}"
+        f"- machine: {md(prov.get('cpu', '?'))} ({prov.get('cpu_count', '?')} logical CPUs, "
+        f"{(prov.get('memory_bytes') or 0) / 2**30:.0f} GiB)"
+        + (f"; GPUs: {md(', '.join(prov['gpus']))}" if prov.get("gpus") else "; no GPU"),
+        f"- profile: **{md(run.get('profile', '?'))}** ({md(run.get('profile_reason', ''))})",
+        f"- harness {md(prov.get('harness_version'))} at {md(str(prov.get('git_commit'))[:12])}"
         + (" (dirty)" if prov.get("git_dirty") else "")
-        + f"; python {prov.get('python')}, torch {v.get('torch')}, transformers {v.get('transformers')}, torchao {v.get('torchao')}",
-        f"- started {prov.get('utc_time')} UTC; corpus: {run.get('corpus', '?')}",
-        f"- meter settings: {run.get('meter', {})}",
+        + md(f"; python {prov.get('python')}, torch {v.get('torch')}, transformers {v.get('transformers')}, "
+             f"torchao {v.get('torchao')}"),
+        f"- started {md(prov.get('utc_time'))} UTC; corpus: {md(run.get('corpus', '?'))}",
+        f"- meter settings: {md(run.get('meter', {}))}",
         "",
         "## Results",
         "",
@@ -54,12 +54,12 @@ def render_report(records: list[Record], run: dict) -> str:
         b = _baseline_for(r, records)
         sd = f" ± {r.decode_tok_s_stdev:.1f}" if r.decode_tok_s_stdev is not None else ""
         lines.append(
-            f"| {r.model} | {r.variant} | {r.backend} | {r.batch_size} | {r.prompt_tokens} | {r.new_tokens} | "
-            f"{r.status} | {num(r.decode_tok_s)}{sd if r.decode_tok_s is not None else ''} | "
+            f"| {md(r.model)} | {md(r.variant)} | {md(r.backend)} | {r.batch_size} | {r.prompt_tokens} | "
+            f"{r.new_tokens} | {md(r.status)} | {num(r.decode_tok_s)}{sd if r.decode_tok_s is not None else ''} | "
             f"{_ratio(r.decode_tok_s, b.decode_tok_s if b else None)} | {num(r.prefill_tok_s)} | {ms(r.ttft_s)} | "
             f"{ms(r.tpot_p50_s)} / {ms(r.tpot_p99_s)} | {mb(r.weight_bytes)} ({mb(r.planned_weight_bytes)}) | "
             f"{_ratio(r.weight_bytes, b.weight_bytes if b else None)} | {mb(r.peak_rss_bytes)} | {_energy(r)} | "
-            f"{r.kernel or NA} |")
+            f"{md(r.kernel) or NA} |")
     lines += claims.render(records)
     lines += _quality_table(records)
     lines += _energy_table(records)
@@ -67,24 +67,24 @@ def render_report(records: list[Record], run: dict) -> str:
     bad = [r for r in records if r.status != "ok"]
     if bad:
         lines += ["", "## Cells that did not run", ""]
-        lines += [f"- {r.model} / {r.variant} / batch {r.batch_size} / prompt {r.prompt_tokens}: "
-                  f"**{r.status}**: {r.reason}" for r in bad]
+        lines += [f"- {md(r.model)} / {md(r.variant)} / {md(r.backend)} / batch {r.batch_size} / prompt "
+                  f"{r.prompt_tokens}: **{md(r.status)}**: {md(r.reason)}" for r in bad]
     notes = sorted({r.weights_note for r in records if r.weights_note})
     methods = sorted({f"{r.energy_source}: {r.energy_method}" for r in records if r.energy_method})
     lines += ["", "## How these figures were measured", ""]
-    lines += [f"- weights: {n}" for n in notes]
+    lines += [f"- weights: {md(n)}" for n in notes]
     lines += [
         "- timed region: repeated passes of prefill (prompt forward + first greedy token = TTFT) and "
         "greedy decode steps with a KV cache, after warm-up; model loading, variant application, "
         "tokenization and file output are outside it. Decode tokens/s = batch x (new tokens - 1) / decode "
         "seconds; ± is the stdev over passes. Timing source: "
-        + ", ".join(sorted({r.timing_source for r in records if r.timing_source}) or [NA]) + ".",
-        "- peak RSS: " + (next((r.extra.get("rss_method") for r in records if r.extra.get("rss_method")), NA)) + ".",
+        + md(", ".join(sorted({r.timing_source for r in records if r.timing_source}) or [NA])) + ".",
+        "- peak RSS: " + md(next((r.memory.rss_method for r in records if r.memory.rss_method), NA)) + ".",
         "- weights MB: bytes of every parameter and buffer as stored (quantized tensors' inner data, "
         "scales and zero points), tied tensors once; measured from the tensors, not computed. In brackets: "
         "the planner's projection from the storage layout (`harness plan`), for comparison.",
     ]
-    lines += [f"- energy ({m})" for m in methods] or ["- energy: unavailable"]
+    lines += [f"- energy ({md(m)})" for m in methods] or ["- energy: unavailable"]
     return "\n".join(lines) + "\n"
 
 
@@ -101,14 +101,14 @@ def _quality_table(records: list[Record]) -> list[str]:
            "| model | variant | decode tok/s (first cell) | perplexity | mean KL | p99 KL | top-1 agreement | verdict | why |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        q = r.extra.get("quality", {})
-        out.append(f"| {r.model} | {r.variant} | {num(r.decode_tok_s)} | {num(r.perplexity, 3)} | {sig(r.kl_mean)} | "
-                   f"{sig(r.kl_p99)} | {_pct(r.top1_agreement)} | **{r.quality_verdict}** | {q.get('reason') or NA} |")
-    q = rows[0].extra.get("quality", {})
-    if q.get("tokens"):
-        out += ["", f"Quality: {q.get('tokens')} scored positions from the head of the corpus (sliding window "
-                f"{q.get('window')}, stride {q.get('stride')}), the same positions for every variant; KL in nats, "
-                "KL(P_baseline || P_variant); baseline log-probs stored as " + str(q.get("reference_dtype")) + "."]
+        out.append(f"| {md(r.model)} | {md(r.variant)} | {num(r.decode_tok_s)} | {num(r.perplexity, 3)} | "
+                   f"{sig(r.kl_mean)} | {sig(r.kl_p99)} | {_pct(r.top1_agreement)} | **{md(r.quality_verdict)}** | "
+                   f"{md(r.quality.reason or None)} |")
+    q = rows[0].quality
+    if q.scored_tokens:
+        out += ["", f"Quality: {q.scored_tokens} scored positions from the head of the corpus (sliding window "
+                f"{q.window_tokens}, stride {q.stride_tokens}), the same positions for every variant; KL in nats, "
+                f"KL(P_baseline || P_variant); baseline log-probs stored as {md(q.reference_dtype)}."]
     return out
 
 
@@ -127,14 +127,14 @@ def _energy_table(records: list[Record]) -> list[str]:
            "achieved GB/s | MBU | MFU (prefill) | flags |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        net = (r.extra.get("energy_net") or {}).get("j_per_token_decode")
+        net = r.energy.net_j_per_token_decode
         out.append(
-            f"| {r.model} | {r.variant} | {r.backend} | {r.batch_size} | {r.prompt_tokens} | {sig(r.j_per_token_decode)} | "
-            f"{sig(net)} | {sig(r.j_per_token_prefill)} | {num(r.power_mean_w, 0)} / {num(r.power_peak_w, 0)} | "
+            f"| {md(r.model)} | {md(r.variant)} | {md(r.backend)} | {r.batch_size} | {r.prompt_tokens} | "
+            f"{sig(r.j_per_token_decode)} | {sig(net)} | {sig(r.j_per_token_prefill)} | {num(r.power_mean_w, 0)} / {num(r.power_peak_w, 0)} | "
             f"{num(r.idle_power_w, 0)} | {num(r.peak_vram_bytes and r.peak_vram_bytes / 1e9, 2)} | {_vram_vs(r)} | "
             f"{num(r.kv_cache_bytes and r.kv_cache_bytes / 1e9, 2)} | "
             f"{num(r.achieved_bandwidth_bytes_per_s and r.achieved_bandwidth_bytes_per_s / 1e9, 0)} | {_pct(r.mbu)} | "
-            f"{_pct(r.mfu)} | {'; '.join(r.energy_flags) or NA} |")
+            f"{_pct(r.mfu)} | {md('; '.join(r.energy_flags)) or NA} |")
     out += ["", "Energy: NVML energy-counter deltas, two-loop method (decode J/token = (E_full - E_prefill) per pass / "
             "decode tokens); gross is the headline, net subtracts idle power x window. MBU = achieved decode "
             "bandwidth (weights + KV cache read per step x steps/s) / device-to-device copy bandwidth measured in "
@@ -146,13 +146,13 @@ def _energy_table(records: list[Record]) -> list[str]:
 
 
 def _vram_vs(r: Record) -> str:
-    b = r.extra.get("vram_budget")
-    if not b or r.peak_vram_bytes is None:
+    b = r.memory.budget
+    if b is None or b.ratio is None or b.expected_bytes is None or r.peak_vram_bytes is None:
         return NA
-    return f"{b['ratio']:.2f}x of {b['expected_bytes'] / 1e9:.2f}" + ("" if b["within_tolerance"] else " **over**")
+    return f"{b.ratio:.2f}x of {b.expected_bytes / 1e9:.2f}" + ("" if b.within_tolerance else " **over**")
 
 
 def write_report(records: list[Record], run: dict, out_dir: Path) -> Path:
-    path = out_dir / "report.md"
-    path.write_text(render_report(records, run), encoding="utf-8")
-    return path
+    """report.md, written whole under a temporary name and renamed (RecordsWriteError on failure)."""
+    text = render_report(records, run)
+    return write_view(Path(out_dir) / "report.md", lambda p: p.write_text(text, encoding="utf-8"), "the report")

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from statistics import mean, stdev
 
 from harness.meters.stats import cv, stdev as sd_or_none
-from harness.records import Record
-from harness.report.fmt import NA, num, sig
+from harness.records import CELL_AXES, Record
+from harness.report.fmt import NA, md, num, sig
 
 OVERHEAD_TARGET = 0.01   # meters may change decode tok/s by less than 1%
 
@@ -33,7 +33,7 @@ def t95(df: float) -> float:
 
 @dataclass(frozen=True)
 class Spread:
-    cell: tuple
+    cell: tuple                    # Record.cell_key, in CELL_AXES order
     n: int
     decode_tok_s_mean: float
     decode_tok_s_cv: float | None
@@ -45,7 +45,7 @@ class Spread:
 
 @dataclass(frozen=True)
 class Overhead:
-    cell: tuple
+    cell: tuple                    # Record.cell_key, in CELL_AXES order
     n_on: int
     n_off: int
     on_mean: float
@@ -124,8 +124,9 @@ def render(records: list[Record]) -> list[str]:
                 "| model | variant | backend | batch | prompt | repetitions | decode tok/s mean (min - max) | CV | "
                 "J/token decode mean | CV |", "|---|---|---|---|---|---|---|---|---|---|"]
         for s in sp:
-            model, variant, backend, _, batch, prompt, _ = s.cell
-            out.append(f"| {model} | {variant} | {backend} | {batch} | {prompt} | {s.n} | {num(s.decode_tok_s_mean)} "
+            c = dict(zip(CELL_AXES, s.cell))
+            out.append(f"| {md(c['model'])} | {md(c['variant'])} | {md(c['backend'])} | {c['batch_size']} | "
+                       f"{c['prompt_tokens']} | {s.n} | {num(s.decode_tok_s_mean)} "
                        f"({num(s.decode_tok_s_min)} - {num(s.decode_tok_s_max)}) | {_pct(s.decode_tok_s_cv, 2)} | "
                        f"{sig(s.j_per_token_mean)} | {_pct(s.j_per_token_cv, 2)} |")
         out += ["", "Each repetition is a full measurement (warm-up, timed loop, energy windows) on the same "
@@ -136,9 +137,10 @@ def render(records: list[Record]) -> list[str]:
                 "| model | variant | backend | batch | prompt | on: mean ± sd (n) | off: mean ± sd (n) | on vs off | "
                 f"95% CI | under {OVERHEAD_TARGET:.0%}? |", "|---|---|---|---|---|---|---|---|---|---|"]
         for o in ov:
-            model, variant, backend, _, batch, prompt, _ = o.cell
+            c = dict(zip(CELL_AXES, o.cell))
             ci = NA if o.ci95 is None else f"{_signed_pct(o.ci95[0])} .. {_signed_pct(o.ci95[1])}"
-            out.append(f"| {model} | {variant} | {backend} | {batch} | {prompt} | {num(o.on_mean)} ± {num(o.on_sd, 2)} "
+            out.append(f"| {md(c['model'])} | {md(c['variant'])} | {md(c['backend'])} | {c['batch_size']} | "
+                       f"{c['prompt_tokens']} | {num(o.on_mean)} ± {num(o.on_sd, 2)} "
                        f"({o.n_on}) | {num(o.off_mean)} ± {num(o.off_sd, 2)} ({o.n_off}) | {_signed_pct(o.change)} | "
                        f"{ci} | **{'yes' if o.within_target else 'no'}** |")
         out += ["", "Meters on: NVML energy window, power sampler (20 Hz) and RSS sampler during the timed loop. "

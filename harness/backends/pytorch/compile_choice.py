@@ -6,7 +6,7 @@ which tuned kernels a process gets varies. So with `--tune auto` each candidate 
 captured decode step is timed on the same replays, and the fastest is kept. The choice is cached on
 disk, keyed by GPU name, model shape, variant, batch, prompt and new tokens and the library versions,
 so a second process compiles only the winner and makes the same choice. The record names the chosen
-configuration and the step times of every candidate (`Record.extra`/engine facts).
+configuration and the step times of every candidate (`Record.engine.compile_choice`).
 """
 from __future__ import annotations
 
