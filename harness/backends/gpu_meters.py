@@ -14,12 +14,9 @@ from harness.meters.gpu_energy import cuda_sync, measure_idle_power, open_gpu_en
 from harness.meters.nvml import open_nvml
 from harness.meters.two_loop import LoopEnergy, split_gross_and_net
 from harness.meters.vram import VramMeter
+from harness.variants import compute_format
 
 DEFAULT_ENERGY_WINDOW_S = 10.0
-# Format whose peak bounds prefill, by variant: activations in fp8/int8 use those tensor cores,
-# weight-only variants dequantize into the compute dtype.
-COMPUTE_FORMAT = {"fp8-dq": "fp8", "sparse-2:4+fp8-dq": "fp8", "w4a8": "fp8",
-                  "int8-dq": "int8", "sparse-2:4+int8-dq": "int8"}
 
 
 @dataclass
@@ -89,7 +86,9 @@ def bandwidth_fields(meters: GpuRunMeters | None, profile, shape, variant: str, 
     bw = achieved_bandwidth(per_step, decode_tok_s / cell.batch_size)
     copy = meters.copy_bw.value_per_s if meters is not None else None
     peak_bw = getattr(profile, "bandwidth_bytes_per_s", None)
-    fmt = COMPUTE_FORMAT.get(variant.split("@")[0], dtype_name)
+    # the variant layout's compute format bounds prefill: fp8/int8 activations use those tensor cores,
+    # weight-only variants dequantize into the compute dtype
+    fmt = compute_format(variant, dtype_name)
     peak = profile.peak(fmt) if hasattr(profile, "peak") else None
     flops = achieved_flops(prefill_flops(shape, cell.batch_size, cell.prompt_tokens), ttft_s) if shape else None
     return ({"achieved_bandwidth_bytes_per_s": bw, "mbu": mbu(bw, copy), "mfu": mfu(flops, peak)},

@@ -29,14 +29,15 @@ _PLAN_FORMATS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 def planned_weight_bytes(shape, variant: str, dtype_name: str) -> int | None:
     """The planner's projection of the variant's resident weight bytes, shown beside the measured
-    figure; None where the planner has no layout for it (e.g. a policy file)."""
-    from harness.plan.layouts import VariantError, parse_variant
+    figure; None without a shape, or where the variant has no layout (e.g. one a test registered)."""
     from harness.plan.roofline import weight_bytes
+    from harness.variants import VariantError, parse_variant
 
     base = _PLAN_FORMATS.get(dtype_name)
     if shape is None or base is None:
         return None
     try:
-        return weight_bytes(shape, parse_variant(variant), base).total
+        spec = parse_variant(variant)
     except VariantError:
         return None
+    return weight_bytes(shape, spec, base).total if spec.layout is not None else None
