@@ -11,7 +11,7 @@ import click
 
 from harness.models.spec import ModelSpecError, shape_of
 from harness.plan.calibrate import calibrate_from_dir
-from harness.plan.layouts import VariantError, parse_variants, valid_names
+from harness.variants import VariantError, parse_variants, valid_names
 from harness.plan.output import render, write_outputs
 from harness.plan.roofline import DEFAULT_HEADROOM, Workload, plan as plan_rows
 from harness.profiles.detection import detect as detect_profile

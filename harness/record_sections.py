@@ -21,6 +21,7 @@ class EngineInfo:
     load_s: float | None = None                  # model load: read weights and instantiate
     apply_s: float | None = None                 # variant application, calibration included
     calibration_tokens: int | None = None        # tokens the variant's calibration passes saw
+    layers_changed: int | None = None            # linear layers the variant transformed (0 only for baseline)
     fused_projections: bool | None = None        # q/k/v and gate/up each fused into one matmul
     compile_mode: str | None = None              # inductor mode of the compiled step; None: not compiled
     coordinate_descent_tuning: bool | None = None

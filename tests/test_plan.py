@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from harness.cli_profiles import plan as plan_cli
 from harness.models.presets import PRESETS
 from harness.models.spec import shape_of
-from harness.plan import (LAYOUTS, PLAN_STATUSES, POLICIES, VariantError, Workload, parse_variant, parse_variants,
-                          plan, project, weight_bytes)
+from harness.plan import (PLAN_STATUSES, POLICIES, VariantError, Workload, parse_variant, parse_variants, plan,
+                          project, variant_names, weight_bytes)
 from harness.plan.roofline import kv_cache_bytes
 from harness.profiles import FEATURES, load_profiles
 from harness.records import Record, append_jsonl
@@ -89,7 +89,7 @@ def test_layout_bytes_by_hand(variant, per_linear, head):
 
 
 def test_int4_g128_is_0_53125_bytes_per_weight():
-    lay = LAYOUTS["int4-wo"]
+    lay = parse_variant("int4-wo").layout
     assert lay.linear_bytes(4096, 14336, "bf16") / (4096 * 14336) == pytest.approx(0.53125)
 
 
@@ -119,7 +119,7 @@ def test_keep_ends_keeps_two_blocks_and_lm_head():
 def test_unknown_variant_and_policy_list_valid_names():
     with pytest.raises(VariantError) as e:
         parse_variant("int3-wo")
-    assert "unknown variant 'int3-wo'" in str(e.value) and all(n in str(e.value) for n in LAYOUTS)
+    assert "unknown variant 'int3-wo'" in str(e.value) and all(n in str(e.value) for n in variant_names())
     with pytest.raises(VariantError, match=r"unknown policy '@keep-mlp'.*@keep-attn"):
         parse_variant("int4-wo@keep-mlp")
     assert [v.name for v in parse_variants("int4-wo, baseline,int4-wo")] == ["int4-wo", "baseline"]
@@ -127,8 +127,9 @@ def test_unknown_variant_and_policy_list_valid_names():
 
 def test_layout_table_is_consistent():
     assert set(POLICIES) == {"keep-attn", "keep-ends"}
-    for lay in LAYOUTS.values():
-        assert all(f in FEATURES for f in lay.requires), lay.name
+    for name in variant_names():
+        lay = parse_variant(name).layout
+        assert all(f in FEATURES for f in lay.requires), name
         assert lay.sparse_kernels == ("sparse_2to4" in lay.requires)
 
 

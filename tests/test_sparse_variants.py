@@ -131,7 +131,7 @@ def test_policy_keeps_layers_unpruned(tiny_loaded):
     assert _zero_fraction(m.model.layers[0].mlp.up_proj.weight) == pytest.approx(0.5, abs=1e-3)
 
     m = _cpu(tiny_loaded)
-    ctx = ApplyContext("cpu", torch.float32, calibration_ids=_calib(), policy=policy_for("x@keep-ends", 4))
+    ctx = ApplyContext("cpu", torch.float32, calibration_ids=_calib(), policy=policy_for("sparse-2:4-wanda@keep-ends", 4))
     apply_24_mask_dense(m, ctx, "wanda")
     assert _zero_fraction(m.model.layers[0].mlp.down_proj.weight) == 0.0
     assert _zero_fraction(m.model.layers[3].self_attn.o_proj.weight) == 0.0

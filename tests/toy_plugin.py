@@ -74,8 +74,8 @@ class ToyBackend:
     name = "toy"
 
     def prepare(self, model_spec, variant, settings, profile, model_cache):
-        if variant != "baseline":
-            raise CellSkip("unsupported", f"toy backend has no kernel for {variant}")
+        if variant.name != "baseline":       # variant: the cell's parsed harness.variants.VariantSpec
+            raise CellSkip("unsupported", f"toy backend has no kernel for {variant.name}")
         return ToyPrepared(variant)
 
 

@@ -23,13 +23,10 @@ def plan_format(dtype: str) -> str:
 
 def compute_format(variant: str, dtype: str) -> str:
     """The format whose peak bounds prefill: the variant's compute format (fp8/int8 activations), or
-    the baseline dtype for weight-only variants and names the planner has no layout for."""
-    from harness.plan.layouts import VariantError, parse_variant
+    the baseline dtype for weight-only variants (harness.variants.compute_format)."""
+    from harness.variants import compute_format as variant_format
 
-    try:
-        return parse_variant(variant).layout.compute_for(plan_format(dtype))
-    except VariantError:
-        return plan_format(dtype)
+    return variant_format(variant, plan_format(dtype))
 
 
 def timing_fields(m) -> dict[str, Any]:
@@ -105,17 +102,18 @@ def vram_budget_fields(window, prepared, kv_bytes, cell) -> tuple[dict, dict]:
 
 def planned_weight_bytes(shape, variant: str, dtype: str) -> int | None:
     """The planner's projection of the variant's resident weight bytes, shown beside the measured
-    figure; None where the planner has no layout for it (e.g. a policy file)."""
-    from harness.plan.layouts import VariantError, parse_variant
+    figure; None without a shape, or where the variant has no layout (e.g. one a test registered)."""
     from harness.plan.roofline import weight_bytes
+    from harness.variants import VariantError, parse_variant
 
     base = _PLAN_FORMATS.get(dtype)
     if shape is None or base is None:
         return None
     try:
-        return weight_bytes(shape, parse_variant(variant), base).total
+        spec = parse_variant(variant)
     except VariantError:
         return None
+    return weight_bytes(shape, spec, base).total if spec.layout is not None else None
 
 
 @dataclass
@@ -184,7 +182,7 @@ def assemble_record(cell, ctx, settings, o: CellOutcome):
     _merge(sections, {"engine": {
         "load_s": facts.get("load_s"), "apply_s": facts.get("apply_s"),
         "calibration_tokens": facts.get("calibration_tokens"), "fused_projections": facts.get("fused_projections"),
-        "compile_mode": choice.facts.get("compile_mode"),
+        "layers_changed": facts.get("layers_changed"), "compile_mode": choice.facts.get("compile_mode"),
         "coordinate_descent_tuning": choice.facts.get("coordinate_descent_tuning"),
         "compile_choice": choice.facts.get("compile_choice"), "reused": not choice.fresh,
         "notes": list(choice.notes)}})

@@ -17,7 +17,10 @@ from harness.pipeline.timed import abort_windows, measure
 
 class GroupPipeline:
     def __init__(self, model_spec: str, variant: str, backend: str, settings, ctx, model_cache: dict):
-        self.model_spec, self.variant, self.settings, self.ctx = model_spec, variant, settings, ctx
+        from harness.variants import parse_variant
+
+        self.model_spec, self.settings, self.ctx = model_spec, settings, ctx
+        self.variant = parse_variant(variant)    # parsed once; the spec flows to the backend
         self.backend = get_backend(backend)
         self.cache = model_cache
         self.prepared = None

@@ -1,8 +1,10 @@
-"""The planner: projected memory fit and roofline tokens/s of compression variants on hardware profiles."""
-from harness.plan.layouts import LAYOUTS, POLICIES, Layout, Policy, Variant, VariantError, parse_variant, parse_variants
+"""The planner: projected memory fit and roofline tokens/s of compression variants on hardware profiles.
+Variants and their storage layouts come from the one registry (harness.variants), parsed once."""
 from harness.plan.roofline import PLAN_STATUSES, PlanRow, Workload, plan, project, weight_bytes
+from harness.variants import (POLICIES, Layout, Policy, VariantError, VariantSpec, parse_variant, parse_variants,
+                              variant_names)
 
 __all__ = [
-    "LAYOUTS", "PLAN_STATUSES", "POLICIES", "Layout", "PlanRow", "Policy", "Variant", "VariantError", "Workload",
-    "parse_variant", "parse_variants", "plan", "project", "weight_bytes",
+    "PLAN_STATUSES", "POLICIES", "Layout", "PlanRow", "Policy", "VariantError", "VariantSpec", "Workload",
+    "parse_variant", "parse_variants", "plan", "project", "variant_names", "weight_bytes",
 ]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from harness.models.spec import ModelSpecError, shape_of
-from harness.plan.layouts import VariantError, parse_variant
+from harness.variants import VariantError, parse_variant
 from harness.plan.roofline import PlanRow, Workload, project
 from harness.profiles.schema import Profile
 from harness.records import Record, load_records, primary

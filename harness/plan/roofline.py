@@ -3,7 +3,7 @@ roofline tokens/s. Every figure here is a projection from datasheet numbers, nev
 
 Conventions, so each figure can be redone by hand:
 
-- Weights: resident bytes from the storage layout (layouts.py), embedding and norms in the baseline
+- Weights: resident bytes from the variant's storage layout (harness/variants/layout.py), embedding and norms in the baseline
   format (bf16 on GPU, fp32 on CPU).
 - KV cache: K and V of every layer for `context` tokens of `batch` sequences, KV heads only (GQA), in
   the baseline format: batch x context x 2 x layers x kv_heads x head_dim x bytes.
@@ -32,7 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.models.presets import ArchShape
-from harness.plan.layouts import FORMAT_BITS, LAYOUTS, Variant
+from harness.variants.layout import DENSE, FORMAT_BITS
+from harness.variants.policy import block_fqn
+from harness.variants.spec import VariantSpec
 from harness.profiles.schema import FEATURES, Profile
 
 DEFAULT_HEADROOM = 0.10
@@ -104,26 +106,28 @@ def _bytes_per(fmt: str) -> float:
     return FORMAT_BITS[fmt] / 8
 
 
-def _matmuls(shape: ArchShape, v: Variant, base: str) -> tuple[dict, tuple, float, float]:
+def _matmuls(shape: ArchShape, v: VariantSpec, base: str) -> tuple[dict, tuple, float, float]:
     """({(compute format, sparse): block-linear params}, the lm_head's compute path, block-linear bytes,
-    lm_head bytes (0 when tied to the embedding, whose bytes are counted once as the embedding))."""
-    keep, layout = LAYOUTS["baseline"], v.layout
+    lm_head bytes (0 when tied to the embedding, whose bytes are counted once as the embedding)).
+    The policy is asked about the module names the runtime sees (policy.block_fqn)."""
+    keep, layout = DENSE, v.layout
     groups: dict[tuple[str, bool], int] = {}
     linear_bytes = 0.0
     n = shape.num_hidden_layers
+    policy = v.policy_for(n)
     for b in range(n):
         for name, i, o in shape.linear_shapes():
-            lay = keep if v.keeps(name, b, n) else layout
+            lay = keep if policy is not None and policy.keeps(block_fqn(name, b)) else layout
             path = (lay.compute_for(base), lay.sparse_kernels)
             groups[path] = groups.get(path, 0) + i * o
             linear_bytes += lay.linear_bytes(i, o, base)
-    head = keep if (shape.tie_word_embeddings or v.keeps_lm_head) else layout.dense()
+    head = keep if (shape.tie_word_embeddings or (policy is not None and policy.keeps_lm_head)) else layout.dense()
     head_path = (head.compute_for(base), False)
     head_bytes = 0.0 if shape.tie_word_embeddings else head.linear_bytes(shape.hidden_size, shape.vocab_size, base)
     return groups, head_path, linear_bytes, head_bytes
 
 
-def weight_bytes(shape: ArchShape, v: Variant, base: str) -> Bytes:
+def weight_bytes(shape: ArchShape, v: VariantSpec, base: str) -> Bytes:
     _, _, linear, head = _matmuls(shape, v, base)
     h, n = shape.hidden_size, shape.num_hidden_layers
     other = n * 2 * h + h
@@ -180,7 +184,7 @@ def _roofline(p: Profile, bytes_: float, work: dict, tokens: float, phase: str) 
     return tokens / max(mem_s, comp_s), bound, f"{phase} {bound}-bound ({what})"
 
 
-def _requirement_problems(p: Profile, v: Variant) -> list[str]:
+def _requirement_problems(p: Profile, v: VariantSpec) -> list[str]:
     out = []
     for f in v.layout.requires:
         have = p.supports(f)
@@ -191,7 +195,7 @@ def _requirement_problems(p: Profile, v: Variant) -> list[str]:
     return out
 
 
-def project(p: Profile, v: Variant, w: Workload) -> PlanRow:
+def project(p: Profile, v: VariantSpec, w: Workload) -> PlanRow:
     shape, base = w.shape, p.baseline_format
     B, N = w.batch_size, w.context_tokens
     wb = weight_bytes(shape, v, base)
@@ -204,7 +208,7 @@ def project(p: Profile, v: Variant, w: Workload) -> PlanRow:
     row = PlanRow(profile=p.id, profile_class=p.class_, variant=v.name, model=w.model, context_tokens=N,
                   batch_size=B, status="ok", reason="", weight_bytes=wb.total, kv_cache_bytes=kv,
                   workspace_bytes=ws, memory_need_bytes=need, memory_usable_bytes=usable, headroom=w.headroom,
-                  fits=fits, power_w=power, compute_format=v.layout.compute_for(base))
+                  fits=fits, power_w=power, compute_format=v.compute_format(base))
     problems = _requirement_problems(p, v)
     if problems:
         row.status, row.reason = "unsupported", "; ".join(problems)
@@ -242,6 +246,6 @@ def project(p: Profile, v: Variant, w: Workload) -> PlanRow:
     return row
 
 
-def plan(profiles: list[Profile], variants: list[Variant], w: Workload) -> list[PlanRow]:
+def plan(profiles: list[Profile], variants: list[VariantSpec], w: Workload) -> list[PlanRow]:
     """One row per (profile, variant), profiles outer, in the order given."""
     return [project(p, v, w) for p in profiles for v in variants]

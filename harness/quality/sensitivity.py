@@ -20,7 +20,7 @@ from torch import nn
 from harness.quality.evaluate import QualityReference, evaluate
 from harness.quality.settings import QualitySettings
 from harness.variants.inspect import tensor_bytes
-from harness.variants.registry import ApplyContext, Policy, Variant
+from harness.variants.registry import NothingApplied, ApplyContext, Policy, Variant
 
 GRANULARITIES = ("block", "linear")
 _BLOCK = re.compile(r"^(?P<prefix>(?:.*\.)?layers\.(?P<index>\d+))\.")
@@ -140,7 +140,11 @@ def scan(make_model: Callable[[], nn.Module], variant: Variant, token_ids: torch
 
     def run(policy: Policy):
         model = make_model()
-        variant.apply(model, ApplyContext(device_type, dtype, calibration_ids, policy))
+        try:
+            variant.apply(model, ApplyContext(device_type, dtype, calibration_ids, policy))
+        except NothingApplied:
+            pass   # the policy keeps every group (the last mixed step): this model is the baseline
+
         res = evaluate(model, reference)
         nbytes = tensor_bytes(model)
         del model

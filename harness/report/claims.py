@@ -7,6 +7,8 @@ is reported as such.
 """
 from __future__ import annotations
 
+from harness.variants.spec import split_policy
+
 from dataclasses import dataclass
 from typing import Callable
 
@@ -71,7 +73,7 @@ def check(records: list[Record]) -> tuple[list[Finding], list[str]]:
         found = False
         for r in records:
             base = baselines.get(_cell(r))
-            if r.status != "ok" or r.variant.split("@")[0] not in c.variants or base is None:
+            if r.status != "ok" or split_policy(r.variant)[0] not in c.variants or base is None:
                 continue
             a, b = _value(r, c.metric), _value(base, c.metric)
             if a is None or not b:

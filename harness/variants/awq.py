@@ -86,6 +86,17 @@ class AwqReport:
                 f"calibration output MSE {gain:.3f} x RTN's")
 
 
+def why_unscaled(model: nn.Module, report: AwqReport) -> str:
+    """Why awq_scale_ scaled no linear, for the NothingApplied reason."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        return (f"model_type {model_type!r} is not one whose scales it can fold "
+                f"({', '.join(SUPPORTED_MODEL_TYPES)})")
+    if report.unscaled_linears == 0:
+        return "the policy keeps every linear"
+    return f"no foldable group has a linear the policy leaves to quantize ({report.unscaled_linears} would be plain RTN)"
+
+
 # -- the search --------------------------------------------------------------------------------------
 def search_scale(x: torch.Tensor, mean_abs: torch.Tensor, weights: list[torch.Tensor],
                  to_consumer: Callable[[torch.Tensor], torch.Tensor] = _identity,

@@ -47,6 +47,23 @@ def tensor_bytes(module: nn.Module) -> int:
     return total
 
 
+def is_plain_linear(m: nn.Module) -> bool:
+    """An nn.Linear whose weight is still an ordinary tensor (not quantized, packed or swapped out)."""
+    return isinstance(m, nn.Linear) and type(m.weight) in (nn.Parameter, torch.Tensor)
+
+
+def targeted_linears(model: nn.Module, keep_filter) -> list[str]:
+    """Names of the plain linears keep_filter(module, fqn) selects, taken before a pass changes them."""
+    return [fqn for fqn, m in model.named_modules() if is_plain_linear(m) and keep_filter(m, fqn)]
+
+
+def count_converted(model: nn.Module, fqns: list[str]) -> int:
+    """How many of the named modules are no longer plain linears: what a quantization pass really did
+    (torchao may leave a layer as it was without raising)."""
+    mods = dict(model.named_modules())
+    return sum(1 for f in fqns if f in mods and not is_plain_linear(mods[f]))
+
+
 def linear_weight_types(model: nn.Module) -> str:
     """'Int8Tensor x210, Tensor x1' style summary of the weight tensor types of nn.Linear layers."""
     c = Counter(type(m.weight).__name__ if type(m.weight) is not nn.Parameter else f"Tensor[{m.weight.dtype}]"

@@ -1,13 +1,14 @@
 """Quantization variants: torchao configs on CUDA and CPU, int4 weight-only through torch's CPU kernel.
 
-Each variant declares static requirements (device, compute capability, profile feature) and a probe:
+The entries (names, requirements, layouts) are in catalog.py; this module holds their apply and probe
+functions, which the registry imports on first use. Each variant has a probe:
 before any model is loaded, the probe quantizes one small linear on the target device and runs it,
 so a missing kernel or package makes the cell `unsupported` with the library's own message rather
 than a failure mid-sweep. Probe results are cached per device type.
 
 Every apply passes `ctx.linear_filter`, so mixed-precision policies (@keep-attn, @keep-ends, files)
 hold for every variant; the returned kernel names the config and the tensor types that now hold the
-weights, as measured from the model.
+weights, and layers_changed counts the linears that really changed, both measured from the model.
 """
 from __future__ import annotations
 
@@ -18,14 +19,10 @@ import torch
 from torch import nn
 
 from harness.variants import awq, int4_cpu
-from harness.variants.inspect import linear_weight_types
-from harness.variants.registry import ApplyContext, ApplyResult, Requirements, Variant, register
+from harness.variants.inspect import count_converted, linear_weight_types, targeted_linears
+from harness.variants.registry import ApplyContext, ApplyResult, NothingApplied
 
 INT4_GROUP = int4_cpu.GROUP_SIZE
-# tinygemm's CUDA int4 kernel (`aten._weight_int4pack_mm`) is built for sm_80 and newer.
-INT4_CUDA_CC = (8, 0)
-# fp8 tensor cores: Ada (8.9) and Hopper (9.0); torchao asserts the same bound for fp8 dynamic.
-FP8_CC = (8, 9)
 
 
 def _by_device(probe: Callable[[str], str | None]) -> Callable[[str, tuple[int, int] | None], str | None]:
@@ -112,13 +109,20 @@ _LABELS = {
 }
 
 
+def _quantize(model: nn.Module, make_config: Callable[[], object], ctx: ApplyContext) -> int:
+    """torchao quantize_ on the linears the policy does not keep; returns how many changed."""
+    from torchao.quantization import quantize_
+
+    targets = targeted_linears(model, ctx.linear_filter)
+    quantize_(model, make_config(), filter_fn=ctx.linear_filter)
+    return count_converted(model, targets)
+
+
 def _torchao_variant(make_config: Callable[[], object]):
     """(apply, probe) for a variant that is one torchao config."""
     def apply(model: nn.Module, ctx: ApplyContext) -> ApplyResult:
-        from torchao.quantization import quantize_
-
-        quantize_(model, make_config(), filter_fn=ctx.linear_filter)
-        return ApplyResult(kernel=_torchao_kernel(model, _LABELS[make_config]))
+        n = _quantize(model, make_config, ctx)
+        return ApplyResult(kernel=_torchao_kernel(model, _LABELS[make_config]), layers_changed=n)
 
     @functools.lru_cache(maxsize=None)
     def probe(device_type: str) -> str | None:
@@ -128,15 +132,14 @@ def _torchao_variant(make_config: Callable[[], object]):
 
 
 # -- int4 weight-only: torch's CPU kernel or torchao's tinygemm packing on CUDA -----------------------
-def quantize_int4(model: nn.Module, ctx: ApplyContext) -> str:
-    """Round-to-nearest int4, group 128, on every linear the policy does not keep; returns the kernel."""
+def quantize_int4(model: nn.Module, ctx: ApplyContext) -> tuple[str, int]:
+    """Round-to-nearest int4, group 128, on every linear the policy does not keep; returns the kernel
+    and how many linears changed."""
     if ctx.device_type == "cpu":
-        int4_cpu.swap_linears(model, ctx.linear_filter, INT4_GROUP)
-        return int4_cpu.kernel_summary(model)
-    from torchao.quantization import quantize_
-
-    quantize_(model, _int4_wo_cuda(), filter_fn=ctx.linear_filter)
-    return _torchao_kernel(model, _LABELS[_int4_wo_cuda])
+        n = int4_cpu.swap_linears(model, ctx.linear_filter, INT4_GROUP)
+        return int4_cpu.kernel_summary(model), n
+    n = _quantize(model, _int4_wo_cuda, ctx)
+    return _torchao_kernel(model, _LABELS[_int4_wo_cuda]), n
 
 
 @functools.lru_cache(maxsize=None)
@@ -146,22 +149,26 @@ def probe_int4(device_type: str) -> str | None:
     return _probe_torchao(_int4_wo_cuda, device_type)
 
 
-def _apply_int4_wo(model: nn.Module, ctx: ApplyContext) -> ApplyResult:
-    return ApplyResult(kernel=quantize_int4(model, ctx))
+def apply_int4_wo(model: nn.Module, ctx: ApplyContext) -> ApplyResult:
+    kernel, n = quantize_int4(model, ctx)
+    return ApplyResult(kernel=kernel, layers_changed=n)
 
 
-def _apply_int4_awq(model: nn.Module, ctx: ApplyContext) -> ApplyResult:
+def apply_int4_awq(model: nn.Module, ctx: ApplyContext) -> ApplyResult:
     rep = awq.awq_scale_(model, ctx)
-    kernel = quantize_int4(model, ctx)
-    return ApplyResult(kernel=f"AWQ-scaled ({rep.scaled_linears} linears) + {kernel}",
+    if rep.scaled_linears == 0:
+        # int4 without any AWQ scale is int4-wo; recording it as int4-awq would be a silent lie
+        raise NothingApplied(f"int4-awq: no linear was AWQ-scaled: {awq.why_unscaled(model, rep)}")
+    kernel, n = quantize_int4(model, ctx)
+    return ApplyResult(kernel=f"AWQ-scaled ({rep.scaled_linears} linears) + {kernel}", layers_changed=n,
                        calibration_s=rep.calibration_s, notes=rep.note())
 
 
-_apply_int8_wo, _probe_int8_wo = _torchao_variant(_int8_wo)
-_apply_int8_dq, _probe_int8_dq = _torchao_variant(_int8_dq)
-_apply_fp8_wo, _probe_fp8_wo = _torchao_variant(_fp8_wo)
-_apply_fp8_dq, _probe_fp8_dq = _torchao_variant(_fp8_dq)
-_apply_w4a8, _probe_w4a8_config = _torchao_variant(_w4a8)
+apply_int8_wo, _probe_int8_wo = _torchao_variant(_int8_wo)
+apply_int8_dq, _probe_int8_dq = _torchao_variant(_int8_dq)
+apply_fp8_wo, _probe_fp8_wo = _torchao_variant(_fp8_wo)
+apply_fp8_dq, _probe_fp8_dq = _torchao_variant(_fp8_dq)
+apply_w4a8, _probe_w4a8_config = _torchao_variant(_w4a8)
 
 
 @functools.lru_cache(maxsize=None)
@@ -175,28 +182,10 @@ def _probe_w4a8(device_type: str) -> str | None:
     return why
 
 
-INT4_REQUIRES = Requirements(devices=("cpu", "cuda"), min_compute_capability=INT4_CUDA_CC)
-FP8_REQUIRES = Requirements(devices=("cuda",), min_compute_capability=FP8_CC, needs_torchao=True, feature="fp8")
-
-register(Variant("int8-wo", "int8 weight-only, per-channel scales (torchao Int8WeightOnlyConfig)",
-                       Requirements(needs_torchao=True), _apply_int8_wo, probe=_by_device(_probe_int8_wo)))
-register(Variant("int8-dq", "int8 dynamic per-token activations x int8 per-channel weights "
-                                  "(torchao Int8DynamicActivationInt8WeightConfig)",
-                       Requirements(needs_torchao=True), _apply_int8_dq, probe=_by_device(_probe_int8_dq)))
-register(Variant("int4-wo", "int4 weight-only, round-to-nearest, group 128 (CUDA: torchao tile_packed_to_4d; "
-                                  "CPU: torch aten._weight_int4pack_mm_for_cpu)",
-                       INT4_REQUIRES, _apply_int4_wo, probe=_by_device(probe_int4)))
-register(Variant("int4-awq", "int4 weight-only g128 after AWQ activation-aware channel scaling "
-                                   "(calibrated on corpus tokens, folded into the preceding ops)",
-                       INT4_REQUIRES, _apply_int4_awq, probe=_by_device(probe_int4)))
-register(Variant("fp8-wo", "fp8 e4m3 weight-only (torchao Float8WeightOnlyConfig)",
-                       FP8_REQUIRES, _apply_fp8_wo, probe=_by_device(_probe_fp8_wo)))
-register(Variant("fp8-dq", "fp8 e4m3 dynamic per-row activations x fp8 per-row weights "
-                                 "(torchao Float8DynamicActivationFloat8WeightConfig, PerRow)",
-                       FP8_REQUIRES, _apply_fp8_dq, probe=_by_device(_probe_fp8_dq)))
-# fp8 x int4 kernels in torchao 0.18 come from the mslk package (preshuffled WGMMA kernels for sm_90);
-# the probe reports its absence in torchao's own words.
-register(Variant("w4a8", "int4 weights x fp8 dynamic activations (torchao Float8DynamicActivationInt4WeightConfig)",
-                       Requirements(devices=("cuda",), min_compute_capability=(9, 0), needs_torchao=True,
-                                    feature="fp8"),
-                       _apply_w4a8, probe=_by_device(_probe_w4a8)))
+# probe(device_type, compute_capability), as the registry calls them (catalog.py names these)
+probe_int8_wo = _by_device(_probe_int8_wo)
+probe_int8_dq = _by_device(_probe_int8_dq)
+probe_int4_wo = _by_device(probe_int4)
+probe_fp8_wo = _by_device(_probe_fp8_wo)
+probe_fp8_dq = _by_device(_probe_fp8_dq)
+probe_w4a8 = _by_device(_probe_w4a8)

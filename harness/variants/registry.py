@@ -1,18 +1,39 @@
-"""The registry of variants. A Variant declares what it needs (so a cell can be `unsupported` before
-any model is loaded) and how to apply itself to a model (returning the kernel that will run)."""
+"""The variant registry: one entry per variant, read alike by the runner, the planner and the meters.
+
+An entry (Variant) carries its storage Layout (bytes and compute format: the planner's projection and
+the meters' MFU peak) and what the runner needs: requirements, so a cell can be `unsupported` before any
+model is loaded; a probe of the installed stack; and apply(model, ctx), which returns the kernel that
+will run and how many layers it changed.
+
+No torch is imported here or in catalog.py, which lists the entries: apply and probe are named as
+"module:function" and imported on first use, so `harness plan` and the parsing of variant names
+(spec.py) stay light.
+"""
 from __future__ import annotations
 
-import fnmatch
-import re
+import importlib
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
+from typing import Callable, Union
 
-from torch import nn
+from harness.variants.layout import Layout
+from harness.variants.policy import Policy  # noqa: F401  (ApplyContext.policy; older imports name it from here)
 
 
 class UnknownVariantError(ValueError):
-    pass
+    """An unknown variant or policy name; the message lists the valid names."""
+
+
+VariantError = UnknownVariantError   # the planner's name for it
+
+
+class NothingApplied(RuntimeError):
+    """apply() transformed no layer: every linear was kept by the policy, too small for the kernel, or
+    the method found nothing to act on (AWQ in an architecture it does not know). Reporting such a
+    model under the variant's name would be a silent lie; the cell is `unsupported` with `reason`."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -26,30 +47,83 @@ class Requirements:
 @dataclass(frozen=True)
 class ApplyResult:
     kernel: str                      # tensor type or op the linear layers now run
+    layers_changed: int              # linear layers apply() transformed, counted on the model afterwards
     calibration_s: float | None = None
     notes: str = ""
 
 
 @dataclass(frozen=True)
+class ApplyContext:
+    """What apply() may use besides the model: the device, dtype, calibration batches and the
+    mixed-precision policy (modules it keeps in high precision), bound to the model's layer count."""
+    device_type: str
+    dtype: object
+    calibration_ids: object | None = None   # LongTensor (n, seq) from the corpus tail, seeded
+    policy: "Policy | None" = None
+
+    def keeps(self, fqn: str) -> bool:
+        return self.policy is not None and self.policy.keeps(fqn)
+
+    def linear_filter(self, module, fqn: str) -> bool:
+        """filter_fn for torchao.quantize_ and our own passes: every nn.Linear the policy does not keep."""
+        from torch import nn
+
+        return isinstance(module, nn.Linear) and not self.keeps(fqn)
+
+
+ApplyFn = Callable[[object, ApplyContext], ApplyResult]
+ProbeFn = Callable[[str, Union[tuple, None]], Union[str, None]]
+
+
+def resolve(ref):
+    """A callable, or the function a "package.module:function" string names (imported now)."""
+    if ref is None or callable(ref):
+        return ref
+    module, sep, attr = ref.partition(":")
+    if not sep:
+        raise ValueError(f"{ref!r} does not name a function as 'module:function'")
+    return getattr(importlib.import_module(module), attr)
+
+
+@dataclass(frozen=True)
 class Variant:
+    """A registered variant. `implementation` is apply(model, ctx) or its "module:function" name."""
     name: str
     description: str
     requires: Requirements
-    apply: Callable[[nn.Module, "ApplyContext"], ApplyResult] = field(compare=False)
+    implementation: ApplyFn | str = field(compare=False)
     # probe(device_type, compute_capability) -> why the installed stack cannot run the kernel, or None:
     # imports, compiled ops and one tiny layer, so `unsupported` names the real failure before loading.
-    probe: Callable[[str, tuple[int, int] | None], str | None] | None = field(default=None, compare=False)
+    probe: ProbeFn | str | None = field(default=None, compare=False)
     # Whether the GPU engine may fuse q/k/v and gate/up into one linear before apply(); False for
     # variants that calibrate through transformers' own forward (it needs the unfused modules).
     fusable: bool = True
     no_kernel_note: str = ""          # appended to the reason on devices outside requires.devices
+    layout: Layout | None = None      # every registered entry has one (register() checks)
+    changes_weights: bool = True      # False for baseline only: it is exempt from NothingApplied
+
+    def apply(self, model, ctx: ApplyContext) -> ApplyResult:
+        """Transform the model in place. Raises NothingApplied where no layer changed."""
+        result = resolve(self.implementation)(model, ctx)
+        if not isinstance(getattr(result, "layers_changed", None), int):
+            raise TypeError(f"{self.name}: apply returned {result!r}, not an ApplyResult with layers_changed")
+        if self.changes_weights and result.layers_changed == 0:
+            raise NothingApplied(f"{self.name} transformed no layer ({_kept(model, ctx)}{result.kernel})")
+        return result
+
+    def compute_format(self, baseline_format: str) -> str:
+        """Format the matmuls run in (fp8, int8, or the baseline format for weight-only variants)."""
+        if self.layout is None:
+            raise UnknownVariantError(f"variant {self.name!r} has no storage layout")
+        return self.layout.compute_for(baseline_format)
 
     def unsupported_reason(self, device_type: str, compute_capability: tuple[int, int] | None,
                            profile=None) -> str | None:
         """Why this variant cannot run here, or None. Checked before any model is loaded."""
         why = self._static_reason(device_type, compute_capability, profile)
-        if why is None and self.probe is not None:
-            found = self.probe(device_type, tuple(compute_capability) if compute_capability else None)
+        probe = resolve(self.probe) if why is None else None
+        if probe is not None:
+            found = probe(device_type, tuple(compute_capability) if compute_capability else None)
             if found:
                 return f"{self.name}: {found}"
         return why
@@ -74,67 +148,14 @@ class Variant:
         return None
 
 
-@dataclass(frozen=True)
-class ApplyContext:
-    """What apply() may use besides the model: the device, dtype, calibration batches and the
-    mixed-precision policy (modules it keeps in high precision)."""
-    device_type: str
-    dtype: object
-    calibration_ids: object | None = None   # LongTensor (n, seq) from the corpus tail, seeded
-    policy: "Policy | None" = None
+def _kept(model, ctx: ApplyContext | None) -> str:
+    """'policy keep-all.txt keeps 29 of 29 linears; ' where a policy is why nothing changed."""
+    if ctx is None or ctx.policy is None or not hasattr(model, "named_modules"):
+        return ""
+    from torch import nn
 
-    def keeps(self, fqn: str) -> bool:
-        return self.policy is not None and self.policy.keeps(fqn)
-
-    def linear_filter(self, module: nn.Module, fqn: str) -> bool:
-        """filter_fn for torchao.quantize_ and our own passes: every nn.Linear the policy does not keep."""
-        return isinstance(module, nn.Linear) and not self.keeps(fqn)
-
-
-BUILTIN_POLICIES = ("keep-attn", "keep-ends")
-_ATTN = re.compile(r"\.self_attn\.(q|k|v|o|qkv)_proj$")  # qkv_proj: the GPU engine's fused projection
-_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Modules kept in high precision, by fully qualified name.
-
-    keep-attn: every attention projection (q/k/v/o_proj, or the fused qkv_proj).
-    keep-ends: the first and the last decoder block, and lm_head.
-    A policy file lists one fnmatch pattern per line (e.g. `model.layers.0.*`, `lm_head`); # comments.
-    """
-    name: str
-    patterns: tuple[str, ...] = ()
-    attn: bool = False
-    layers: tuple[int, ...] = ()
-
-    @classmethod
-    def builtin(cls, name: str, num_layers: int | None) -> "Policy":
-        if name == "keep-attn":
-            return cls(name, attn=True)
-        if num_layers is None:
-            raise ValueError("keep-ends needs the model's number of layers")
-        return cls(name, patterns=("lm_head",), layers=(0, num_layers - 1))
-
-    @classmethod
-    def from_file(cls, path: Path) -> "Policy":
-        if not path.is_file():
-            raise UnknownVariantError(f"policy file {path} not found (built-in policies: {', '.join(BUILTIN_POLICIES)})")
-        pats = tuple(line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
-        pats = tuple(p for p in pats if p)
-        if not pats:
-            raise UnknownVariantError(f"policy file {path} lists no module patterns")
-        return cls(str(path), patterns=pats)
-
-    def keeps(self, fqn: str) -> bool:
-        if self.attn and _ATTN.search(fqn):
-            return True
-        if self.layers:
-            m = _LAYER.search(fqn)
-            if m and int(m.group(1)) in self.layers:
-                return True
-        return any(fnmatch.fnmatchcase(fqn, p) for p in self.patterns)
+    linears = [fqn for fqn, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return f"policy {ctx.policy.name} keeps {sum(map(ctx.keeps, linears))} of {len(linears)} linears; "
 
 
 REGISTRY: dict[str, Variant] = {}
@@ -143,48 +164,7 @@ REGISTRY: dict[str, Variant] = {}
 def register(v: Variant) -> Variant:
     if v.name in REGISTRY:
         raise ValueError(f"variant {v.name!r} registered twice")
+    if v.layout is None:
+        raise ValueError(f"variant {v.name!r} has no storage layout (the planner and the meters need one)")
     REGISTRY[v.name] = v
     return v
-
-
-def get_variant(name: str) -> Variant:
-    """A registered variant; `base@policy` names resolve to the base variant (see split_policy)."""
-    base, _ = split_policy(name)
-    try:
-        return REGISTRY[base]
-    except KeyError:
-        raise UnknownVariantError(f"unknown variant {base!r}; valid variants: {', '.join(REGISTRY)} "
-                                  f"(optionally with @{'|@'.join(BUILTIN_POLICIES)} or @path/to/policy.txt)") from None
-
-
-def split_policy(name: str) -> tuple[str, str | None]:
-    base, sep, pol = name.partition("@")
-    return base, (pol if sep else None)
-
-
-def policy_for(name: str, num_layers: int | None = None) -> Policy | None:
-    """The Policy named after '@' in a variant name, or None."""
-    _, pol = split_policy(name)
-    if pol is None:
-        return None
-    if pol in BUILTIN_POLICIES:
-        return Policy.builtin(pol, num_layers)
-    return Policy.from_file(Path(pol))
-
-
-def parse_variant_list(text: str) -> list[str]:
-    """'baseline,int8-wo' or 'all' -> names in registry order for 'all', in the user's order otherwise."""
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise UnknownVariantError(f"no variants given; valid variants: {', '.join(REGISTRY)}, or 'all'")
-    if names == ["all"]:
-        return list(REGISTRY)
-    seen: list[str] = []
-    for n in names:
-        get_variant(n)
-        _, pol = split_policy(n)
-        if pol is not None and pol not in BUILTIN_POLICIES:
-            Policy.from_file(Path(pol))
-        if n not in seen:
-            seen.append(n)
-    return seen

@@ -1,5 +1,6 @@
 """Sparsity variants: 2:4 semi-structured on the GPU's sparse kernels, alone and with fp8 / int8
-dynamic quantization, and 50% unstructured pruning on dense kernels.
+dynamic quantization, and 50% unstructured pruning on dense kernels. The entries (names, requirements,
+layouts) are in catalog.py; the registry imports the apply and probe functions here on first use.
 
 Kernels (probed on the installed stack before any model is loaded):
 - sparse-2:4, sparse-2:4-wanda: torch.sparse semi-structured tensors. cuSPARSELt where torch was built
@@ -26,20 +27,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.variants.inspect import linear_weight_types
-from harness.variants.registry import ApplyContext, ApplyResult, Requirements, Variant, register
+from harness.variants.registry import ApplyContext, ApplyResult
 from harness.variants.wanda import (LayerPlan, apply_24_mask_dense, magnitude_24_mask, mask_24_,  # noqa: F401
                                     mask_unstructured_, select_linears, unstructured_mask, wanda_24_mask)
 
 UNSTRUCTURED_SPARSITY = 0.5
-MIN_CC_24 = (8, 0)        # sparse tensor cores arrived with Ampere (sm_80)
-MIN_CC_FP8_24 = (9, 0)    # torchao builds its fp8 2:4 kernel for sm_90a only
 # Shapes the fp8 2:4 CUTLASS op takes, from its errors on the H100 (torchao 0.18, torch 2.11):
 # in_features divisible by 32 ("Xq argument must have number of columns divisible by 32"); out_features
 # 80, 96, 112, 160 failed ("Expected Wq meta argument to have 80 rows, got 128 rows"), multiples of 64
 # up to 14336 ran. Other layers stay dense and unpruned.
 FP8_24_MULTIPLE = (64, 32)
-NO_GPU_NOTE = ("torch's 2:4 semi-structured kernels (cuSPARSELt, CUTLASS) are CUDA-only; "
-               "wanda.apply_24_mask_dense measures the masks' quality with dense kernels")
 
 
 def _on_cuda(probe: Callable[[tuple[int, int] | None], str | None]):
@@ -186,29 +183,29 @@ def _apply_semi_structured(method: str):
         for mod in plan.selected.values():
             _to_semi_structured(mod, cls)
         return ApplyResult(kernel=f"{name} 2:4 via torch.sparse ({cls.__name__}), {method} mask, on "
-                                  f"{plan.summary()}", calibration_s=calib_s)
+                                  f"{plan.summary()}", layers_changed=len(plan.selected), calibration_s=calib_s)
     return apply
 
 
-def _apply_unstructured(model: nn.Module, ctx: ApplyContext) -> ApplyResult:
+def apply_unstructured(model: nn.Module, ctx: ApplyContext) -> ApplyResult:
     plan = select_linears(model, ctx)
     mask_unstructured_(plan.selected, UNSTRUCTURED_SPARSITY)
     return ApplyResult(kernel=f"dense aten.linear, {UNSTRUCTURED_SPARSITY:.0%} zeros (magnitude, threshold "
-                              f"per output row) on {plan.summary()}",
+                              f"per output row) on {plan.summary()}", layers_changed=len(plan.selected),
                        notes="no sparse kernel: the zeros cost the same time as the weights they replace")
 
 
-def _apply_fp8_24(model: nn.Module, ctx: ApplyContext) -> ApplyResult:
+def apply_fp8_24(model: nn.Module, ctx: ApplyContext) -> ApplyResult:
     plan = select_linears(model, ctx, lambda m: _multiples(m, FP8_24_MULTIPLE))
     mask_24_(model, plan.selected, "magnitude")
     _to_fp8_24(model, plan.selected)
     _check_types(plan, "Float8Sparse2x4_2DData2DMetadataTensor")
     return ApplyResult(kernel="torchao Float8DynamicActivationFloat8WeightConfig(PerRow, SPARSE_2D_DATA_2D_METADATA)"
                               f" -> rowwise_scaled_linear_sparse_cutlass_f8f8 (CUTLASS sm_90a), magnitude mask, on "
-                              f"{plan.summary()} [{linear_weight_types(model)}]")
+                              f"{plan.summary()} [{linear_weight_types(model)}]", layers_changed=len(plan.selected))
 
 
-def _apply_int8_24(model: nn.Module, ctx: ApplyContext) -> ApplyResult:
+def apply_int8_24(model: nn.Module, ctx: ApplyContext) -> ApplyResult:
     from harness.variants.sparse_int8 import SPARSE_MIN
 
     plan = select_linears(model, ctx, lambda m: _multiples(m, (SPARSE_MIN, SPARSE_MIN)))
@@ -217,7 +214,7 @@ def _apply_int8_24(model: nn.Module, ctx: ApplyContext) -> ApplyResult:
         _to_int8_24(mod)
     return ApplyResult(kernel=f"cuSPARSELt {torch.backends.cusparselt.version()} int8 2:4 via torch._cslt_sparse_mm "
                               "(int8 per-row weights, int8 per-token dynamic activations), magnitude mask, on "
-                              f"{plan.summary()} [{linear_weight_types(model)}]")
+                              f"{plan.summary()} [{linear_weight_types(model)}]", layers_changed=len(plan.selected))
 
 
 def _check_types(plan: LayerPlan, type_name: str) -> None:
@@ -228,20 +225,9 @@ def _check_types(plan: LayerPlan, type_name: str) -> None:
                            f"{type(plan.selected[off[0]].weight).__name__})")
 
 
-_GPU_24 = dict(devices=("cuda",), min_compute_capability=MIN_CC_24, feature="sparse_2to4")
-register(Variant("sparse-2:4", "2:4 semi-structured sparsity, magnitude mask (2 largest |w| of every 4 "
-                       "inputs), cuSPARSELt (CUTLASS on sm_8x without it)",
-                       Requirements(**_GPU_24), _apply_semi_structured("magnitude"), probe=_on_cuda(_probe_24), no_kernel_note=NO_GPU_NOTE))
-register(Variant("sparse-2:4-wanda", "2:4 semi-structured sparsity, Wanda mask (|W| x input-channel L2 norm "
-                       "on the calibration tokens), same kernels as sparse-2:4",
-                       Requirements(**_GPU_24), _apply_semi_structured("wanda"), probe=_on_cuda(_probe_24), no_kernel_note=NO_GPU_NOTE,
-                       fusable=False))
-register(Variant("unstructured-50", "50% unstructured magnitude pruning (per output row) on dense kernels "
-                 "(quality and compressibility; no speed claim)", Requirements(), _apply_unstructured))
-register(Variant("sparse-2:4+fp8-dq", "2:4 magnitude sparsity + fp8 e4m3 per-row weights and per-token "
-                       "dynamic activations (torchao CUTLASS sm_90a kernel)",
-                       Requirements(**{**_GPU_24, "min_compute_capability": MIN_CC_FP8_24}, needs_torchao=True),
-                       _apply_fp8_24, probe=_on_cuda(_probe_fp8_24), no_kernel_note=NO_GPU_NOTE))
-register(Variant("sparse-2:4+int8-dq", "2:4 magnitude sparsity + int8 per-row weights and per-token dynamic "
-                       "activations (cuSPARSELt int8 via torch._cslt_sparse_mm)",
-                       Requirements(**_GPU_24, needs_torchao=True), _apply_int8_24, probe=_on_cuda(_probe_int8_24), no_kernel_note=NO_GPU_NOTE))
+apply_24_magnitude = _apply_semi_structured("magnitude")
+apply_24_wanda = _apply_semi_structured("wanda")
+# probe(device_type, compute_capability), as the registry calls them (catalog.py names these)
+probe_24 = _on_cuda(_probe_24)
+probe_fp8_24 = _on_cuda(_probe_fp8_24)
+probe_int8_24 = _on_cuda(_probe_int8_24)

@@ -134,6 +134,8 @@ def mask_24_(model: nn.Module, layers: dict[str, nn.Linear], method: str,
              calibration_ids: torch.Tensor | None = None) -> float | None:
     """Zero the pruned weights of `layers` in place with a 2:4 mask. Returns the seconds Wanda spent
     on calibration (its forwards over the calibration tokens and its scoring), None for magnitude."""
+    if not layers:
+        return None
     if method == "magnitude":
         for mod in layers.values():
             mod.weight.mul_(magnitude_24_mask(mod.weight))
@@ -160,7 +162,7 @@ def apply_24_mask_dense(model: nn.Module, ctx: ApplyContext, method: str = "magn
     plan = select_linears(model, ctx, fits_24)
     calib_s = mask_24_(model, plan.selected, method, ctx.calibration_ids)
     return ApplyResult(kernel=f"dense aten.linear, 2:4 zeros ({method} mask) on {plan.summary()}",
-                       calibration_s=calib_s)
+                       layers_changed=len(plan.selected), calibration_s=calib_s)
 
 
 def _wanda_sequential(model: nn.Module, layers: dict[str, nn.Linear], ids: torch.Tensor) -> float:

@@ -19,9 +19,8 @@ from harness.backends.pytorch.device import compute_dtype, free_memory_bytes, re
 from harness.backends.pytorch.engine import EagerEngine
 from harness.corpus import load_corpus
 from harness.models import load_model
-from harness.variants import get_variant, policy_for
+from harness.variants import NothingApplied
 from harness.variants.inspect import ops_that_ran, tensor_bytes
-from harness.variants.registry import ApplyContext
 
 # Calibration data for AWQ, Wanda and static scales: a fixed number of corpus tokens from the tail
 # of the corpus (evaluation reads the head), seeded for synthetic models.
@@ -38,7 +37,7 @@ class PytorchBackend:
     lean_engine = True        # the GPU fast path; transformers-generate turns it off
     evaluates_quality = True
 
-    def prepare(self, model_spec: str, variant: str, settings, profile, model_cache: dict) -> "TorchPrepared":
+    def prepare(self, model_spec: str, variant, settings, profile, model_cache: dict) -> "TorchPrepared":
         return TorchPrepared(self, model_spec, variant, settings, profile, model_cache)
 
     def make_engine(self, prepared: "TorchPrepared", cell) -> EngineChoice:
@@ -107,9 +106,10 @@ class TorchPrepared:
     """Load (once per spec), fit check, fuse, calibrate, apply, quality: everything outside the timed
     region, done once per group."""
 
-    def __init__(self, backend: PytorchBackend, model_spec: str, variant: str, settings, profile, cache: dict):
+    def __init__(self, backend: PytorchBackend, model_spec: str, variant, settings, profile, cache: dict):
+        """`variant`: the cell's harness.variants.VariantSpec (parsed once, by the pipeline)."""
         t0 = time.perf_counter()
-        self.backend, self.model_spec, self.variant_name = backend, model_spec, variant
+        self.backend, self.model_spec, self.variant, self.variant_name = backend, model_spec, variant, variant.name
         self.settings, self.profile = settings, profile
         self.torch_device = resolve_device(settings.device)
         self.torch_dtype = compute_dtype(self.torch_device)
@@ -118,16 +118,19 @@ class TorchPrepared:
         self.dtype_bytes = torch.empty((), dtype=self.torch_dtype).element_size()
         self.oom_errors = OOM_ERRORS
         self.model, self.fused, self._live = None, False, None
-        v = get_variant(variant)
         cc = torch.cuda.get_device_capability(self.torch_device) if self.device_type == "cuda" else None
-        why = v.unsupported_reason(self.device_type, cc, profile)
+        why = variant.unsupported_reason(self.device_type, cc, profile)
         if why:
             raise CellSkip("unsupported", why)
         try:
-            self._load_and_apply(v, cache)
+            self._load_and_apply(variant, cache)
         except OOM_ERRORS as e:
             self.close()
             raise CellSkip("does-not-fit", f"out of memory while loading/applying: {e}") from None
+        except NothingApplied as e:
+            # a variant that changed no layer is not that variant: never `ok` under its name
+            self.close()
+            raise CellSkip("unsupported", e.reason) from None
         self.prepare_s = time.perf_counter() - t0
 
     def _load_and_apply(self, variant, cache: dict) -> None:
@@ -139,16 +142,16 @@ class TorchPrepared:
         self.model = self.loaded.instantiate(self.torch_device, self.torch_dtype)
         self.use_lean = (self.backend.lean_engine and self.device_type == "cuda"
                          and lean.supports(self.model) is None)
-        if self.use_lean and getattr(variant, "fusable", True):
+        if self.use_lean and variant.entry.fusable:
             lean.fuse_projections(self.model)   # before the variant: per-row numerics unchanged
             self.fused = True
         self.corpus_name, self.corpus_text = load_corpus(self.settings.corpus)
         calib, _ = self.loaded.prompt_ids(self.corpus_name, self.corpus_text, CALIBRATION_SEQS,
                                           CALIBRATION_TOKENS, seed=CALIBRATION_SEED, from_end=True)
-        policy = policy_for(self.variant_name, self.shape.num_hidden_layers if self.shape else None)
         t_apply = time.perf_counter()
-        applied = variant.apply(self.model, ApplyContext(self.device_type, self.torch_dtype,
-                                                         calib.to(self.torch_device), policy))
+        ctx = variant.context(self.device_type, self.torch_dtype, calib.to(self.torch_device),
+                              self.shape.num_hidden_layers if self.shape else None)
+        applied = variant.apply(self.model, ctx)
         apply_s = time.perf_counter() - t_apply
         if self.device_type == "cuda":
             # the unquantized weights a variant replaced sit in the caching allocator; NVML's
@@ -159,6 +162,7 @@ class TorchPrepared:
         ops = ops_that_ran(self.model, self.torch_dtype)
         self.kernel = f"{applied.kernel}; aten ops: {ops}" if ops else applied.kernel
         self.facts = {"apply_s": apply_s, "load_s": self.loaded.load_s, "calibration_s": applied.calibration_s,
+                      "layers_changed": applied.layers_changed,
                       "calibration_tokens": CALIBRATION_SEQS * CALIBRATION_TOKENS, "fused_projections": self.fused,
                       "weights_note": self.loaded.weights_note}
         self._quality = self._evaluate_quality() if self.backend.evaluates_quality else None
