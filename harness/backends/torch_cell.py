@@ -62,7 +62,7 @@ class GroupRunner:
             if why:
                 raise _Skip("unsupported", why)
             if self.model_spec not in self.cache:
-                self.cache[self.model_spec] = load_model(self.model_spec)
+                self.cache[self.model_spec] = load_model(self.model_spec, self.settings.trust_remote_code)
             self.loaded = self.cache[self.model_spec]
             self._check_fit()
             self.model = self.loaded.instantiate(self.device, self.dtype)
