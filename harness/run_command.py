@@ -1,48 +1,36 @@
 """`harness run`: validate the request, resolve the profile, run the sweep, write every view.
 
-Records are appended to records.jsonl as each cell finishes, and the views are written even when the
-sweep is interrupted, so nothing measured is lost.
+Two phases, so that the exit code says which went wrong:
+- `prepare` checks everything before any model loads; a problem is bad input (ValueError, exit 2):
+  specs, variants, corpus, device, profile, prompt + new tokens within each model's context length,
+  a checkpoint that would run its own code (refused without --trust-remote-code), an output folder
+  that is unwritable, locked by a live run (RUN_DIR/.lock), or already holds a run (without
+  --resume). It writes run.json (the sweep definition) before the first cell.
+- `run_plan` measures the cells, appending each Record to records.jsonl as it finishes, and writes
+  the views even when the sweep is interrupted, so nothing measured is lost. Exit code 0 when every
+  planned cell has a record that is ok, unsupported or does-not-fit and every view was written;
+  1 when a cell failed, a cell has no record, or a view could not be written (run.json `complete`
+  is then false).
+
+Resume (`--resume RUN_DIR`): the sweep definition comes from RUN_DIR/run.json; options given on the
+command line must agree with it (those marked per_invocation in harness/options.py, such as
+--isolation, may differ). Exactly the planned cells without a record in records.jsonl are run.
+With --retry-failed the cells whose record is `failed` are run again too. Superseded records: the
+failed record of a retried cell is moved, before anything runs, from records.jsonl to
+records.superseded.jsonl (appended there, then records.jsonl rewritten atomically). records.jsonl
+thus holds at most one record per (cell key, repetition, meters) at every moment, and readers need
+no rule to pick one; if a retry dies before its new record is written, the cell has no record and
+the next --resume measures it.
 """
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from harness.pipeline.timed import MeterSettings
-from harness.corpus import load_corpus
-from harness.models.spec import parse_spec
-from harness.quality.settings import QualitySettings
-from harness.records import append_jsonl, write_tables
-from harness.runner import RunContext, RunSettings, SweepAxes, expand, new_run_id, run_sweep
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    model: str
-    variants: str
-    batch_sizes: tuple[int, ...]
-    prompt_tokens: tuple[int, ...]
-    new_tokens: tuple[int, ...]
-    warmup: int
-    repeats: int
-    min_seconds: float
-    device: str = "auto"
-    profile: str = "auto"
-    profiles_dir: Path | None = None
-    cpu_power_w: float | None = None
-    corpus: Path | None = None
-    out: Path | None = None
-    backends: tuple[str, ...] = ("pytorch",)
-    compile: bool = True
-    tune: str = "auto"
-    compile_mode: str = "default"
-    meters: str = "on"                 # on | off | alternate (meter-overhead benchmark)
-    repetitions: int = 1
-    energy_window_s: float = 10.0
-    quality: QualitySettings = field(default_factory=QualitySettings)
+from harness import options as O, run_folder as F
+from harness.options import RunOptions
 
 
 def resolve_profile(name: str, profiles_dir: Path | None, cpu_power_w: float | None):
@@ -65,82 +53,222 @@ def _status_line(rec) -> str:
             f"TTFT {rec.ttft_s * 1e3:.1f} ms, {rec.repeats} passes")
 
 
-def execute(req: RunRequest, echo: Callable[[str], None] = print) -> Path:
+@dataclass
+class Plan:
+    """A validated run, its folder locked, run.json written: what `run_plan` measures."""
+    opts: RunOptions
+    out_dir: Path
+    cells: list                 # every planned cell (harness.runner.Cell)
+    todo: list                  # the ones to measure now
+    meta: dict                  # run.json
+    ctx: object                 # harness.runner.RunContext
+    lock: F.RunLock
+
+
+@dataclass
+class Outcome:
+    out_dir: Path
+    complete: bool
+    failed: int
+    view_errors: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.complete and not self.failed else 1
+
+
+def _adopt(meta: dict, cli: RunOptions, paths: set, folder: Path) -> RunOptions:
+    """The stored sweep, with this invocation's per-invocation options; refused if the command line
+    defines another sweep."""
+    stored = RunOptions(axes=O.from_dict(O.SweepAxes, meta["axes"], "run.json axes"),
+                        settings=O.from_dict(O.RunSettings, meta["settings"], "run.json settings"))
+    diffs = O.differences(stored, cli, paths)
+    if diffs:
+        raise ValueError(f"--resume {folder}: the command line defines another sweep than its run.json: "
+                         + "; ".join(diffs))
+    for p in O.params():
+        if p.meta.get("per_invocation"):
+            stored = O.set_path(stored, p.path, O.get_path(cli, p.path))
+    return stored
+
+
+def _normalize(opts: RunOptions) -> RunOptions:
     from harness.variants import parse_variant_list
 
-    # Validate everything before any model loads.
-    models = tuple(m.strip() for m in req.model.split(",") if m.strip())
-    for m in models:
-        parse_spec(m)
-    variants = tuple(parse_variant_list(req.variants))
-    corpus_name, _ = load_corpus(req.corpus)
-    axes = SweepAxes(models, variants, req.batch_sizes, req.prompt_tokens, req.new_tokens, req.backends,
-                     repetitions=req.repetitions, meters=req.meters)
-    if req.device not in ("auto", "cpu") and not req.device.startswith("cuda"):
-        raise ValueError(f"--device takes auto, cpu, cuda or cuda:N, got {req.device!r}")
+    variants = tuple(parse_variant_list(",".join(opts.axes.variants)))   # 'all' -> names; unknown -> error
+    return replace(opts, axes=replace(opts.axes, variants=variants))
+
+
+def _check_models(opts: RunOptions) -> None:
+    from harness.models.spec import context_length, parse_spec, remote_code
+
+    need = max(opts.axes.prompt_tokens) + max(opts.axes.new_tokens)
+    for m in opts.axes.models:
+        spec = parse_spec(m)
+        why = remote_code(spec)
+        if why and not opts.settings.trust_remote_code:
+            raise ValueError(f"{m}: needs trust_remote_code ({why}); pass --trust-remote-code to allow running "
+                             "its code")
+        n, source = context_length(spec)
+        if n is not None and need > n:
+            raise ValueError(f"{m}: prompt {max(opts.axes.prompt_tokens)} + new tokens {max(opts.axes.new_tokens)} "
+                             f"= {need} positions exceed its context length {n} ({source})")
+
+
+def _check_device(device: str):
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise ValueError(f"--device takes auto, cpu, cuda or cuda:N, got {device!r}")
     from harness.backends.pytorch.device import resolve_device
 
-    device = resolve_device(req.device)   # e.g. cuda asked for on a machine without one: refuse before any output
-    profile, why = resolve_profile(req.profile, req.profiles_dir, req.cpu_power_w)
+    return resolve_device(device)   # e.g. cuda asked for on a machine without one: refuse before any output
 
+
+def prepare(opts: RunOptions, given: set[tuple[str, ...]] = frozenset(), echo: Callable[[str], None] = print) -> Plan:
+    """Everything that can be refused, refused before any model loads (ValueError: bad input)."""
     from harness import provenance
+    from harness.corpus import load_corpus
+    from harness.runner import RunContext, expand, new_run_id
 
-    run_id = new_run_id(models)
-    out_dir = Path(req.out) if req.out else Path("results") / run_id
-    out_dir.mkdir(parents=True, exist_ok=True)
-    jsonl = out_dir / "records.jsonl"
-    if jsonl.exists():
-        raise ValueError(f"{out_dir} already holds records.jsonl; choose another --out")
-    allocator = None
-    if device.type == "cuda":
-        from harness.backends.pytorch.device import configure_cuda_allocator
+    if opts.retry_failed and opts.resume is None:
+        raise ValueError("--retry-failed goes with --resume RUN_DIR")
+    meta_old = None
+    opts = _normalize(opts)
+    if opts.resume is not None:
+        if opts.out is not None and Path(opts.out).resolve() != Path(opts.resume).resolve():
+            raise ValueError("--resume writes into the run's own folder; leave out --out (or give the same folder)")
+        meta_old = F.read_run_json(opts.resume)
+        opts = _adopt(meta_old, opts, set(given), opts.resume)
+    _check_models(opts)
+    corpus_name, _ = load_corpus(Path(opts.settings.corpus) if opts.settings.corpus else None)
+    device = _check_device(opts.settings.device)
+    profile, why = resolve_profile(opts.profile, opts.profiles_dir, opts.settings.cpu_power_w)
+    if meta_old is not None and profile.id != meta_old.get("profile"):
+        raise ValueError(f"--resume {opts.resume}: the run was measured on profile {meta_old.get('profile')}, "
+                         f"this invocation resolves to {profile.id} ({why}); resume it on that machine, or with "
+                         f"the --profile/--profiles-dir it ran with (--profile {meta_old.get('profile_request')})")
 
-        allocator = configure_cuda_allocator()
-    meter = MeterSettings(warmup=req.warmup, min_repeats=req.repeats, min_seconds=req.min_seconds)
-    settings = RunSettings(device=req.device, meter=meter, corpus=str(req.corpus) if req.corpus else None,
-                           cpu_power_w=req.cpu_power_w, compile=req.compile, tune=req.tune, compile_mode=req.compile_mode,
-                           meters=req.meters != "off",
-                           energy_window_s=req.energy_window_s, quality=req.quality)
-    prov = provenance.collect(profile.id)
-    ctx = RunContext(run_id=run_id, profile=profile, provenance=prov)
-    run_meta = {"run_id": run_id, "axes": asdict(axes), "profile": profile.id, "profile_reason": why,
-                "settings": {"device": req.device, "cpu_power_w": req.cpu_power_w, "compile": req.compile, "tune": req.tune,
-                             "compile_mode": req.compile_mode,
-                             "meters": req.meters, "repetitions": req.repetitions, "cuda_allocator": allocator,
-                             "energy_window_s": req.energy_window_s}, "meter": asdict(meter),
-                "corpus": corpus_name, "provenance": prov, "quality": req.quality.as_dict(), "cells": len(expand(axes))}
-    echo(f"run {run_id}: {run_meta['cells']} cells on profile {profile.id} ({why})")
+    run_id = meta_old["run_id"] if meta_old else new_run_id(opts.axes.models)
+    out_dir = Path(opts.resume or opts.out or Path("results") / run_id)
+    F.ensure_writable(out_dir)
+    lock = F.RunLock(out_dir).acquire()
+    try:
+        if meta_old is None:
+            F.refuse_existing_run(out_dir)
+        cells = expand(opts.axes)
+        todo = _todo(cells, out_dir, opts.retry_failed, echo) if meta_old else cells
+        allocator = None
+        if device.type == "cuda":
+            from harness.backends.pytorch.device import configure_cuda_allocator
+
+            allocator = configure_cuda_allocator()
+        prov = provenance.collect(profile.id)
+        meta = _meta(opts, run_id, profile, why, corpus_name, prov, allocator, len(cells), meta_old, len(todo))
+        F.write_run_json(out_dir, meta)
+    except BaseException:
+        lock.release()
+        raise
+    return Plan(opts, out_dir, cells, todo, meta, RunContext(run_id=run_id, profile=profile, provenance=prov), lock)
+
+
+def _todo(cells: list, out_dir: Path, retry_failed: bool, echo) -> list:
+    records = F.read_records(out_dir, echo)
+    have = {F.cell_key(r): r.status for r in records}
+    retry = {k for k, s in have.items() if s == "failed"} if retry_failed else set()
+    planned = {F.cell_key(c) for c in cells}
+    if retry:
+        moved = F.supersede(out_dir, retry & planned)
+        echo(f"retrying {moved} failed cell(s); their records moved to {F.SUPERSEDED}")
+    return [c for c in cells if F.cell_key(c) not in have or F.cell_key(c) in retry]
+
+
+def _meta(opts, run_id, profile, why, corpus_name, prov, allocator, n_cells, meta_old, n_todo) -> dict:
+    """run.json. `meter` repeats settings.meter for the report's header."""
+    meta = dict(meta_old or {})
+    meta.update({"run_id": run_id, "sweep_version": 1, **O.sweep_dict(opts), "meter": asdict(opts.settings.meter),
+                 "profile": profile.id, "profile_reason": why, "profile_request": opts.profile, "quick": opts.quick,
+                 "corpus": corpus_name, "cuda_allocator": allocator, "cells": n_cells, "complete": False})
+    if meta_old is None:
+        meta["provenance"] = prov
+    else:
+        meta.setdefault("resumes", []).append({"utc_time": prov.get("utc_time"), "cells": n_todo,
+                                               "git_commit": prov.get("git_commit")})
+    return meta
+
+
+def execute(opts: RunOptions, given: set[tuple[str, ...]] = frozenset(), echo: Callable[[str], None] = print) -> Outcome:
+    return run_plan(prepare(opts, given, echo), echo)
+
+
+def run_plan(plan: Plan, echo: Callable[[str], None] = print) -> Outcome:
+    from harness.records import append_jsonl
+    from harness.runner import run_sweep
+
+    jsonl = plan.out_dir / F.RECORDS
+    total, todo = len(plan.cells), plan.todo
+    pos = {c.index: i for i, c in enumerate(todo)}
+    what = f"{len(todo)} of {total} cells (resumed)" if plan.opts.resume else f"{total} cells"
+    echo(f"run {plan.ctx.run_id}: {what} on profile {plan.ctx.profile.id} ({plan.meta['profile_reason']})")
     t_start = time.perf_counter()
 
     def on_start(cell, n):
-        echo(f"[{cell.index + 1}/{n}] {cell.label()} ... ({n - cell.index - 1} after this)")
+        echo(f"[{cell.index + 1}/{total}] {cell.label()} ... ({n - pos[cell.index] - 1} after this)")
 
     def on_record(cell, rec, n):
         append_jsonl(jsonl, rec)
-        echo(f"[{cell.index + 1}/{n}]   {_status_line(rec)}")
+        echo(f"[{cell.index + 1}/{total}]   {_status_line(rec)}")
 
-    records = []
     try:
-        records = run_sweep(expand(axes), settings, ctx, on_record=on_record, on_start=on_start)
+        if todo:
+            run_sweep(todo, plan.opts.settings, plan.ctx, on_record=on_record, on_start=on_start)
     finally:
-        from harness.records import read_jsonl
-        from harness.report import write_charts, write_report
+        try:
+            outcome = _finish(plan, time.perf_counter() - t_start, echo)
+        finally:
+            plan.lock.release()
+    return outcome
 
-        done = read_jsonl(jsonl) if jsonl.exists() else records
-        run_meta["wall_s"] = time.perf_counter() - t_start
-        run_meta["status_counts"] = {s: sum(r.status == s for r in done) for s in sorted({r.status for r in done})}
-        run_meta["complete"] = len(done) == run_meta["cells"]
-        if ctx.gpu is not None:
-            run_meta["gpu_meters"] = {
-                "copy_bandwidth_bytes_per_s": ctx.gpu.copy_bw.value_per_s, "copy_bandwidth_method": ctx.gpu.copy_bw.method,
-                "copy_bandwidth_samples": list(ctx.gpu.copy_bw.samples_per_s),
-                "energy_counter_update_period_s": getattr(ctx.gpu.meter, "update_period_s", None),
-                "energy_method": ctx.gpu.meter.method,
-                "idle_power": {k: {"power_w": v.power_w, "method": v.method} for k, v in ctx.gpu.idle_by_model.items()}}
-        (out_dir / "run.json").write_text(json.dumps(run_meta, indent=2, default=str), encoding="utf-8")
-        if done:
-            write_tables(done, out_dir)
-        write_report(done, run_meta, out_dir)
-        write_charts(done, out_dir)
-        echo(f"report: {out_dir / 'report.md'}")
-    return out_dir
+
+def _write_views(done: list, meta: dict, out_dir: Path, echo) -> list[str]:
+    from harness.records import write_tables
+    from harness.report import write_charts, write_report
+
+    views = [("report", lambda: write_report(done, meta, out_dir)), ("charts", lambda: write_charts(done, out_dir))]
+    if done:
+        views.insert(0, ("tables", lambda: write_tables(done, out_dir)))
+    errors = []
+    for name, write in views:
+        try:
+            write()
+        except Exception as e:  # noqa: BLE001  (a view that fails must not lose the others or run.json)
+            errors.append(f"{name}: {type(e).__name__}: {e}")
+            echo(f"error: writing the {name} failed: {type(e).__name__}: {e}")
+    return errors
+
+
+def _finish(plan: Plan, wall_s: float, echo) -> Outcome:
+    meta, out_dir = plan.meta, plan.out_dir
+    done = F.read_records(out_dir, echo)
+    planned = {F.cell_key(c) for c in plan.cells}
+    have = {F.cell_key(r): r.status for r in done if F.cell_key(r) in planned}
+    meta["wall_s"] = meta.get("wall_s", 0.0) + wall_s
+    meta["status_counts"] = {s: sum(r.status == s for r in done) for s in sorted({r.status for r in done})}
+    gpu = plan.ctx.gpu
+    if gpu is not None:
+        meta["gpu_meters"] = {
+            "copy_bandwidth_bytes_per_s": gpu.copy_bw.value_per_s, "copy_bandwidth_method": gpu.copy_bw.method,
+            "copy_bandwidth_samples": list(gpu.copy_bw.samples_per_s),
+            "energy_counter_update_period_s": getattr(gpu.meter, "update_period_s", None),
+            "energy_method": gpu.meter.method,
+            "idle_power": {k: {"power_w": v.power_w, "method": v.method} for k, v in gpu.idle_by_model.items()}}
+    meta["missing_cells"] = len(planned) - len(have)
+    errors = _write_views(done, meta, out_dir, echo)
+    meta["view_errors"] = errors
+    meta["complete"] = not meta["missing_cells"] and not errors
+    F.write_run_json(out_dir, meta)
+    echo(f"report: {out_dir / 'report.md'}")
+    failed = sum(s == "failed" for s in have.values())
+    if failed or not meta["complete"]:
+        echo(f"{failed} failed cell(s), {meta['missing_cells']} without a record, {len(errors)} view error(s)"
+             + (f"; finish with: harness run --resume {out_dir}" + (" --retry-failed" if failed else "")
+                if failed or meta["missing_cells"] else ""))
+    return Outcome(out_dir, meta["complete"], failed, errors)

@@ -9,47 +9,12 @@ from __future__ import annotations
 import gc
 import itertools
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from harness.pipeline.timed import MeterSettings
-from harness.quality.settings import QualitySettings
+# The sweep's axes and the run's settings are declared with every other run option.
+from harness.options import METER_MODES, MeterSettings, RunSettings, SweepAxes  # noqa: F401
 from harness.records import Record
-
-
-# Meters during the timed loop: on, off, or alternate (the overhead benchmark: every repetition is
-# measured once with and once without, in ABBA order so that a slow drift cancels).
-METER_MODES = ("on", "off", "alternate")
-
-
-@dataclass(frozen=True)
-class SweepAxes:
-    models: tuple[str, ...]
-    variants: tuple[str, ...]
-    batch_sizes: tuple[int, ...]
-    prompt_tokens: tuple[int, ...]
-    new_tokens: tuple[int, ...]
-    backends: tuple[str, ...] = ("pytorch",)
-    repetitions: int = 1                 # measurements of each cell, on the same prepared engine
-    meters: str = "on"                   # on | off | alternate (each repetition once with, once without)
-
-    def __post_init__(self) -> None:
-        if self.repetitions < 1:
-            raise ValueError(f"repetitions must be at least 1, got {self.repetitions}")
-        if self.meters not in METER_MODES:
-            raise ValueError(f"meters must be one of {', '.join(METER_MODES)}, got {self.meters!r}")
-        from harness.backends import backend_names
-
-        unknown = [b for b in self.backends if b not in backend_names()]
-        if unknown:
-            raise ValueError(f"unknown backend(s) {unknown}; valid backends: {', '.join(backend_names())}")
-        for name in ("models", "variants", "backends", "batch_sizes", "prompt_tokens", "new_tokens"):
-            if not getattr(self, name):
-                raise ValueError(f"sweep axis {name} is empty")
-        for name in ("batch_sizes", "prompt_tokens", "new_tokens"):
-            bad = [v for v in getattr(self, name) if v < 1]
-            if bad:
-                raise ValueError(f"sweep axis {name} needs positive integers, got {bad}")
 
 
 @dataclass(frozen=True)
@@ -100,23 +65,6 @@ def group_cells(cells: Iterable[Cell]) -> list[tuple[str, str, str, list[Cell]]]
     for (m, v, b), grp in itertools.groupby(cells, key=lambda c: (c.model, c.variant, c.backend)):
         out.append((m, v, b, list(grp)))
     return out
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    device: str = "auto"                 # auto | cpu | cuda | cuda:N
-    meter: MeterSettings = field(default_factory=MeterSettings)
-    corpus: str | None = None            # None: pydoc_data.topics
-    cpu_power_w: float | None = None     # for the CPU energy estimate when RAPL is unreadable
-    memory_headroom: float = 0.10        # refuse a model whose weights need more than 90% of free memory
-    compile: bool = True                 # GPU: compile the decode step before capturing it
-    tune: str = "auto"                   # GPU: coordinate-descent tuning: auto (batch 1 only), on, off
-    compile_mode: str = "default"        # GPU: default | max-autotune (see backends.cuda_engine)
-    meters: bool = True                  # False: no cell has meters on (no GPU meters are opened at all)
-    energy_window_s: float = 10.0        # GPU: minimum length of each energy window (full loop, prefill loop)
-    isolation: str = "none"              # process | none (the executor)
-    plugins: tuple[str, ...] = ()        # modules imported before the sweep (and by every worker): extra backends, variants, meters
-    quality: QualitySettings = field(default_factory=QualitySettings)
 
 
 @dataclass

@@ -114,8 +114,9 @@ def test_a_failing_cell_is_a_row_and_the_sweep_goes_on(tmp_path, monkeypatch):
     monkeypatch.setitem(registry.REGISTRY, "int8-wo", registry.Variant(v.name, v.description, v.requires, boom))
     out = tmp_path / "r"
     r = CliRunner().invoke(main, ["run", "--model", "synthetic:tiny", "--variants", "int8-wo,baseline",
-                                  "--quick", "--out", str(out)])
-    assert r.exit_code == 0, r.output
+                                  "--quick", "--isolation", "none", "--out", str(out)])   # the patch is in this process
+    assert r.exit_code == 1, r.output          # a failed cell fails the run, after every cell ran
+    assert r.output.strip().splitlines()[-1] == str(out)
     recs = load_records(out)
     assert [r.status for r in recs] == ["failed", "ok"]
     assert "deliberate failure" in recs[0].reason and recs[0].decode_tok_s is None
@@ -184,7 +185,8 @@ def test_repetitions_with_meter_overhead_reuse_the_engine(tmp_path):
     assert [r.engine.reused for r in recs] == [False, True, True, True]
     assert recs[0].peak_rss_bytes is None and recs[1].peak_rss_bytes > 0   # the RSS sampler is a meter
     run = json.loads((out / "run.json").read_text())
-    assert run["cells"] == 4 and run["settings"]["meters"] == "alternate" and run["settings"]["repetitions"] == 2
+    assert run["cells"] == 4 and run["axes"]["meters"] == "alternate" and run["axes"]["repetitions"] == 2
+    assert run["settings"]["meters"] is True
     md = (out / "report.md").read_text()
     assert "## Repetitions (meters on)" in md and "## Meter overhead" in md
 
@@ -225,5 +227,5 @@ def test_gpu_repetitions_meter_overhead_and_vram_budget(tmp_path):
             assert x.energy_source == "unavailable" and x.energy_j is None and x.power_mean_w is None
     assert [x.engine.reused for x in recs] == [False, True, True, True]
     run = json.loads((out / "run.json").read_text())
-    assert run["settings"]["cuda_allocator"].startswith("expandable_segments:True")
+    assert run["cuda_allocator"].startswith("expandable_segments:True")
     assert "## Meter overhead" in (out / "report.md").read_text()

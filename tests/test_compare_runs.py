@@ -5,7 +5,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from click.testing import CliRunner
 
-from harness.cli_views import compare as compare_cmd
+from harness.cli.views import compare as compare_cmd
 from harness.records import EngineInfo, Record, append_jsonl
 from harness.report.compare import CompareError, compare, parse_thresholds, summary
 

@@ -9,7 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 import harness.profiles.detection as det
-from harness.cli_profiles import detect as detect_cli
+from harness.cli.profiles import detect as detect_cli
 from harness.profiles import detect, load_profiles
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from harness.cli_profiles import plan as plan_cli
+from harness.cli.profiles import plan as plan_cli
 from harness.models.presets import PRESETS
 from harness.models.spec import shape_of
 from harness.plan import (PLAN_STATUSES, POLICIES, VariantError, Workload, parse_variant, parse_variants, plan,
@@ -311,9 +311,9 @@ def test_plan_modules_do_not_import_torch(tmp_path):
     root = Path(__file__).resolve().parents[1]
     code = ("import sys, types; pkg = types.ModuleType('harness.models'); "
             f"pkg.__path__ = [{str(root / 'harness' / 'models')!r}]; sys.modules['harness.models'] = pkg; "
-            "import harness.cli_profiles, harness.plan.output, harness.plan.calibrate, harness.profiles; "
+            "import harness.cli.profiles, harness.plan.output, harness.plan.calibrate, harness.profiles; "
             "from click.testing import CliRunner; "
-            "r = CliRunner().invoke(harness.cli_profiles.plan, ['--model', 'synthetic:tiny', '--format', 'json', "
+            "r = CliRunner().invoke(harness.cli.profiles.plan, ['--model', 'synthetic:tiny', '--format', 'json', "
             "'--profiles', 'h100-sxm-80gb', '--out', sys.argv[1]]); assert r.exit_code == 0, r.output; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "o")], check=True, cwd=root)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from harness.cli_profiles import profiles as profiles_cli
+from harness.cli.profiles import profiles as profiles_cli
 from harness.profiles import FEATURES, Profile, ProfileError, default_profiles_dir, load_profile, load_profiles
 
 REPO = Path(__file__).resolve().parents[1]
@@ -252,5 +252,5 @@ def test_cli_profiles_show_unknown_id_lists_valid():
 def test_cli_profiles_dir_option_reports_bad_file(tmp_path):
     (tmp_path / "bad.yaml").write_text(H100_FILE.read_text().replace("power_w: 700", "power_w: 700 W"))
     res = CliRunner().invoke(profiles_cli, ["list", "--profiles-dir", str(tmp_path)])
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert f"{tmp_path / 'bad.yaml'}: power_w: wrong unit or type" in res.output

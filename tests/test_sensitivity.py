@@ -7,7 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from harness.cli_quality import sensitivity
+from harness.cli.quality import sensitivity
 from harness.quality import QualityReference, QualitySettings, evaluate
 from harness.quality.sensitivity import OnlyPolicy, linear_groups, scan
 from harness.quality.sensitivity_output import write_outputs

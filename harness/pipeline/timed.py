@@ -13,18 +13,9 @@ from typing import Any, Sequence
 
 from harness.meters import stats
 
-DEFAULT_WARMUP = 1
-DEFAULT_MIN_REPEATS = 3
-DEFAULT_MIN_SECONDS = 3.0
-DEFAULT_MAX_REPEATS = 10_000
-
-
-@dataclass(frozen=True)
-class MeterSettings:
-    warmup: int = DEFAULT_WARMUP
-    min_repeats: int = DEFAULT_MIN_REPEATS
-    min_seconds: float = DEFAULT_MIN_SECONDS
-    max_repeats: int = DEFAULT_MAX_REPEATS
+# The timed loop's settings are declared with every other run option.
+from harness.options import (DEFAULT_MAX_REPEATS, DEFAULT_MIN_REPEATS, DEFAULT_MIN_SECONDS,  # noqa: F401,E402
+                             DEFAULT_WARMUP, MeterSettings)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ def load_profile(path: str | Path) -> Profile:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ProfileError(path, "<file>", f"cannot read: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise ProfileError(path, "<file>", f"not UTF-8 text (byte {e.start}: {e.reason})") from e
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from harness.cli_microbench import import_microbench
+from harness.cli.microbench import import_microbench
 from harness.microbench import records_from_benchmark_json
 from harness.records import read_jsonl
 

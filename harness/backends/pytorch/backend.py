@@ -135,7 +135,7 @@ class TorchPrepared:
 
     def _load_and_apply(self, variant, cache: dict) -> None:
         if self.model_spec not in cache:
-            cache[self.model_spec] = load_model(self.model_spec)
+            cache[self.model_spec] = load_model(self.model_spec, self.settings.trust_remote_code)
         self.loaded = cache[self.model_spec]
         self.shape = self.loaded.shape
         self._check_fit()

@@ -1,5 +1,8 @@
 """CLI commands for hardware profiles, detection and the planner: `profiles` (list, show), `detect`,
-`plan`. Registered on the main group in harness/cli.py. No torch is imported here.
+`plan`. Registered on the main group in harness/cli/__init__.py. No torch is imported here; the
+module level holds only what the options' help needs.
+
+A profile file that cannot be used is bad input: exit 2, with the file and key named.
 """
 from __future__ import annotations
 
@@ -9,13 +12,8 @@ from pathlib import Path
 
 import click
 
-from harness.models.spec import ModelSpecError, shape_of
-from harness.plan.calibrate import calibrate_from_dir
-from harness.variants import VariantError, parse_variants, valid_names
-from harness.plan.output import render, write_outputs
-from harness.plan.roofline import DEFAULT_HEADROOM, Workload, plan as plan_rows
-from harness.profiles.detection import detect as detect_profile
-from harness.profiles.loader import load_profiles
+from harness.variants import valid_names
+from harness.plan.roofline import DEFAULT_HEADROOM
 from harness.profiles.schema import FEATURES, Profile, ProfileError
 
 profiles_dir_option = click.option(
@@ -30,10 +28,12 @@ cpu_bandwidth_option = click.option(
 
 
 def _load(profiles_dir: Path | None) -> dict[str, Profile]:
+    from harness.profiles.loader import load_profiles
+
     try:
         return load_profiles(profiles_dir)
     except ProfileError as e:
-        raise click.ClickException(str(e)) from e
+        raise click.UsageError(str(e)) from None
 
 
 def _num(x: float | None, scale: float, fmt: str = "{:,.0f}") -> str:
@@ -122,11 +122,13 @@ def show_profile(profile_id: str, profiles_dir: Path | None, fmt: str) -> None:
 def detect(profiles_dir: Path | None, cpu_power_w: float | None, cpu_bandwidth_gb_s: float | None, fmt: str) -> None:
     """Name the profile of this machine and why (NVML name, memory and compute capability; on a
     CPU-only machine a cpu-<model> profile from /proc/cpuinfo and psutil)."""
+    from harness.profiles.detection import detect as detect_profile
+
     try:
         d = detect_profile(profiles_dir, cpu_power_w=cpu_power_w,
                            cpu_bandwidth_bytes_per_s=None if cpu_bandwidth_gb_s is None else cpu_bandwidth_gb_s * 1e9)
     except ProfileError as e:
-        raise click.ClickException(str(e)) from e
+        raise click.UsageError(str(e)) from None
     if fmt == "json":
         click.echo(json.dumps({"profile": d.profile.id, "reason": d.reason, "detail": d.profile.to_dict()}, indent=2))
     else:
@@ -134,6 +136,8 @@ def detect(profiles_dir: Path | None, cpu_power_w: float | None, cpu_bandwidth_g
 
 
 def _pick_profiles(spec: str, profs: dict[str, Profile]) -> list[Profile]:
+    from harness.profiles.detection import detect as detect_profile
+
     if spec.strip() == "all":
         return list(profs.values())
     out = []
@@ -181,6 +185,12 @@ def plan(model: str, variants: str, context: int, batch: int, profile_spec: str,
     \b
         harness plan --model synthetic:llama-3.1-70b --variants int4-wo --context 8192 --batch 8
     """
+    from harness.models.spec import ModelSpecError, shape_of
+    from harness.plan.calibrate import calibrate_from_dir
+    from harness.variants import VariantError, parse_variants
+    from harness.plan.output import render, write_outputs
+    from harness.plan.roofline import Workload, plan as plan_rows
+
     try:
         shape = shape_of(model)
     except ModelSpecError as e:
