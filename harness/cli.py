@@ -96,6 +96,7 @@ def run(ctx: click.Context, **opts) -> None:
     Writes records.jsonl/.parquet/.csv, run.json, report.md and charts/ into the run folder, whose
     path is the last line printed.
     """
+    from harness.executor import Interrupted
     from harness.run_command import RunRequest, execute
 
     quick = opts.pop("quick")
@@ -118,6 +119,9 @@ def run(ctx: click.Context, **opts) -> None:
             meters=_meter_mode(opts["no_meters"], opts["meter_overhead"]), repetitions=opts["repetitions"],
             energy_window_s=opts["energy_window_s"], quality=q)
         out_dir = execute(req, echo=lambda s: click.echo(s, err=True))
+    except Interrupted as e:   # run.json (complete: false) and the views are written: say where, exit 130/143
+        click.echo(str(e.out_dir))
+        sys.exit(e.exit_code)
     except ValueError as e:  # bad input: spec, variant, corpus, device, profile
         raise click.UsageError(str(e)) from None
     click.echo(str(out_dir))

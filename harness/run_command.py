@@ -66,8 +66,10 @@ def _status_line(rec) -> str:
 
 
 def execute(req: RunRequest, echo: Callable[[str], None] = print) -> Path:
+    from harness.executor import Interrupted, load_plugins
     from harness.variants import parse_variant_list
 
+    load_plugins()   # $HARNESS_PLUGINS: what they register is valid below, and in every worker
     # Validate everything before any model loads.
     models = tuple(m.strip() for m in req.model.split(",") if m.strip())
     for m in models:
@@ -119,9 +121,11 @@ def execute(req: RunRequest, echo: Callable[[str], None] = print) -> Path:
         append_jsonl(jsonl, rec)
         echo(f"[{cell.index + 1}/{n}]   {_status_line(rec)}")
 
-    records = []
+    records, interrupted = [], None
     try:
         records = run_sweep(expand(axes), settings, ctx, on_record=on_record, on_start=on_start)
+    except Interrupted as e:   # the cell in flight is already a failed record; the views still get written
+        records, interrupted = e.records, e
     finally:
         from harness.records import read_jsonl
         from harness.report import write_charts, write_report
@@ -130,6 +134,7 @@ def execute(req: RunRequest, echo: Callable[[str], None] = print) -> Path:
         run_meta["wall_s"] = time.perf_counter() - t_start
         run_meta["status_counts"] = {s: sum(r.status == s for r in done) for s in sorted({r.status for r in done})}
         run_meta["complete"] = len(done) == run_meta["cells"]
+        run_meta["interrupted_by"] = interrupted.signame if interrupted else None
         if ctx.gpu is not None:
             run_meta["gpu_meters"] = {
                 "copy_bandwidth_bytes_per_s": ctx.gpu.copy_bw.value_per_s, "copy_bandwidth_method": ctx.gpu.copy_bw.method,
@@ -143,4 +148,7 @@ def execute(req: RunRequest, echo: Callable[[str], None] = print) -> Path:
         write_report(done, run_meta, out_dir)
         write_charts(done, out_dir)
         echo(f"report: {out_dir / 'report.md'}")
+    if interrupted is not None:
+        interrupted.out_dir = out_dir
+        raise interrupted
     return out_dir
