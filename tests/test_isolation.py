@@ -67,9 +67,10 @@ def test_unknown_isolation_is_refused():
 def test_stderr_tail_and_the_line_that_names_the_crash(tmp_path):
     log = tmp_path / "w.stderr"
     log.write_text("noise\n" * 1000 + "Fatal Python error: Segmentation fault\n\nThread 0x1:\n  File \"x.py\"\n"
-                   + "  File \"y.py\"\n" * 400 + "Extension modules: torch._C\n")
-    tail = stderr_tail(str(log))
-    assert tail.startswith("...  File") and tail.endswith("torch._C\n") and len(tail) <= 2048 + 3
+                   + "  File \"y.py\"\n" * 400 + "Extension modules: " + "torch._C, " * 500 + "\n")
+    tail = stderr_tail(str(log))   # faulthandler's list of extension modules (5 KB here) is left out
+    assert tail.startswith("...  File") and tail.endswith('File "y.py"\n') and len(tail) <= 2048 + 3
+    assert "Extension modules" not in tail
     assert stderr_headline(stderr_tail(str(log), 65536)) == "Fatal Python error: Segmentation fault"
     tb = "Traceback (most recent call last):\n  File \"a.py\"\nUserWarning: x\nValueError: bad shape\n"
     assert stderr_headline(tb) == "ValueError: bad shape"

@@ -246,15 +246,19 @@ def stderr_headline(tail: str) -> str:
 
 
 def stderr_tail(path: str, limit: int = STDERR_TAIL_BYTES) -> str:
+    """The last `limit` characters of a worker's stderr, from a whole line where one starts in the
+    first half. faulthandler's "Extension modules: ..." line (a list of every loaded extension, often
+    longer than the limit by itself) is left out."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - limit))
-            data = f.read()
+            f.seek(max(0, f.tell() - HEADLINE_SCAN_BYTES))
+            text = f.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
-    text = data.decode("utf-8", errors="replace")
-    if size > limit and "\n" in text:
-        text = "..." + text[text.find("\n") + 1:]   # from the first whole line
-    return text
+    text = "".join(ln for ln in text.splitlines(keepends=True) if not ln.startswith("Extension modules:"))
+    if len(text) <= limit:
+        return text
+    text = text[-limit:]
+    cut = text.find("\n")
+    return "..." + (text[cut + 1:] if 0 <= cut < limit // 2 else text)
