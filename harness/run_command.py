@@ -127,7 +127,11 @@ def prepare(opts: RunOptions, given: set[tuple[str, ...]] = frozenset(), echo: C
     """Everything that can be refused, refused before any model loads (ValueError: bad input)."""
     from harness import provenance
     from harness.corpus import load_corpus
+    from harness.executor import load_plugins
     from harness.runner import RunContext, expand, new_run_id
+
+    # plug-ins first: the backends, variants and meters they register are valid below and in every worker
+    load_plugins(opts.settings.plugins)
 
     if opts.retry_failed and opts.resume is None:
         raise ValueError("--retry-failed goes with --resume RUN_DIR")
@@ -200,6 +204,7 @@ def execute(opts: RunOptions, given: set[tuple[str, ...]] = frozenset(), echo: C
 
 
 def run_plan(plan: Plan, echo: Callable[[str], None] = print) -> Outcome:
+    from harness.executor import Interrupted
     from harness.records import append_jsonl
     from harness.runner import run_sweep
 
@@ -217,14 +222,21 @@ def run_plan(plan: Plan, echo: Callable[[str], None] = print) -> Outcome:
         append_jsonl(jsonl, rec)
         echo(f"[{cell.index + 1}/{total}]   {_status_line(rec)}")
 
+    interrupted = None
     try:
         if todo:
             run_sweep(todo, plan.opts.settings, plan.ctx, on_record=on_record, on_start=on_start)
+    except Interrupted as e:   # the cell in flight is already a failed record; the views still get written
+        interrupted = e
+        plan.meta["interrupted_by"] = e.signame
     finally:
         try:
             outcome = _finish(plan, time.perf_counter() - t_start, echo)
         finally:
             plan.lock.release()
+    if interrupted is not None:
+        interrupted.out_dir = plan.out_dir
+        raise interrupted
     return outcome
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 # The sweep's axes and the run's settings are declared with every other run option.
-from harness.options import METER_MODES, MeterSettings, RunSettings, SweepAxes  # noqa: F401
+from harness.options import ISOLATION_MODES, METER_MODES, MeterSettings, RunSettings, SweepAxes  # noqa: F401
 from harness.records import Record
 
 
@@ -130,10 +130,26 @@ def run_group(group: list[Cell], settings: RunSettings, ctx: RunContext,
 def run_sweep(cells: list[Cell], settings: RunSettings, ctx: RunContext,
               on_record: Callable[[Cell, Record, int], None] | None = None,
               on_start: Callable[[Cell, int], None] | None = None) -> list[Record]:
-    """Run the given cells (all of `expand(axes)`, or the ones a resumed run still lacks) in this
-    process; a failing cell becomes a `failed` row and the sweep goes on. Callbacks get the cell and
-    len(cells)."""
-    cells = list(cells)
+    """Run the given cells (all of `expand(axes)`, or the ones a resumed run still lacks); a failing
+    cell becomes a `failed` row and the sweep goes on. Callbacks get the cell and len(cells), in the
+    parent. SIGINT/SIGTERM record the cell in flight as failed and raise harness.executor.Interrupted."""
+    from harness.executor import load_plugins
+    from harness.executor.signals import run_interruptible
+
+    if settings.isolation not in ISOLATION_MODES:
+        raise ValueError(f"isolation must be one of {', '.join(ISOLATION_MODES)}, got {settings.isolation!r}")
+    load_plugins(settings.plugins)
+    if settings.isolation == "process":
+        from harness.executor.local import run_supervised
+
+        return run_supervised(list(cells), settings, ctx, on_record, on_start)
+    return run_interruptible(_run_in_process, list(cells), settings, ctx, on_record, on_start)
+
+
+def _run_in_process(cells: list[Cell], settings: RunSettings, ctx: RunContext,
+                    on_record: Callable[[Cell, Record, int], None] | None = None,
+                    on_start: Callable[[Cell, int], None] | None = None) -> list[Record]:
+    """`--isolation none`: every group in this process, one model instance per spec."""
     n = len(cells)
     records: list[Record] = []
     models: dict[str, object] = {}
@@ -145,10 +161,16 @@ def run_sweep(cells: list[Cell], settings: RunSettings, ctx: RunContext,
 
     groups = group_cells(cells)
     for gi, (model_spec, _v, _b, group) in enumerate(groups):
-        try:
-            run_group(group, settings, ctx, emit, (lambda c: on_start(c, n)) if on_start else None, models)
-        except RetireWorker:
-            pass  # in-process: nothing to restart; later cells report their own errors
+        todo = group
+        while todo:
+            before = len(records)
+            try:
+                run_group(todo, settings, ctx, emit, (lambda c: on_start(c, n)) if on_start else None, models)
+                todo = []
+            except RetireWorker:
+                # in-process there is no fresh worker: the rest of the group goes on here (each of its
+                # cells reports its own error if the device stays unusable), so every cell gets its record
+                todo = todo[len(records) - before:]
         # models are loaded once per spec; drop one when no later group needs it
         if all(g[0] != model_spec for g in groups[gi + 1:]):
             models.pop(model_spec, None)

@@ -105,16 +105,12 @@ def test_bad_quality_threshold_is_a_usage_error(tmp_path):
 
 
 def test_a_failing_cell_is_a_row_and_the_sweep_goes_on(tmp_path, monkeypatch):
-    from harness.variants import registry
-
-    def boom(model, ctx):
-        raise RuntimeError("deliberate failure")
-
-    v = registry.REGISTRY["int8-wo"]
-    monkeypatch.setitem(registry.REGISTRY, "int8-wo", registry.Variant(v.name, v.description, v.requires, boom))
+    # the failing variant comes from a plug-in module (tests/fault_plugin.py), which the spawned
+    # worker imports too: a monkeypatched registry would exist in this process only
+    monkeypatch.setenv("HARNESS_PLUGINS", "fault_plugin")
     out = tmp_path / "r"
-    r = CliRunner().invoke(main, ["run", "--model", "synthetic:tiny", "--variants", "int8-wo,baseline",
-                                  "--quick", "--isolation", "none", "--out", str(out)])   # the patch is in this process
+    r = CliRunner().invoke(main, ["run", "--model", "synthetic:tiny", "--variants", "apply-fails,baseline",
+                                  "--quick", "--out", str(out)])           # in a worker process (the default)
     assert r.exit_code == 1, r.output          # a failed cell fails the run, after every cell ran
     assert r.output.strip().splitlines()[-1] == str(out)
     recs = load_records(out)

@@ -19,8 +19,10 @@ def run(ctx: click.Context, **values) -> None:
     Writes records.jsonl/.parquet/.csv, run.json, report.md and charts/ into the run folder, whose
     path is the last line printed. Exit code 0 when every cell is ok, unsupported or does-not-fit;
     1 when a cell failed or a view could not be written; 2 for bad input, before anything is
-    measured. An interrupted run is finished with --resume RUN_DIR.
+    measured; 130 / 143 after SIGINT / SIGTERM (the cell in flight recorded as failed, run.json and
+    the views written). An interrupted run is finished with --resume RUN_DIR.
     """
+    from harness.executor import Interrupted
     from harness.run_command import prepare, run_plan
 
     given = {name for name in values if ctx.get_parameter_source(name) in _GIVEN}
@@ -29,6 +31,10 @@ def run(ctx: click.Context, **values) -> None:
         plan = prepare(opts, paths, echo=lambda s: click.echo(s, err=True))
     except ValueError as e:  # bad input: spec, variant, corpus, device, profile, output folder, resume
         raise click.UsageError(str(e)) from None
-    outcome = run_plan(plan, echo=lambda s: click.echo(s, err=True))
+    try:
+        outcome = run_plan(plan, echo=lambda s: click.echo(s, err=True))
+    except Interrupted as e:   # run.json (complete: false) and the views are written: say where, exit 130/143
+        click.echo(str(e.out_dir))
+        ctx.exit(e.exit_code)
     click.echo(str(outcome.out_dir))
     ctx.exit(outcome.exit_code)
