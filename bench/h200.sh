@@ -18,6 +18,8 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
 python3 -c "import torchao; print('torchao', torchao.__version__)" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
 python3 -c "import mslk; print('mslk', getattr(mslk, '__version__', '?'))" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
 H="python3 -m harness.cli"
+# print each cell's status line (the run's stderr) and keep the whole log
+hr() { local name=$1; shift; $H run "$@" --out $RUNS/$name 2>&1 | tee "$OUT/$name.log" | grep -E "\]   (ok|failed|unsupported|does-not-fit)" ; }
 M8="--model synthetic:llama-3.1-8b --new-tokens 64 --prompt-tokens 128"
 RUNS=/tmp/runs; mkdir -p $RUNS
 pack() { tar -C $RUNS -czf "$OUT/$1.tar.gz" --exclude='*.parquet' --exclude='*.csv' --exclude='charts' $(ls $RUNS) && rm -rf $RUNS/*; }
@@ -28,11 +30,12 @@ for stage in "$@"; do
       python3 -m pytest -q -x -m gpu --benchmark-disable -p no:cacheprovider tests 2>&1 | tee "$OUT/gpu-tests.log" | tail -25 ;;
     engine)
       # three processes, --tune auto (chosen by measurement, then cached), then untuned for reference
-      for i in 1 2 3; do $H run $M8 --variants baseline --batch 1 --out $RUNS/bf16-b1-auto-$i 2>&1 | tail -2; done
-      $H run $M8 --variants baseline --batch 1 --tune off --out $RUNS/bf16-b1-off 2>&1 | tail -2
+      for i in 1 2 3; do hr bf16-b1-auto-$i $M8 --variants baseline --batch 1; done
+      hr bf16-b1-off $M8 --variants baseline --batch 1 --tune off
+      cat $HARNESS_CACHE_DIR/compile_choices.json 2>/dev/null | head -20
       pack engine ;;
     variants)
-      $H run $M8 --variants baseline,int4-wo,w4a8 --batch 1,8,32 --energy-window-s 3 --out $RUNS/int4-w4a8 2>&1 | tail -3
+      hr w4a8 $M8 --variants baseline,w4a8,int4-wo --batch 1,8,32 --tune off --energy-window-s 3
       pack variants ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac

@@ -17,11 +17,11 @@ from harness.variants.registry import REGISTRY, ApplyResult, Requirements, Varia
 
 NAME = "fault-test"
 # batch size -> what the cell's forward does; other batch sizes run normally
-FAULTS = {2: "raise", 3: "exit", 4: "segfault", 5: "oom-kill", 6: "hang", 7: "cuda-error"}
+FAULTS = {2: "raise", 3: "exit", 4: "segfault", 5: "oom-kill", 6: "hang", 7: "cuda-error", 10: "device-assert"}
 HANG_S = 3600.0
 
 
-def misbehave(fault: str) -> None:
+def misbehave(fault: str, device=None) -> None:
     if fault == "raise":
         raise RuntimeError("deliberate fault in the forward")
     if fault == "exit":
@@ -34,13 +34,18 @@ def misbehave(fault: str) -> None:
         time.sleep(HANG_S)
     if fault == "cuda-error":   # the text torch gives an illegal access: RetireWorker ends the worker
         raise RuntimeError("CUDA error: an illegal memory access was encountered (deliberate)")
+    if fault == "device-assert":   # a real one on a GPU: an out-of-bounds gather trips a device-side assert,
+        import torch               # which poisons the CUDA context for every later cell of this process
+
+        x = torch.zeros(4, device=device)
+        x[torch.tensor([1 << 20], device=device)].sum().item()
 
 
 def _hook(module, args, kwargs):
     ids = kwargs.get("input_ids", args[0] if args else None)
     fault = FAULTS.get(int(ids.shape[0])) if ids is not None else None
     if fault:
-        misbehave(fault)
+        misbehave(fault, ids.device)
 
 
 def _apply(model, ctx) -> ApplyResult:
@@ -55,7 +60,7 @@ def _apply_fails(model, ctx) -> ApplyResult:
 if NAME not in REGISTRY:
     # the baseline's storage layout: these variants change no weight (a hook; an apply that raises)
     _layout = REGISTRY["baseline"].layout
-    register(Variant(NAME, "test-only: faults by batch size (tests/fault_plugin.py)", Requirements(devices=("cpu",)),
+    register(Variant(NAME, "test-only: faults by batch size (tests/fault_plugin.py)", Requirements(devices=("cpu", "cuda")),
                      _apply, layout=_layout, changes_weights=False))
     register(Variant("apply-fails", "test-only: apply() raises (tests/fault_plugin.py)", Requirements(), _apply_fails,
                      layout=_layout))

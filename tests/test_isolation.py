@@ -134,3 +134,24 @@ def test_gpu_run_in_workers_keeps_run_level_gpu_figures(tmp_path):
     assert all(x.mbu is not None and x.energy_source == "nvml_counter" for x in recs)
     g = json.loads((out / "run.json").read_text())["gpu_meters"]
     assert g["copy_bandwidth_bytes_per_s"] > 0 and g["idle_power"]["synthetic:tiny"]["power_w"] > 0
+
+
+@pytest.mark.gpu
+def test_a_real_cuda_error_retires_the_worker_and_later_cells_still_run(tmp_path):
+    """An out-of-bounds gather on the device (a device-side assert) poisons the CUDA context: the cell
+    is failed with the CUDA error, the worker retired, and the next cell of the same group runs in a
+    fresh worker. transformers-generate calls the model's forward, where the plug-in's hook sits."""
+    from harness.cli import main
+    from harness.records import load_records
+
+    out = tmp_path / "cuda-error"
+    r = CliRunner().invoke(main, ["run", "--model", "synthetic:tiny", "--variants", "fault-test", "--device", "cuda",
+                                  "--backends", "transformers-generate", "--batch", "1,10,9", "--quick",
+                                  "--no-quality", "--plugins", "fault_plugin", "--energy-window-s", "1",
+                                  "--out", str(out)])
+    assert r.exit_code == 1, r.output
+    recs = load_records(out)
+    assert [(x.batch_size, x.status) for x in recs] == [(1, "ok"), (10, "failed"), (9, "ok")], [x.reason for x in recs]
+    assert "CUDA error" in recs[1].reason
+    assert recs[1].extra["worker"]["pid"] != recs[2].extra["worker"]["pid"]
+    assert recs[2].decode_tok_s > 0
