@@ -115,12 +115,12 @@ def _config(path: Path, name: str = "config.json") -> dict:
 def context_length(spec: str | ModelSpec) -> tuple[int | None, str]:
     """(longest sequence the model was built for, where that figure comes from), read without
     loading weights. None when the source does not say."""
-    from harness.models import gguf_meta
-
     s = parse_spec(spec) if isinstance(spec, str) else spec
     if s.kind == "synthetic":
         return PRESETS[s.preset].max_position_embeddings, f"preset {s.preset}"
     if s.kind in ("embedded", "gguf"):
+        from harness.models import gguf_meta   # the gguf package: needed only for GGUF files
+
         path = embedded_gguf_path() if s.kind == "embedded" else s.path
         try:
             return gguf_meta.context_length(path), f"{path.name} metadata"
