@@ -19,7 +19,7 @@ python3 -c "import torchao; print('torchao', torchao.__version__)" 2>&1 | tail -
 python3 -c "import mslk; print('mslk', getattr(mslk, '__version__', '?'))" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
 H="python3 -m harness.cli"
 # print each cell's status line (the run's stderr) and keep the whole log
-hr() { local name=$1; shift; $H run "$@" --out $RUNS/$name 2>&1 | tee "$OUT/$name.log" | grep -E "\]   (ok|failed|unsupported|does-not-fit)" ; }
+hr() { local name=$1; shift; timeout ${RUN_TIMEOUT_S:-0} $H run "$@" --out $RUNS/$name 2>&1 | tee "$OUT/$name.log" | grep -E "\]   (ok|failed|unsupported|does-not-fit)" ; }
 M8="--model synthetic:llama-3.1-8b --new-tokens 64 --prompt-tokens 128"
 RUNS=/tmp/runs; mkdir -p $RUNS
 pack() { tar -C $RUNS -czf "$OUT/$1.tar.gz" --exclude='*.parquet' --exclude='*.csv' --exclude='charts' $(ls $RUNS) && rm -rf $RUNS/*; }
@@ -35,7 +35,7 @@ for stage in "$@"; do
       cat $HARNESS_CACHE_DIR/compile_choices.json 2>/dev/null | head -20
       pack engine ;;
     variants)
-      hr w4a8 $M8 --variants baseline,w4a8,int4-wo --batch 1,8,32 --tune off --energy-window-s 3
+      hr w4a8 $M8 --variants baseline,w4a8 --batch 1,8,32 --tune off --energy-window-s 3
       pack variants ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
