@@ -82,7 +82,7 @@ class MeterSettings:
 
 @dataclass(frozen=True)
 class SweepAxes:
-    """What is measured: expanded by harness.runner.expand into an ordered list of cells."""
+    """What is measured: expanded by harness.sweep.expand into an ordered list of cells."""
     models: tuple[str, ...] = opt((EMBEDDED_DEFAULT,), "smollm2-135m (embedded, real weights), synthetic:<preset>, "
                                   "a safetensors folder or a .gguf file.", flag="--model")
     variants: tuple[str, ...] = opt(DEFAULT_VARIANTS, "Comma list of variant names, or 'all'.")

@@ -58,10 +58,10 @@ class Plan:
     """A validated run, its folder locked, run.json written: what `run_plan` measures."""
     opts: RunOptions
     out_dir: Path
-    cells: list                 # every planned cell (harness.runner.Cell)
+    cells: list                 # every planned cell (harness.sweep.Cell)
     todo: list                  # the ones to measure now
     meta: dict                  # run.json
-    ctx: object                 # harness.runner.RunContext
+    ctx: object                 # harness.sweep.RunContext
     lock: F.RunLock
 
 
@@ -128,7 +128,7 @@ def prepare(opts: RunOptions, given: set[tuple[str, ...]] = frozenset(), echo: C
     from harness import provenance
     from harness.corpus import load_corpus
     from harness.executor import load_plugins
-    from harness.runner import RunContext, expand, new_run_id
+    from harness.sweep import RunContext, expand, new_run_id
 
     # plug-ins first: the backends, variants and meters they register are valid below and in every worker
     load_plugins(opts.settings.plugins)

@@ -53,7 +53,7 @@ ForkingPickler.register(MappingProxyType, lambda m: (_mappingproxy, (dict(m),)))
 def run_supervised(cells: list, settings, ctx, on_record=None, on_start=None) -> list:
     """Run `cells` group by group in worker processes; returns their records in cell order. Raises
     Interrupted (carrying the records, the cell in flight recorded as failed) on SIGINT or SIGTERM."""
-    from harness.runner import group_cells
+    from harness.sweep import group_cells
 
     cells = list(cells)
     sup = _Supervisor(len(cells), settings, ctx, on_record, on_start)
@@ -214,7 +214,7 @@ class _Supervisor:
             self.on_record(cell, rec, self.n)
 
     def _fail(self, cell, why: str, proc, log: str) -> None:
-        from harness.runner import cell_record
+        from harness.sweep import cell_record
 
         tail = stderr_tail(log)
         line = stderr_headline(stderr_tail(log, HEADLINE_SCAN_BYTES))

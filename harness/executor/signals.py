@@ -93,7 +93,7 @@ def run_interruptible(loop: Callable, cells, settings, ctx, on_record=None, on_s
     """`--isolation none`: run `loop(cells, settings, ctx, on_record, on_start)` (the in-process sweep)
     with SIGINT/SIGTERM raising inside the cell in flight, never inside on_record (a signal there
     waits for the append to finish). The cell in flight is recorded as failed, then Interrupted."""
-    from harness.runner import cell_record
+    from harness.sweep import cell_record
 
     n = len(cells)
     state = {"cell": None, "emitting": False, "deferred": None}

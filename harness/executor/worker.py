@@ -59,7 +59,7 @@ def worker_main(conn, cells: list, settings, ctx, stderr_path: str) -> None:
     try:
         from harness.executor.plugins import load_plugins
         from harness.records import to_envelope
-        from harness.runner import RetireWorker, run_group
+        from harness.pipeline.group import RetireWorker, run_group
 
         load_plugins(settings.plugins)
         _configure_device(settings)

@@ -30,9 +30,9 @@ class MeterScope:
     """What a factory may look at to decide whether its meter applies to a cell."""
     device_type: str          # "cpu" | "cuda"
     device_index: int | None  # CUDA index, or None
-    cell: Any                 # harness.runner.Cell
-    settings: Any             # harness.runner.RunSettings
-    run_context: Any          # harness.runner.RunContext
+    cell: Any                 # harness.sweep.Cell
+    settings: Any             # harness.options.RunSettings
+    run_context: Any          # harness.sweep.RunContext
 
 
 MeterFactory = Callable[[MeterScope], "Meter | None"]

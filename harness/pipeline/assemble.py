@@ -154,7 +154,7 @@ def _meter_fields(o: CellOutcome, cell, fields: dict, sections: dict, extra: dic
 def assemble_record(cell, ctx, settings, o: CellOutcome):
     """The Record of a measured cell."""
     from harness.records import SECTIONS, build_section
-    from harness.runner import cell_record
+    from harness.sweep import cell_record
 
     m, prepared, choice = o.measurement, o.prepared, o.choice
     fields = timing_fields(m)

@@ -49,7 +49,7 @@ class GroupPipeline:
         return MeterScope(getattr(p, "device_type", "cpu"), index, cell, self.settings, self.ctx)
 
     def _record(self, cell, **kw):
-        from harness.runner import cell_record
+        from harness.sweep import cell_record
 
         p = self.prepared
         if p is not None:
