@@ -367,3 +367,30 @@ def test_cuda_allocator_setting_respects_the_environment(monkeypatch):
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
     assert device.configure_cuda_allocator() == "expandable_segments:True (set by harness)"
     assert calls == ["expandable_segments:True"]
+
+
+def test_an_nvml_error_inside_a_window_closes_it_and_stops_the_sampler(fake):
+    """Issue 12: NVML failing mid-window used to leave the window open and the sampler running, so
+    every later cell failed at begin(). The failed window now closes; the next one measures."""
+    m, clock, f = _meter(fake, [FakeGpu(300.0)], sampler=True)
+    m.begin("full-loop")
+    clock.advance(2.0)
+    f.gpus[0].energy_supported = False                 # the counter read now raises NVMLError
+    with pytest.raises(EnergyCounterError, match="mid-run"):
+        m.end()
+    assert m._start is None and m.sampler._thread is None
+    f.gpus[0].energy_supported = True
+    m.begin("next cell")
+    clock.advance(2.0)
+    w = m.end()
+    assert w.energy_j == pytest.approx(600.0)
+
+
+def test_abort_closes_an_open_window_without_a_result(fake):
+    m, clock, _ = _meter(fake, [FakeGpu(300.0)], sampler=True)
+    m.begin("full-loop")
+    m.abort()
+    assert m._start is None and m.sampler._thread is None
+    m.begin("again")                                   # no "still open" error
+    clock.advance(1.0)
+    assert m.end().energy_j == pytest.approx(300.0)

@@ -80,7 +80,8 @@ def _int8_dq():
 
 def _int4_wo_cuda():
     from torchao.quantization import Int4WeightOnlyConfig
-    # the default "plain" packing needs the mslk package, which has no usable release
+    # the default "plain" packing needs the mslk package (PyPI: mslk-cuda, the `gpu` extra); tile_packed_to_4d
+    # (tinygemm) runs without it
     return Int4WeightOnlyConfig(group_size=INT4_GROUP, int4_packing_format="tile_packed_to_4d")
 
 
@@ -178,7 +179,8 @@ def _probe_w4a8(device_type: str) -> str | None:
 
     why = _probe_w4a8_config(device_type)
     if why and "mslk" in why and importlib.util.find_spec("mslk") is None:
-        return f"torchao Float8DynamicActivationInt4WeightConfig needs the mslk package, which is not installed ({why})"
+        return (f"torchao Float8DynamicActivationInt4WeightConfig needs the mslk package, which is not installed "
+                f"(pip install mslk-cuda, or pip install .[gpu]) ({why})")
     return why
 
 
