@@ -99,12 +99,15 @@ def test_cuda_error_retires_the_worker_and_a_fresh_one_goes_on(fault_sweep):
 
 
 # -- the whole run interrupted ---------------------------------------------------------------------
-def _start_cli(out: Path, new_session: bool) -> subprocess.Popen:
+SWEEP = ["--model", "synthetic:tiny", "--variants", "fault-test", "--batch", "1,6,8", "--prompt-tokens", "8",
+         "--new-tokens", "4", "--warmup", "0", "--repeats", "1", "--min-seconds", "0", "--no-quality",
+         "--device", "cpu", "--cpu-power-w", "40"]
+
+
+def _start_cli(out: Path, new_session: bool, args=None, **env_extra) -> subprocess.Popen:
     env = dict(os.environ, HARNESS_PLUGINS="fault_plugin", HARNESS_PLUGIN_PATH=str(ROOT / "tests"),
-               PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "harness.cli", "run", "--model", "synthetic:tiny", "--variants", "fault-test",
-           "--batch", "1,6,8", "--prompt-tokens", "8", "--new-tokens", "4", "--warmup", "0", "--repeats", "1",
-           "--min-seconds", "0", "--no-quality", "--device", "cpu", "--cpu-power-w", "40", "--out", str(out)]
+               PYTHONPATH=str(ROOT), **env_extra)
+    cmd = [sys.executable, "-m", "harness.cli", "run"] + (args or SWEEP + ["--out", str(out)])
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=new_session)
 
@@ -145,3 +148,29 @@ def test_run_interrupted_mid_sweep(tmp_path, signum):
     assert (out / "report.md").is_file()
     with pytest.raises(ProcessLookupError):                 # no worker left behind
         os.kill(fault_plugin.worker_pid(recs[1]), 0)
+
+
+def test_run_sigkilled_mid_sweep_then_resumed(tmp_path):
+    """SIGKILL to the parent (nothing can be caught): the finished cell's record survives, the lock
+    dies with the process, and --resume measures exactly the two cells without a record."""
+    out = tmp_path / "run"
+    p = _start_cli(out, new_session=True)
+    watchdog = threading.Timer(180, p.kill)
+    watchdog.start()
+    try:
+        for line in p.stderr:
+            if line.startswith("[2/3]") and "batch=6" in line:   # cell 1 recorded, cell 2 hanging
+                break
+        os.killpg(p.pid, signal.SIGKILL)                          # the parent and its worker
+        p.wait(timeout=60)
+    finally:
+        watchdog.cancel()
+    assert p.returncode == -signal.SIGKILL
+    assert [(r.batch_size, r.status) for r in load_records(out)] == [(1, "ok")]
+    assert json.loads((out / "run.json").read_text())["complete"] is False
+    r = _start_cli(out, new_session=True, args=["--resume", str(out)], FAULT_PLUGIN_NO_HANG="1")
+    stdout, stderr = r.communicate(timeout=300)
+    assert r.returncode == 0, stderr
+    recs = load_records(out)
+    assert [(x.batch_size, x.status) for x in recs] == [(1, "ok"), (6, "ok"), (8, "ok")]   # none lost, none twice
+    assert json.loads((out / "run.json").read_text())["complete"] is True
