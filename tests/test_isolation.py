@@ -130,7 +130,8 @@ def test_gpu_run_in_workers_keeps_run_level_gpu_figures(tmp_path):
     assert r.exit_code == 0, r.output
     recs = load_records(out)
     assert [x.status for x in recs] == ["ok", "ok"], [x.reason for x in recs]
-    assert recs[0].extra["worker"]["pid"] != recs[1].extra["worker"]["pid"] != os.getpid()
+    # one worker per model: both variants ran in it, the model loaded once
+    assert recs[0].extra["worker"]["pid"] == recs[1].extra["worker"]["pid"] != os.getpid()
     assert all(x.mbu is not None and x.energy_source == "nvml_counter" for x in recs)
     g = json.loads((out / "run.json").read_text())["gpu_meters"]
     assert g["copy_bandwidth_bytes_per_s"] > 0 and g["idle_power"]["synthetic:tiny"]["power_w"] > 0
@@ -155,3 +156,14 @@ def test_a_real_cuda_error_retires_the_worker_and_later_cells_still_run(tmp_path
     assert "CUDA error" in recs[1].reason
     assert recs[1].extra["worker"]["pid"] != recs[2].extra["worker"]["pid"]
     assert recs[2].decode_tok_s > 0
+
+
+def test_one_worker_per_model_runs_every_variant_group_of_it(tmp_path):
+    """The model is loaded once per worker, so a worker takes all the groups of its model: two
+    variants of tiny share a worker; a crash in one still costs only its own cell (test_faults)."""
+    from harness.runner import run_sweep
+
+    cells = fault_plugin.tiny_cells((1,), variants=("baseline", "int8-wo"))
+    recs = run_sweep(cells, fault_plugin.tiny_settings(), fault_plugin.tiny_context())
+    assert [(r.variant, r.status) for r in recs] == [("baseline", "ok"), ("int8-wo", "ok")]
+    assert fault_plugin.worker_pid(recs[0]) == fault_plugin.worker_pid(recs[1]) != os.getpid()

@@ -1,13 +1,14 @@
-"""The supervisor: runs each (model, variant, backend) group in a spawned worker process, so that a
-crash, a hang or an exhausted device costs one cell, never the sweep.
+"""The supervisor: runs the cells of each model in a spawned worker process, so that a crash, a hang
+or an exhausted device costs one cell, never the sweep.
 
-One worker per group (the model is loaded once per group, in the worker). The parent blocks on the
+One worker per model: its (model, variant, backend) groups run one after the other in it, so the
+model is loaded (and its baseline quality reference built) once, as in one process. The parent blocks on the
 worker's pipe, its process sentinel and the signal pipe (multiprocessing.connection.wait with the
 cell's deadline as timeout, never polling); it calls on_start / on_record as the messages arrive and
 appends nothing itself. When a worker dies with a cell in flight (a signal, a non-zero exit, the host
 OOM killer, or the parent killing it at the cell timeout), that cell becomes a `failed` record naming
 the cause, with the tail of the worker's stderr in `extra["worker_stderr_tail"]`; a fresh worker runs
-the rest of the group. A worker that retires (RetireWorker: a CUDA error) is replaced the same way.
+the rest of the model's cells. A worker that retires (RetireWorker: a CUDA error) is replaced the same way.
 Every cell gets exactly one record, in the order of the cells, unless a signal stops the sweep.
 
 Timeout: `settings.cell_timeout_s` counts from the cell's ("start") message, so it covers the first
@@ -51,16 +52,16 @@ ForkingPickler.register(MappingProxyType, lambda m: (_mappingproxy, (dict(m),)))
 
 
 def run_supervised(cells: list, settings, ctx, on_record=None, on_start=None) -> list:
-    """Run `cells` group by group in worker processes; returns their records in cell order. Raises
+    """Run `cells` model by model in worker processes; returns their records in cell order. Raises
     Interrupted (carrying the records, the cell in flight recorded as failed) on SIGINT or SIGTERM."""
-    from harness.sweep import group_cells
+    import itertools
 
     cells = list(cells)
     sup = _Supervisor(len(cells), settings, ctx, on_record, on_start)
     with SignalWatch() as watch:
         sup.watch = watch
-        for _m, _v, _b, group in group_cells(cells):
-            pending = list(group)
+        for _model, same_model in itertools.groupby(cells, key=lambda c: c.model):
+            pending = list(same_model)
             while pending:
                 if watch.signum is not None:   # arrived while a record was appended: start no other worker
                     raise Interrupted(watch.signum, sup.records)
@@ -79,7 +80,7 @@ class _Supervisor:
 
     # -- one worker -------------------------------------------------------------------------------
     def run_worker(self, pending: list) -> list:
-        """Start a worker for `pending` (cells of one group, in order) and supervise it until it ends;
+        """Start a worker for `pending` (cells of one model, in order) and supervise it until it ends;
         returns the cells still to run (after a crash, the one in flight already has its record)."""
         fd, log = tempfile.mkstemp(prefix="harness-worker-", suffix=".stderr")
         os.close(fd)

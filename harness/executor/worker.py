@@ -1,4 +1,5 @@
-"""The worker process: runs the cells of one group with `run_group` and reports over a pipe.
+"""The worker process: runs the cells of one model, group by group with `run_group` (the model loaded
+once for all of them), and reports over a pipe.
 
 Messages to the parent, in order:
     ("start", cell_index)             before each cell
@@ -60,6 +61,7 @@ def worker_main(conn, cells: list, settings, ctx, stderr_path: str) -> None:
         from harness.executor.plugins import load_plugins
         from harness.records import to_envelope
         from harness.pipeline.group import RetireWorker, run_group
+        from harness.sweep import group_cells
 
         load_plugins(settings.plugins)
         _configure_device(settings)
@@ -69,8 +71,10 @@ def worker_main(conn, cells: list, settings, ctx, stderr_path: str) -> None:
             rec.extra["worker"] = {"pid": os.getpid()}   # which process measured it (a crash record says the same)
             conn.send(("record", cell.index, to_envelope(rec)))
 
+        models: dict = {}   # one model for all the groups of this worker
         try:
-            run_group(cells, settings, ctx, emit, lambda cell: conn.send(("start", cell.index)))
+            for _m, _v, _b, group in group_cells(cells):
+                run_group(group, settings, ctx, emit, lambda cell: conn.send(("start", cell.index)), models)
             end = ("done", None)
         except RetireWorker as e:
             end = ("retire", str(e))
