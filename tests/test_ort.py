@@ -1,13 +1,15 @@
 """ONNX Runtime backend without running the model builder: EP choice, unsupported reasons, the cache's
 manifest checks and the builder's architecture pre-check. (tests/test_ort_build.py exports models.)"""
 import json
+import re
 from types import SimpleNamespace
 
 import pytest
 
 pytest.importorskip("onnxruntime_genai")
 
-from harness.backends.ort import OrtBackend, OrtSettings, OrtUnsupported, UnknownEpError, UnknownKernelError  # noqa: E402
+from harness.backends.ort import (OrtBackend, OrtSettings, OrtUnsupported, UnknownEpError,  # noqa: E402
+                                  UnknownKernelError)
 from harness.backends.ort import cache as ort_cache  # noqa: E402
 from harness.backends.ort import eps  # noqa: E402
 from harness.backends.ort.recipes import CPU_EP, RECIPES  # noqa: E402
@@ -162,5 +164,5 @@ def test_architecture_the_builder_refuses_is_unsupported_with_its_name(backend):
     with pytest.raises(OrtUnsupported) as e:
         backend.prepare(_gpt2_loaded(), "baseline")
     assert "cannot export architecture GPT2LMHeadModel" in e.value.reason
-    assert "LlamaForCausalLM" not in e.value.reason or "architectures:" in e.value.reason
+    assert re.search(r"it exports \d+ architectures: ", e.value.reason)
     assert not [p for p in backend.root.iterdir() if p.name not in ("hf",)]   # no build entry was made

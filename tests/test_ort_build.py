@@ -111,7 +111,8 @@ def test_cache_hit_builds_nothing(backend, built, tiny_loaded):
 
 def test_version_change_is_a_new_entry(backend, built, tiny_loaded, monkeypatch):
     real = ort_cache.tool_versions()
-    monkeypatch.setattr(ort_cache, "tool_versions", lambda: dict(real, **{"onnxruntime-genai": real["onnxruntime-genai"] + ".post9"}))
+    bumped = dict(real, **{"onnxruntime-genai": real["onnxruntime-genai"] + ".post9"})
+    monkeypatch.setattr(ort_cache, "tool_versions", lambda: bumped)
     rebuilt = backend.prepare(tiny_loaded, "baseline")
     assert not rebuilt.cache_hit and rebuilt.model_dir != built["baseline"].model_dir
     assert built["baseline"].model_dir.is_dir()

@@ -84,10 +84,12 @@ class OrtBackend:
 
     def __init__(self, settings: OrtSettings | None = None):
         self.settings = settings or OrtSettings()
-        self.root = Path(self.settings.cache_dir).expanduser() if self.settings.cache_dir else ort_cache.cache_root()
+        cache_dir = self.settings.cache_dir
+        self.root = Path(cache_dir).expanduser() if cache_dir else ort_cache.cache_root()
         known = {k.name for r in RECIPES.values() for k in r.kernels}
         if self.settings.kernel is not None and self.settings.kernel not in known:
-            raise UnknownKernelError(f"unknown ort kernel {self.settings.kernel!r}; choices: {', '.join(sorted(known))}")
+            raise UnknownKernelError(f"unknown ort kernel {self.settings.kernel!r}; "
+                                     f"choices: {', '.join(sorted(known))}")
 
     def resolve(self, variant_name: str, profile=None, ep: str | None = None,
                 kernel: str | None = None) -> tuple[Recipe | None, Kernel | None, str, str | None]:
@@ -101,7 +103,8 @@ class OrtBackend:
                 return None, None, ep_name, f"{pkg} is not installed ({e}); pip install 'harness[ort]'"
         base, _, policy = variant_name.partition("@")
         if policy:
-            return None, None, ep_name, f"{variant_name}: mixed-precision policies are not implemented on the ort backend"
+            why = f"{variant_name}: mixed-precision policies are not implemented on the ort backend"
+            return None, None, ep_name, why
         recipe = RECIPES.get(base)
         if recipe is None:
             return None, None, ep_name, f"{base}: no ONNX Runtime recipe (ort variants: {', '.join(RECIPES)})"

@@ -60,5 +60,5 @@ def ep_reason(ep: str) -> str | None:
     if ep not in available_eps():
         return f"{ep} not available on this machine"
     if ep not in GENAI_PROVIDERS:
-        return f"{ep}: onnxruntime-genai has no provider of that name (it knows {', '.join(p for p in GENAI_PROVIDERS)})"
+        return f"{ep}: onnxruntime-genai has no provider for it (it runs {', '.join(GENAI_PROVIDERS)})"
     return None

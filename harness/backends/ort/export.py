@@ -132,7 +132,11 @@ def _builder_failure(log_path: Path, rc: int, hf_dir: Path) -> BuildError:
         arch = _architecture(hf_dir)
         return BuildError(f"the onnxruntime-genai model builder cannot export architecture {arch} ({last})",
                           unsupported=True)
-    return BuildError(f"model builder exited with status {rc}: {last} (log: {log_path})")
+    # the log lives in the scratch folder, which is removed on failure: keep a copy beside the cache
+    kept = log_path.parent.parent / "failed" / f"{log_path.parent.name.lstrip('.')}.log"
+    kept.parent.mkdir(exist_ok=True)
+    shutil.copy2(log_path, kept)
+    return BuildError(f"model builder exited with status {rc}: {last} (log: {kept})")
 
 
 def _architecture(hf_dir: Path) -> str:

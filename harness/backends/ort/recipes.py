@@ -60,7 +60,8 @@ class Recipe:
     def ep_reason(self, kernel: Kernel, ep: str) -> str | None:
         """Why this kernel has no implementation on `ep`, or None."""
         if ep not in self.eps:
-            return f"{self.variant}: no recipe for {ep} ({self.ep_note or 'the model builder targets ' + ', '.join(self.eps)})"
+            note = self.ep_note or "the model builder targets " + ", ".join(self.eps)
+            return f"{self.variant}: no recipe for {ep} ({note})"
         if kernel.cpu_only and ep != CPU_EP:
             return (f"{self.variant} ({kernel.name}): int8 activations (accuracy_level 4) are a CPU EP kernel; "
                     f"{ep} computes MatMulNBits in floating point")
