@@ -16,6 +16,8 @@ _BACKENDS: dict[str, str | Callable[[], Backend]] = {
     "pytorch": "harness.backends.pytorch.backend:PytorchBackend",
     # transformers' eager generate(), what users get by default, for comparison
     "transformers-generate": "harness.backends.generate.backend:GenerateBackend",
+    # ONNX Runtime through onnxruntime-genai (the `ort` extra); the EP comes from the profile
+    "ort": "harness.backends.ort.cell:OrtCellBackend",
 }
 
 
