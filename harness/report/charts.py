@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from harness.records import Record, primary, write_view  # noqa: E402
+from harness.report.fmt import machine  # noqa: E402,F401  (re-exported: html and figures use it)
 
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 8})
 
@@ -38,13 +39,6 @@ class Chart:
 def txt(s) -> str:
     """A user-supplied name as literal chart text: `$` would start matplotlib's mathtext."""
     return str(s).replace("$", r"\$")
-
-
-def machine(r: Record) -> str:
-    """The hardware a record was measured on, from its own provenance (records of merged runs differ)."""
-    p = r.provenance or {}
-    gpus = p.get("gpus") or []
-    return str(gpus[0]) if gpus else str(p.get("cpu") or "unknown machine")
 
 
 def context(records: list[Record]) -> str:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.records import Record, cell_key, primary, write_view
-from harness.report.charts import machine
+from harness.report.fmt import machine
 from harness.report.fmt import NA, mb, ms, num, sig
 
 GROUP = ("profile", "model", "backend", "variant")   # one summary row per these
