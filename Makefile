@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 RUN_ARGS ?=
 
-.PHONY: run test install microbench clean
+.PHONY: run test install microbench nightly browser clean
 
 $(BIN)/python:
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
@@ -30,8 +30,25 @@ install: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(BIN)/harness run $(RUN_ARGS)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed browser
 	$(BIN)/python -m pytest -q -x --benchmark-disable
+
+# Headless Chromium for the HTML report test (Debian's package; root only). Where it cannot be
+# installed the test skips saying how, except under CI=true, where it fails.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
+	    echo "chromium not installed (run as root: apt-get install -y chromium); the HTML browser test will skip"; }
+
+# A fixed small sweep on the embedded default model, added to the history and compared with the
+# previous entry of the same machine and profile: exit 1 on a regression, 2 when no cell is in common.
+NIGHTLY_STORE ?= results/history
+NIGHTLY_FAIL_ON ?= decode_tok_s:-5%
+nightly: $(VENV)/.installed
+	@out=results/nightly/$$(date -u +%Y%m%dT%H%M%SZ); \
+	$(BIN)/harness run --quick --variants baseline,int8-wo --out $$out && \
+	$(BIN)/harness history add $$out --store $(NIGHTLY_STORE) --compare --fail-on "$(NIGHTLY_FAIL_ON)"
 
 microbench: $(VENV)/.installed
 	$(BIN)/python -m pytest -q tests/microbench --benchmark-only --benchmark-json=results/microbench.json

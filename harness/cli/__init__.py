@@ -6,6 +6,7 @@ is shown), so `harness report`, `compare` and `plan` start without torch:
     profiles, detect, plan    harness/cli/profiles.py
     sensitivity               harness/cli/quality.py
     import-microbench         harness/cli/microbench.py
+    history (add, show)       harness/cli/history.py
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ COMMANDS = {
     "plan": ("harness.cli.profiles", "plan"),
     "sensitivity": ("harness.cli.quality", "sensitivity"),
     "import-microbench": ("harness.cli.microbench", "import_microbench"),
+    "history": ("harness.cli.history", "history"),
 }
 
 

@@ -10,12 +10,8 @@ from pathlib import Path
 import click
 
 
-@click.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def report(run_dir: Path) -> None:
-    """Rewrite report.md, the tables and charts/ of RUN_DIR from its records (nothing is re-measured)."""
-    from harness.records import RecordsWriteError, load_records, write_tables
-    from harness.report import write_charts, write_report
+def _load_run(run_dir: Path):
+    from harness.records import load_records
 
     try:
         records = load_records(run_dir)
@@ -26,15 +22,40 @@ def report(run_dir: Path) -> None:
         run = json.loads(run_json.read_text()) if run_json.is_file() else {}
     except ValueError as e:
         raise click.UsageError(f"{run_json}: not valid JSON: {e}") from None
+    return records, run
+
+
+@click.command()
+@click.argument("run_dirs", metavar="RUN_DIR...", nargs=-1, required=True,
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of the merged report when several RUN_DIRs are given (required then).")
+def report(run_dirs: tuple[Path, ...], out: Path | None) -> None:
+    """Rewrite report.md, report.html, the tables and charts/ of RUN_DIR from its records (nothing is
+    re-measured). Several RUN_DIRs (a CPU run and a GPU run, say) merge into one comparative report in
+    --out, keyed by machine and profile."""
+    from harness.records import RecordsWriteError, write_tables
+    from harness.report import write_charts, write_report
+    from harness.report.markdown import render_merged
+
+    if len(run_dirs) > 1 and out is None:
+        raise click.UsageError("several RUN_DIRs merge into one report: say where with --out DIR")
+    loaded = [_load_run(d) for d in run_dirs]
+    records = [r for recs, _ in loaded for r in recs]
+    target = run_dirs[0] if len(run_dirs) == 1 else out
     try:
-        write_tables(records, run_dir)
-        write_report(records, run, run_dir)
-        charts = write_charts(records, run_dir)
+        target.mkdir(parents=True, exist_ok=True)
+        write_tables(records, target)
+        if len(run_dirs) == 1:
+            write_report(records, loaded[0][1], target)
+        else:
+            render_merged(records, [run for _, run in loaded], target)
+        charts = write_charts(records, target)
     except RecordsWriteError as e:   # a full disk: the old views are left whole
         raise click.ClickException(str(e)) from None
     for p in charts:
         click.echo(str(p))
-    click.echo(str(run_dir / "report.md"))
+    click.echo(str(target / "report.md"))
 
 
 @click.command()

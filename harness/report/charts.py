@@ -1,6 +1,13 @@
-"""Charts drawn from Records with matplotlib (Agg: no display needed)."""
+"""Charts drawn from Records with matplotlib (Agg: no display needed).
+
+Each chart function in harness.report.figures returns a Chart: the figure and a small description
+(title, what each bar or point is, its colour) that tests read instead of pixels. `write_charts`
+saves each one as PNG under charts/ and writes report.html with the same images embedded.
+"""
 from __future__ import annotations
 
+import base64
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -9,99 +16,97 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from harness.records import Record, primary, write_view  # noqa: E402
+from harness.report.fmt import machine  # noqa: E402,F401  (re-exported: html and figures use it)
+
+plt.rcParams.update({"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 8})
+
+# quality verdict -> bar colour: a failing variant must not look like the winner
+VERDICT_COLOURS = {"pass": "#2e8b57", "fail": "#c0392b", "not-meaningful": "#999999", "skipped": "#7aa6d8",
+                   "": "#3b7dd8"}
+VERDICT_NAMES = {"pass": "quality pass", "fail": "quality FAIL", "not-meaningful": "quality not meaningful",
+                 "skipped": "quality skipped", "": "quality not measured"}
+STATUS_COLOUR = "#f0b400"   # cells that did not run (unsupported, failed, does-not-fit): drawn, not dropped
 
 
-def _txt(s: str) -> str:
+@dataclass
+class Chart:
+    name: str                     # file stem under charts/
+    fig: object                   # matplotlib Figure
+    info: dict = field(default_factory=dict)   # title, bars/points: what the chart claims, for tests
+    caption: str = ""             # one line under the image in report.html
+
+
+def txt(s) -> str:
     """A user-supplied name as literal chart text: `$` would start matplotlib's mathtext."""
     return str(s).replace("$", r"\$")
 
 
-def _label(r: Record) -> str:
-    return f"{_txt(r.variant)}\nb{r.batch_size} p{r.prompt_tokens}"
+def context(records: list[Record]) -> str:
+    """'profile (machine) · model · backend' for a title: the question is which variant on which hardware."""
+    def join(values):
+        vals = sorted({str(v) for v in values})
+        return ", ".join(vals[:3]) + (f" +{len(vals) - 3}" if len(vals) > 3 else "") if vals else "?"
+    hw = join(f"{r.profile} ({machine(r)})" for r in records)
+    return txt(f"{hw} · {join(r.model for r in records)} · backend {join(r.backend for r in records)}")
 
 
-def _save(fig, path: Path, dpi: int) -> Path:
+def verdict_colour(r: Record) -> str:
+    if r.status != "ok":
+        return STATUS_COLOUR
+    return VERDICT_COLOURS.get(r.quality_verdict or "", VERDICT_COLOURS[""])
+
+
+def pareto(points: list[tuple[float, float]], x_higher: bool, y_higher: bool) -> list[int]:
+    """Indices of the non-dominated points: none other is at least as good on both axes and better on one."""
+    def better_eq(a, b, higher):
+        return a >= b if higher else a <= b
+
+    out = []
+    for i, (xi, yi) in enumerate(points):
+        dominated = any(better_eq(xj, xi, x_higher) and better_eq(yj, yi, y_higher) and (xj, yj) != (xi, yi)
+                        for j, (xj, yj) in enumerate(points) if j != i)
+        if not dominated:
+            out.append(i)
+    return out
+
+
+def _save(fig, path: Path, dpi: int = 110) -> Path:
     """Through a temporary name (format given: the name's suffix is not .png), renamed once whole."""
+    return write_view(path, lambda p: fig.savefig(p, dpi=dpi, format="png"), "the chart")
+
+
+def build_charts(records: list[Record]) -> list[Chart]:
+    """Every chart the records have data for (primary records: one figure per cell)."""
+    from harness.report import figures
+
+    rs = primary(records)
+    out = [figures.decode_per_batch(rs)]
+    ok = [r for r in rs if r.status == "ok"]
+    for fn in (figures.decode_vs_batch, figures.ttft_vs_prompt, figures.memory, figures.energy_per_token,
+               figures.quality_vs_speed, figures.quality_vs_energy, figures.tpot_distribution,
+               figures.power_timeline):
+        chart = fn(ok)
+        if chart is not None:
+            out.append(chart)
+    return out
+
+
+def write_charts(records: list[Record], out_dir: Path, html: bool = True) -> list[Path]:
+    """charts/*.png, and report.html beside report.md with the same images embedded (base64)."""
+    charts_dir = Path(out_dir) / "charts"
+    charts_dir.mkdir(parents=True, exist_ok=True)
+    paths, images = [], []
+    charts = build_charts(records)
     try:
-        return write_view(path, lambda p: fig.savefig(p, dpi=dpi, format="png"), "the chart")
+        for chart in charts:
+            path = _save(chart.fig, charts_dir / f"{chart.name}.png")
+            paths.append(path)
+            images.append((chart, base64.b64encode(path.read_bytes()).decode("ascii")))
     finally:
-        plt.close(fig)
+        for chart in charts:
+            plt.close(chart.fig)
+    if html:
+        from harness.report.html import write_html
 
-
-def write_charts(records: list[Record], out_dir: Path) -> list[Path]:
-    charts = out_dir / "charts"
-    charts.mkdir(parents=True, exist_ok=True)
-    ok = [r for r in primary(records) if r.status == "ok"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(ok) + 4), 4.5))
-    labels = [_label(r) for r in ok]
-    x = range(len(ok))
-    ax1.bar(x, [r.decode_tok_s or 0 for r in ok], color="#3b7dd8",
-            yerr=[r.decode_tok_s_stdev or 0 for r in ok], capsize=3)
-    ax1.set_xticks(list(x), labels, fontsize=8)
-    ax1.set_ylabel("decode tokens/s (measured)")
-    ax1.set_title("Decode throughput per variant")
-    mem = [(r.peak_vram_bytes or r.peak_rss_bytes or 0) / 1e6 for r in ok]
-    wts = [(r.weight_bytes or 0) / 1e6 for r in ok]
-    ax2.bar([i - 0.2 for i in x], mem, width=0.4, label="peak memory (RSS or VRAM)", color="#d8843b")
-    ax2.bar([i + 0.2 for i in x], wts, width=0.4, label="resident weights", color="#6aa84f")
-    ax2.set_xticks(list(x), labels, fontsize=8)
-    ax2.set_ylabel("MB")
-    ax2.set_title("Peak memory and weight bytes")
-    ax2.legend(fontsize=8)
-    if not ok:
-        for ax in (ax1, ax2):
-            ax.text(0.5, 0.5, "no cell ran", ha="center", va="center", transform=ax.transAxes)
-    fig.suptitle(_txt(ok[0].model) if ok and len({r.model for r in ok}) == 1 else "harness run", fontsize=10)
-    fig.tight_layout()
-    paths = [_save(fig, charts / "decode_tok_s.png", 110)]
-    if len({r.batch_size for r in ok}) > 1:
-        paths.append(_batch_curve(ok, charts / "decode_vs_batch.png"))
-    timed = [r for r in ok if (r.energy.power_timeline or {}).get("t_s")]
-    if timed:
-        paths.append(_power_timelines(timed, charts / "power_timeline.png"))
+        paths.append(write_html(records, out_dir, images))
     return paths
-
-
-def _power_timelines(rs: list[Record], path: Path) -> Path:
-    """NVML instant power over each cell's full-loop energy window, with its mean (counter energy /
-    window) and the idle power measured for the model."""
-    n = len(rs)
-    cols = min(n, 4)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False, sharey=True)
-    for ax, r in zip(axes.flat, rs):
-        tl = r.energy.power_timeline
-        ax.plot(tl["t_s"], tl["power_w"], lw=0.8, color="#3b7dd8", label=f"instant power ({tl.get('rate_hz', 0):.0f} Hz)")
-        if r.power_mean_w is not None:
-            ax.axhline(r.power_mean_w, color="#d8843b", ls="--", lw=1, label=f"mean {r.power_mean_w:.0f} W (counter)")
-        if r.idle_power_w is not None:
-            ax.axhline(r.idle_power_w, color="#888888", ls=":", lw=1, label=f"idle {r.idle_power_w:.0f} W")
-        ax.set_title(f"{_txt(r.variant)} [{_txt(r.backend)}] b{r.batch_size} p{r.prompt_tokens}", fontsize=8)
-        ax.set_xlabel("s into the window", fontsize=8)
-        ax.legend(fontsize=6, loc="lower right")
-    for ax in axes.flat[n:]:
-        ax.axis("off")
-    axes[0][0].set_ylabel("W (NVML_FI_DEV_POWER_INSTANT)")
-    fig.tight_layout()
-    return _save(fig, path, 100)
-
-
-def _batch_curve(ok: list[Record], path: Path) -> Path:
-    """Decode tokens/s against batch size, one line per (variant, backend, prompt length)."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    series: dict[tuple, list[Record]] = {}
-    for r in ok:
-        series.setdefault((r.variant, r.backend, r.prompt_tokens), []).append(r)
-    for (variant, backend, prompt), rs in sorted(series.items()):
-        rs = sorted(rs, key=lambda r: r.batch_size)
-        ax.plot([r.batch_size for r in rs], [r.decode_tok_s for r in rs], marker="o",
-                label=f"{_txt(variant)} / {_txt(backend)} / prompt {prompt}")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("decode tokens/s (all sequences, measured)")
-    ax.set_title("Decode throughput vs batch")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return _save(fig, path, 110)

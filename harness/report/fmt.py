@@ -31,3 +31,11 @@ def md(x) -> str:
     if x is None:
         return NA
     return str(x).translate(_MD_ESCAPES)
+
+
+def machine(r) -> str:
+    """The hardware a record was measured on, from its own provenance (records of merged runs differ):
+    its first GPU's name, else its CPU's."""
+    p = r.provenance or {}
+    gpus = p.get("gpus") or []
+    return str(gpus[0]) if gpus else str(p.get("cpu") or "unknown machine")

@@ -156,3 +156,37 @@ def write_report(records: list[Record], run: dict, out_dir: Path) -> Path:
     """report.md, written whole under a temporary name and renamed (RecordsWriteError on failure)."""
     text = render_report(records, run)
     return write_view(Path(out_dir) / "report.md", lambda p: p.write_text(text, encoding="utf-8"), "the report")
+
+
+def _machine_of(run: dict) -> str:
+    prov = run.get("provenance", {})
+    return ", ".join(prov.get("gpus") or []) or str(prov.get("cpu") or "?")
+
+
+def render_merged_text(records: list[Record], runs: list[dict]) -> str:
+    """The Markdown report of several runs side by side: their machines and profiles, then one summary
+    row per variant and machine/profile (tables through tabulate, every cell escaped with md)."""
+    from tabulate import tabulate
+
+    from harness.report.html import summary
+
+    run_rows = [[md(run.get("run_id", "?")), md(_machine_of(run)), md(run.get("profile", "?")),
+                 md(str(run.get("provenance", {}).get("git_commit"))[:12]), md(run.get("provenance", {}).get("utc_time"))]
+                for run in runs]
+    lines = ["# harness report of " + str(len(runs)) + " runs", "", "## Runs", "",
+             tabulate(run_rows, ["run", "machine", "profile", "harness commit", "started (UTC)"], tablefmt="github"),
+             "", "## Summary: one row per variant, machine and profile", ""]
+    rows = [[md(s.machine), md(s.profile), md(s.model), md(s.backend), md(s.variant), f"{s.cells_ok} / {s.cells}",
+             s.decode_tok_s, s.decode_ratio, s.weights_mb, s.weights_ratio, md(s.j_per_token), md(s.verdict),
+             md("; ".join(s.problems)) or NA] for s in summary(records)]
+    lines.append(tabulate(rows, ["machine", "profile", "model", "backend", "variant", "cells ok",
+                                 "decode tok/s (largest batch)", "vs baseline", "weights MB", "vs baseline",
+                                 "J/token decode", "quality", "did not run"], tablefmt="github", disable_numparse=True))
+    lines += ["", "Ratios: geometric mean over the variant's cells of variant / baseline of the same cell on the "
+              "same machine and profile. Per-cell tables: each run's own report.md."]
+    return "\n".join(lines) + "\n"
+
+
+def render_merged(records: list[Record], runs: list[dict], out_dir: Path) -> Path:
+    text = render_merged_text(records, runs)
+    return write_view(Path(out_dir) / "report.md", lambda p: p.write_text(text, encoding="utf-8"), "the report")
