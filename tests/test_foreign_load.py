@@ -62,3 +62,17 @@ def test_other_gpu_processes_are_listed_and_ours_is_not():
     quiet.begin()
     q = quiet.end()
     assert not q.gpu_processes_listed and q.other_gpu_processes == ()
+
+
+def test_the_report_flags_cells_measured_on_a_busy_machine():
+    from harness.records import Record
+    from harness.report.markdown import render_report
+
+    busy = Record("m", "baseline", "pytorch", "p", 1, 8, 4, decode_tok_s=10.0,
+                  extra={"foreign_load": {"other_cpu_cores": 1.5, "flags": ["other processes used 1.50 of 2 CPU cores"]}})
+    quiet = Record("m", "int8-wo", "pytorch", "p", 1, 8, 4, decode_tok_s=12.0,
+                   extra={"foreign_load": {"other_cpu_cores": 0.01, "flags": []}})
+    text = render_report([busy, quiet], {})
+    assert "## Measured on a busy machine" in text and "1 of 2 measured cells" in text
+    assert "m / baseline / pytorch / batch 1: other processes used 1.50 of 2 CPU cores" in text
+    assert "## Measured on a busy machine" not in render_report([quiet], {})

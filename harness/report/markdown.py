@@ -64,6 +64,7 @@ def render_report(records: list[Record], run: dict) -> str:
     lines += _quality_table(records)
     lines += _energy_table(records)
     lines += repeats.render(every)
+    lines += _foreign_load(records)
     bad = [r for r in records if r.status != "ok"]
     if bad:
         lines += ["", "## Cells that did not run", ""]
@@ -109,6 +110,20 @@ def _quality_table(records: list[Record]) -> list[str]:
         out += ["", f"Quality: {q.scored_tokens} scored positions from the head of the corpus (sliding window "
                 f"{q.window_tokens}, stride {q.stride_tokens}), the same positions for every variant; KL in nats, "
                 f"KL(P_baseline || P_variant); baseline log-probs stored as {md(q.reference_dtype)}."]
+    return out
+
+
+def _foreign_load(records: list[Record]) -> list[str]:
+    """Cells measured while other processes used the CPU or the GPU (harness.meters.foreign)."""
+    busy = [(r, (r.extra.get("foreign_load") or {})) for r in records if r.status == "ok"]
+    busy = [(r, f) for r, f in busy if f.get("flags")]
+    if not busy:
+        return []
+    out = ["", "## Measured on a busy machine", "",
+           f"{len(busy)} of {sum(r.status == 'ok' for r in records)} measured cells ran while other processes "
+           "used the machine: their figures may not be comparable with a quiet run.", ""]
+    out += [f"- {md(r.model)} / {md(r.variant)} / {md(r.backend)} / batch {r.batch_size}: "
+            + md("; ".join(f["flags"])) for r, f in busy]
     return out
 
 
