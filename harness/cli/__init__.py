@@ -6,6 +6,7 @@ is shown), so `harness report`, `compare` and `plan` start without torch:
     profiles, detect, plan    harness/cli/profiles.py
     sensitivity               harness/cli/quality.py
     import-microbench         harness/cli/microbench.py
+    calibrate, validate-plan  harness/cli/calibrate.py
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ COMMANDS = {
     "plan": ("harness.cli.profiles", "plan"),
     "sensitivity": ("harness.cli.quality", "sensitivity"),
     "import-microbench": ("harness.cli.microbench", "import_microbench"),
+    "calibrate": ("harness.cli.calibrate", "calibrate"),
+    "validate-plan": ("harness.cli.calibrate", "validate_plan"),
 }
 
 

@@ -83,6 +83,14 @@ class PlanRow:
     calibrated_decode_tok_s: float | None = None
     calibrated_prefill_tok_s: float | None = None
     calibrated_from: str = ""
+    # through kernel curves (harness/plan/transfer.py): figure, interval, and which device the curves came from
+    curve_decode_tok_s: float | None = None
+    curve_decode_low: float | None = None
+    curve_decode_high: float | None = None
+    curve_prefill_tok_s: float | None = None
+    curve_prefill_low: float | None = None
+    curve_prefill_high: float | None = None
+    curve_from: str = ""
     notes: list[str] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
