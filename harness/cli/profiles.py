@@ -175,9 +175,12 @@ def _pick_profiles(spec: str, profs: dict[str, Profile]) -> list[Profile]:
                    "all are used. Folders: measured/projected efficiency per variant, applied to profiles of the "
                    "same class (rows labelled calibrated). Folders and files: kernel curves per M projected onto "
                    "profiles of the same architecture, with an interval (curve_* columns).")
+@click.option("--gpus", default=None, metavar="auto|N",
+              help="Tensor parallelism over N GPUs of each profile ('auto': as many as the model needs): weights "
+                   "and KV split N ways plus 2 all-reduces per layer over the profile's interconnect (TP columns).")
 @profiles_dir_option
 def plan(model: str, variants: str, context: int, batch: int, profile_spec: str, fmt: str, out_dir: Path | None,
-         headroom: float, calibrate_with: tuple[Path, ...], profiles_dir: Path | None) -> None:
+         headroom: float, calibrate_with: tuple[Path, ...], gpus: str | None, profiles_dir: Path | None) -> None:
     """Project memory fit and roofline tokens/s of variants on hardware profiles (no hardware needed).
 
     Every figure is a projection from datasheet numbers: decode from the memory roofline, prefill from
@@ -207,8 +210,11 @@ def plan(model: str, variants: str, context: int, batch: int, profile_spec: str,
                    f"({shape.max_position_embeddings})", err=True)
     w = Workload(model, shape, context, batch, headroom)
     rows = plan_rows(chosen, vs, w)
-    if calibrate_with:
-        _calibrate_rows(rows, calibrate_with, {**profs, **{p.id: p for p in chosen}})
+    if gpus is not None and gpus != "auto" and not (gpus.isdigit() and int(gpus) >= 1):
+        raise click.BadParameter(f"{gpus!r}: 'auto' or a whole number >= 1", param_hint="--gpus")
+    cals = _calibrate_rows(rows, calibrate_with, {**profs, **{p.id: p for p in chosen}}) if calibrate_with else []
+    from harness.plan.multigpu import apply_multi_gpu
+    apply_multi_gpu(rows, {p.id: p for p in chosen}, {v.name: v for v in vs}, w, gpus, cals)
     out = out_dir or Path("results") / f"plan-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
     write_outputs(rows, w, out)
     click.echo(render(rows, w, fmt), nl=False)
@@ -216,7 +222,7 @@ def plan(model: str, variants: str, context: int, batch: int, profile_spec: str,
         click.echo(f"\n{out}")
 
 
-def _calibrate_rows(rows: list, sources: tuple[Path, ...], profs: dict[str, Profile]) -> None:
+def _calibrate_rows(rows: list, sources: tuple[Path, ...], profs: dict[str, Profile]) -> list:
     """Both calibrations of `plan --calibrate-with`: per-variant efficiencies from the run folders'
     records (basis `calibrated`) and kernel curves from folders and calibration files (curve_*)."""
     from harness.plan.calibrate import calibrate
@@ -242,6 +248,7 @@ def _calibrate_rows(rows: list, sources: tuple[Path, ...], profs: dict[str, Prof
                    f"from {', '.join(c.provenance.get('sources', [])) or c.path}", err=True)
     for s in curve_skips:
         click.echo(f"curves: skipped {s}", err=True)
+    return cals
 
 
 __all__ = ["detect", "plan", "profiles"]
