@@ -148,3 +148,37 @@ def test_validate_plan_excludes_the_cells_own_device(tmp_path):
     assert "curves from h200-sxm-141gb" in lines[("h100-sxm-80gb", "baseline", "1")]   # never its own
     assert "no decode curve for w4a8" in lines[("h200-sxm-141gb", "w4a8", "1")]
     assert "measured median inside the interval" in res.stdout
+
+
+def kernel_rec(variant, m, s_per_call, layer_bytes=117e6):
+    """A `harness import-microbench` record: one linear call of M rows."""
+    return Record(model="llama-3.1-8b:up_proj", variant=variant, backend="microbench", profile="h100-sxm-80gb",
+                  batch_size=m, prompt_tokens=0, new_tokens=0, decode_tok_s=m / s_per_call,
+                  weight_bytes=int(layer_bytes), kernel=f"{variant} kernel")
+
+
+def test_kernel_curve_plus_baseline_non_gemm_gives_a_decode_curve(P):
+    lb = 117e6
+    recs = [rec(tok_s=170.0), rec(batch=8, tok_s=1250.0),
+            kernel_rec("baseline", 1, 1.1 * lb / COPY_H100), kernel_rec("baseline", 8, 1.2 * lb / COPY_H100),
+            kernel_rec("int4-wo", 1, 1.8 * lb / 4 / COPY_H100, lb / 4), kernel_rec("int4-wo", 8, 6.0 * lb / 4 / COPY_H100, lb / 4)]
+    cal, _ = fit_device(recs, P["h100-sxm-80gb"])
+    (k,) = [c for c in cal.curves if c.phase == "kernel" and c.variant == "int4-wo"]
+    assert k.source == "microbench" and k.at(1)[0] == pytest.approx(0.8)
+    (d,) = cal.curves_for("int4-wo", "decode")             # no int4 end-to-end record: derived
+    non_gemm_8 = step_other(1250.0, 8) - 0.2
+    assert d.at(8)[0] == pytest.approx(5.0 + non_gemm_8) and "microbench" in d.source
+    pr = project_decode([cal], P["h200-sxm-141gb"], "int4-wo", 8, W / 4, KV1 * 8)
+    assert pr.ok and "microbench" in pr.source
+
+
+@pytest.mark.slow
+def test_calibrate_measures_on_cpu(tmp_path):
+    """`harness calibrate` on this machine: copy bandwidth + a one-cell sweep of the tiny model on CPU."""
+    out = tmp_path / "cpu.json"
+    res = CliRunner().invoke(calibrate_cli, ["--device", "cpu", "--batch", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    cal = load_calibration(out)
+    assert cal.profile.startswith("cpu-") and cal.copy_fraction == 1.0 and cal.datasheet_bandwidth_bytes_per_s > 0
+    assert [p.m for p in cal.curves_for("baseline", "decode")[0].points] == [1]
+    assert cal.provenance["copy_bandwidth_measured_by"].startswith("harness calibrate")

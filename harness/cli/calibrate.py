@@ -43,7 +43,7 @@ def _measure(device: str, sweep_dir: Path, extra: dict[str, str]) -> float:
     from harness.meters.bandwidth import GIB, measure_copy_bandwidth
 
     buffer = GIB // 4 if device == "cpu" else 2 * GIB
-    copy = measure_copy_bandwidth(device if device != "auto" else "cuda", buffer_bytes=buffer).bytes_per_s
+    copy = measure_copy_bandwidth(device if device != "auto" else "cuda", buffer_bytes=buffer).value_per_s
     click.echo(f"calibrate: copy bandwidth {copy / 1e9:.1f} GB/s on {device}", err=True)
     cfg = {**SWEEP, **{k: v for k, v in extra.items() if v}}
     cmd = [sys.executable, "-m", "harness.cli", "run", "--model", cfg["model"], "--variants", cfg["variants"],

@@ -24,7 +24,10 @@ curve (the planner says so rather than extrapolate). File format (JSON), `FORMAT
      "curves": [{"variant", "kernel", "phase": "decode"|"prefill", "source": "records"|"microbench",
                  "points": [{"m", "value", "low", "high", "n"}]}]}
 
-value/low/high: other(M), median, min and max over the records at that M.
+value/low/high: other(M), median, min and max over the records at that M. Phase "kernel": one linear
+layer from `harness import-microbench` records (M = its rows); a variant with a kernel curve and no
+decode curve gets one derived: its kernel other(M) + the baseline's non-GEMM share (baseline decode
+other(M) - baseline kernel other(M)).
 """
 from __future__ import annotations
 
@@ -41,7 +44,8 @@ from harness.profiles.schema import Profile
 from harness.records import Record, primary
 
 FORMAT_VERSION = 1
-PHASES = ("decode", "prefill")
+PHASES = ("decode", "prefill", "kernel")   # kernel: one linear layer (harness import-microbench records)
+MICROBENCH = "microbench"
 
 
 class CalibrationFileError(ValueError):
@@ -97,7 +101,26 @@ class DeviceCalibration:
     path: str = ""
 
     def curves_for(self, variant: str, phase: str) -> list[Curve]:
-        return [c for c in self.curves if c.variant == variant and c.phase == phase]
+        found = [c for c in self.curves if c.variant == variant and c.phase == phase]
+        if not found and phase == "decode":
+            derived = self.derived_decode(variant)
+            found = [derived] if derived else []
+        return found
+
+    def derived_decode(self, variant: str) -> Curve | None:
+        """A decode curve for a variant measured only as a kernel: its kernel other(M) plus the non-GEMM
+        share of the baseline (baseline end-to-end other(M) - baseline kernel other(M)) at the same M."""
+        kv = [c for c in self.curves if c.variant == variant and c.phase == "kernel"]
+        kb = [c for c in self.curves if c.variant == "baseline" and c.phase == "kernel"]
+        db = [c for c in self.curves if c.variant == "baseline" and c.phase == "decode"]
+        if not (kv and kb and db):
+            return None
+        pts = []
+        for p in kv[0].points:
+            b, e = kb[0].at(p.m), db[0].at(p.m)
+            if b is not None and e is not None:
+                pts.append(Point(p.m, p.value + e[0] - b[0], p.low + e[1] - b[0], p.high + e[2] - b[0], p.n))
+        return Curve(variant, kv[0].kernel, "decode", "microbench kernel + baseline non-GEMM from records", pts) if pts else None
 
     def to_json(self) -> str:
         dev = {k: getattr(self, k) for k in ("profile", "arch", "datasheet_bandwidth_bytes_per_s",
@@ -161,33 +184,37 @@ def fit_device(records: Iterable[Record], profile: Profile, *, backend: str = "p
                copy_fallback: float | None = None) -> tuple[DeviceCalibration, list[str]]:
     """Curves of one device's ok records; returns the calibration and why records were skipped."""
     skipped: list[str] = []
-    dec: dict[tuple[str, str], dict[int, list[float]]] = {}
-    pre: dict[tuple[str, str], dict[int, list[float]]] = {}
-    copies = []
-    for r in primary(records):
+    curves_at: dict[tuple[str, str, str], dict[int, list[float]]] = {}   # (phase, variant, kernel) -> M -> other
+    records = primary(records)
+    mine = [r for r in records if r.status == "ok" and r.profile == profile.id
+            and r.backend in (backend, MICROBENCH)]
+    mine_ids = {id(r) for r in mine}
+    copies = [c for r in mine if r.backend == backend and (c := record_copy(r, copy_fallback))]
+    device_copy = copy_fallback or (statistics.median(copies) if copies else None)
+    for r in records:
         where = f"{r.model} / {r.variant} / batch {r.batch_size} / prompt {r.prompt_tokens}"
-        if r.status != "ok" or r.backend != backend or r.profile != profile.id:
+        if id(r) not in mine_ids:
             skipped.append(f"{where}: status {r.status}, backend {r.backend}, profile {r.profile}")
             continue
         key = (r.variant, kernel_id(r.kernel))
-        other = other_of(r, "decode", copy_fallback)
+        kernel = r.backend == MICROBENCH     # one layer call: M = its rows, no KV (the run's copy bandwidth stands in)
+        other = other_of(r, "decode", device_copy if kernel else copy_fallback)
         if other is None:
             skipped.append(f"{where}: no decode figure, weight bytes or copy bandwidth")
         else:
-            dec.setdefault(key, {}).setdefault(r.batch_size, []).append(other)
-            copies.append(record_copy(r, copy_fallback))
-        pre_other = other_of(r, "prefill", copy_fallback)
+            curves_at.setdefault(("kernel" if kernel else "decode",) + key, {}).setdefault(r.batch_size, []).append(other)
+        pre_other = None if kernel else other_of(r, "prefill", copy_fallback)
         if pre_other is not None:
-            pre.setdefault(key, {}).setdefault(r.batch_size * r.prompt_tokens, []).append(pre_other)
+            curves_at.setdefault(("prefill",) + key, {}).setdefault(r.batch_size * r.prompt_tokens, []).append(pre_other)
     if not copies:
         raise CalibrationFileError(f"no usable {backend} records of {profile.id} (need decode, weight bytes, copy bandwidth)")
-    curves = [Curve(v, k, "decode", "records", _points(ms)) for (v, k), ms in dec.items()]
-    curves += [Curve(v, k, "prefill", "records", _points(ms)) for (v, k), ms in pre.items()]
+    curves = [Curve(v, k, ph, MICROBENCH if ph == "kernel" else "records", _points(ms))
+              for (ph, v, k), ms in curves_at.items()]
     prov = {"sources": sources or [], "harness_commit": commit, "backend": backend,
             "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "method": "other(M) = (step time - (weights + KV) / copy bandwidth) / (weights / copy bandwidth), "
                       "decode M = batch, prefill M = batch x prompt; median, min, max per M"}
-    copy = statistics.median(copies)
+    copy = device_copy
     datasheet = profile.bandwidth_bytes_per_s
     if not datasheet:   # a detected CPU profile publishes none: the measured copy stands in (fraction 1)
         datasheet = copy
