@@ -7,6 +7,7 @@ is shown), so `harness report`, `compare` and `plan` start without torch:
     sensitivity               harness/cli/quality.py
     import-microbench         harness/cli/microbench.py
     history (add, show)       harness/cli/history.py
+    calibrate, validate-plan  harness/cli/calibrate.py
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ COMMANDS = {
     "sensitivity": ("harness.cli.quality", "sensitivity"),
     "import-microbench": ("harness.cli.microbench", "import_microbench"),
     "history": ("harness.cli.history", "history"),
+    "calibrate": ("harness.cli.calibrate", "calibrate"),
+    "validate-plan": ("harness.cli.calibrate", "validate_plan"),
 }
 
 

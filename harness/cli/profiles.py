@@ -170,12 +170,17 @@ def _pick_profiles(spec: str, profs: dict[str, Profile]) -> list[Profile]:
               help="Output folder for plan.md/csv/json and the charts. Default: results/plan-<UTC timestamp>/.")
 @click.option("--headroom", type=click.FloatRange(0, 1, max_open=True), default=DEFAULT_HEADROOM, show_default=True,
               help="Fraction of device memory kept free (runtime context, fragmentation, buffers).")
-@click.option("--calibrate-with", "calibrate_with", type=click.Path(exists=True, path_type=Path), default=None,
-              help="Run folder with records.jsonl: measured/projected efficiency per variant, applied to "
-                   "profiles of the same class (rows labelled calibrated).")
+@click.option("--calibrate-with", "calibrate_with", type=click.Path(exists=True, path_type=Path), multiple=True,
+              help="Run folder with records.jsonl, or a calibration file (harness calibrate); repeat the option, "
+                   "all are used. Folders: measured/projected efficiency per variant, applied to profiles of the "
+                   "same class (rows labelled calibrated). Folders and files: kernel curves per M projected onto "
+                   "profiles of the same architecture, with an interval (curve_* columns).")
+@click.option("--gpus", default=None, metavar="auto|N",
+              help="Tensor parallelism over N GPUs of each profile ('auto': as many as the model needs): weights "
+                   "and KV split N ways plus 2 all-reduces per layer over the profile's interconnect (TP columns).")
 @profiles_dir_option
 def plan(model: str, variants: str, context: int, batch: int, profile_spec: str, fmt: str, out_dir: Path | None,
-         headroom: float, calibrate_with: Path | None, profiles_dir: Path | None) -> None:
+         headroom: float, calibrate_with: tuple[Path, ...], gpus: str | None, profiles_dir: Path | None) -> None:
     """Project memory fit and roofline tokens/s of variants on hardware profiles (no hardware needed).
 
     Every figure is a projection from datasheet numbers: decode from the memory roofline, prefill from
@@ -186,7 +191,6 @@ def plan(model: str, variants: str, context: int, batch: int, profile_spec: str,
         harness plan --model synthetic:llama-3.1-70b --variants int4-wo --context 8192 --batch 8
     """
     from harness.models.spec import ModelSpecError, shape_of
-    from harness.plan.calibrate import calibrate_from_dir
     from harness.variants import VariantError, parse_variants
     from harness.plan.output import render, write_outputs
     from harness.plan.roofline import Workload, plan as plan_rows
@@ -206,11 +210,31 @@ def plan(model: str, variants: str, context: int, batch: int, profile_spec: str,
                    f"({shape.max_position_embeddings})", err=True)
     w = Workload(model, shape, context, batch, headroom)
     rows = plan_rows(chosen, vs, w)
-    if calibrate_with is not None:
-        try:
-            cal = calibrate_from_dir(calibrate_with, {**profs, **{p.id: p for p in chosen}})
-        except (FileNotFoundError, ValueError) as e:
-            raise click.BadParameter(str(e), param_hint="--calibrate-with") from e
+    if gpus is not None and gpus != "auto" and not (gpus.isdigit() and int(gpus) >= 1):
+        raise click.BadParameter(f"{gpus!r}: 'auto' or a whole number >= 1", param_hint="--gpus")
+    cals = _calibrate_rows(rows, calibrate_with, {**profs, **{p.id: p for p in chosen}}) if calibrate_with else []
+    from harness.plan.multigpu import apply_multi_gpu
+    apply_multi_gpu(rows, {p.id: p for p in chosen}, {v.name: v for v in vs}, w, gpus, cals)
+    out = out_dir or Path("results") / f"plan-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
+    write_outputs(rows, w, out)
+    click.echo(render(rows, w, fmt), nl=False)
+    if fmt == "md":
+        click.echo(f"\n{out}")
+
+
+def _calibrate_rows(rows: list, sources: tuple[Path, ...], profs: dict[str, Profile]) -> list:
+    """Both calibrations of `plan --calibrate-with`: per-variant efficiencies from the run folders'
+    records (basis `calibrated`) and kernel curves from folders and calibration files (curve_*)."""
+    from harness.plan.calibrate import calibrate
+    from harness.plan.sources import CalibrationFileError, load_sources
+    from harness.plan.transfer import apply_curves
+
+    try:
+        cals, records, curve_skips = load_sources(sources, profs)
+    except (FileNotFoundError, ValueError, CalibrationFileError) as e:
+        raise click.BadParameter(str(e), param_hint="--calibrate-with") from e
+    if records:
+        cal = calibrate(records, profs)
         cal.apply(rows)
         for e in cal.measured:
             click.echo(f"calibration: {e.profile} {e.variant}: measured/projected decode "
@@ -218,11 +242,13 @@ def plan(model: str, variants: str, context: int, batch: int, profile_spec: str,
                        f"{'-' if e.prefill is None else f'{e.prefill:.2f}'} ({e.records} records)", err=True)
         for s in cal.skipped:
             click.echo(f"calibration: skipped {s}", err=True)
-    out = out_dir or Path("results") / f"plan-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
-    write_outputs(rows, w, out)
-    click.echo(render(rows, w, fmt), nl=False)
-    if fmt == "md":
-        click.echo(f"\n{out}")
+    apply_curves(rows, cals, profs)
+    for c in cals:
+        click.echo(f"curves: {c.profile} (arch {c.arch}): {len(c.curves)} curves "
+                   f"from {', '.join(c.provenance.get('sources', [])) or c.path}", err=True)
+    for s in curve_skips:
+        click.echo(f"curves: skipped {s}", err=True)
+    return cals
 
 
 __all__ = ["detect", "plan", "profiles"]

@@ -30,6 +30,10 @@ def _rate(x: float | None) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
 
 
+def _interval(x: float | None, lo: float | None, hi: float | None) -> str:
+    return "-" if x is None else f"{_rate(x)} [{_rate(lo)}, {_rate(hi)}]"
+
+
 def _fits(f: bool | None) -> str:
     return {True: "yes", False: "no", None: "?"}[f]
 
@@ -47,6 +51,12 @@ def to_markdown(rows: list[PlanRow], w: Workload) -> str:
             "prefill tok/s", "TPOT ms", "J/token (upper)"]
     if calibrated:
         cols += ["efficiency", "calibrated decode tok/s"]
+    curves = any(r.curve_from for r in rows)
+    if curves:
+        cols += ["curve decode tok/s [interval]", "curve prefill tok/s [interval]", "curves"]
+    tp = any(r.tp_gpus or r.tp_note for r in rows)
+    if tp:
+        cols += ["GPUs needed", "TP GPUs", "TP decode tok/s", "TP curve decode tok/s", "all-reduce ms/step", "TP note"]
     cols += ["status", "reason"]
     lines = [header(w), "", "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
@@ -58,6 +68,14 @@ def to_markdown(rows: list[PlanRow], w: Workload) -> str:
         if calibrated:
             cells += ["-" if r.efficiency_decode is None else f"{r.efficiency_decode:.2f}",
                       _rate(r.calibrated_decode_tok_s)]
+        if curves:
+            cells += [_interval(r.curve_decode_tok_s, r.curve_decode_low, r.curve_decode_high),
+                      _interval(r.curve_prefill_tok_s, r.curve_prefill_low, r.curve_prefill_high),
+                      r.curve_from.replace("|", "/") or "-"]
+        if tp:
+            cells += [str(r.gpus_needed or "-"), str(r.tp_gpus or "-"), _rate(r.tp_decode_tok_s),
+                      _rate(r.tp_curve_decode_tok_s),
+                      "-" if r.tp_allreduce_s is None else f"{r.tp_allreduce_s * 1e3:.2f}", r.tp_note.replace("|", "/") or "-"]
         cells += [r.status if r.basis == "projected" else f"{r.status} ({r.basis})", r.reason.replace("|", "/")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

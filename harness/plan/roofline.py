@@ -83,6 +83,21 @@ class PlanRow:
     calibrated_decode_tok_s: float | None = None
     calibrated_prefill_tok_s: float | None = None
     calibrated_from: str = ""
+    # through kernel curves (harness/plan/transfer.py): figure, interval, and which device the curves came from
+    curve_decode_tok_s: float | None = None
+    curve_decode_low: float | None = None
+    curve_decode_high: float | None = None
+    curve_prefill_tok_s: float | None = None
+    curve_prefill_low: float | None = None
+    curve_prefill_high: float | None = None
+    curve_from: str = ""
+    # several GPUs of the profile (harness/plan/multigpu.py)
+    gpus_needed: int | None = None     # smallest of 1, 2, 4, 8 that holds weights + KV (split) + workspace
+    tp_gpus: int | None = None
+    tp_decode_tok_s: float | None = None
+    tp_curve_decode_tok_s: float | None = None
+    tp_allreduce_s: float | None = None
+    tp_note: str = ""
     notes: list[str] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:

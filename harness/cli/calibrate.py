@@ -1,0 +1,140 @@
+"""`harness calibrate` (kernel curves of this machine, or of committed run folders, into a calibration
+file) and `harness validate-plan` (measured cells beside projections from other devices' curves).
+
+`calibrate` without --from-records measures: the device's copy bandwidth (harness.meters.bandwidth),
+then a small sweep through `harness run` in a child process (the same engine and records as any run),
+then fits the curves from that run's records. On a CPU-only machine it runs on the CPU.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from harness.cli.profiles import _load, profiles_dir_option
+
+SWEEP = {"model": "synthetic:tiny", "variants": "baseline", "batch": "1,2,4,8", "prompt_tokens": "32",
+         "new_tokens": "16"}
+
+
+def _write(cals, out: Path | None, profile_id: str | None) -> list[Path]:
+    if profile_id is not None:
+        cals = [c for c in cals if c.profile == profile_id]
+    if not cals:
+        raise click.UsageError("no calibration could be fitted (see the skipped lines above)")
+    if out is not None and len(cals) > 1:
+        raise click.UsageError(f"records of {len(cals)} profiles ({', '.join(c.profile for c in cals)}): "
+                               "pick one with --profile, or leave --out unset (one file per profile)")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    paths = []
+    for c in cals:
+        path = out or Path("results") / f"calibration-{c.profile}-{stamp}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(c.to_json(), encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def _measure(device: str, sweep_dir: Path, extra: dict[str, str]) -> float:
+    """Copy bandwidth of `device` (bytes/s) and a sweep run into sweep_dir; returns the bandwidth."""
+    from harness.meters.bandwidth import GIB, measure_copy_bandwidth
+
+    buffer = GIB // 4 if device == "cpu" else 2 * GIB
+    copy = measure_copy_bandwidth(device if device != "auto" else "cuda", buffer_bytes=buffer).value_per_s
+    click.echo(f"calibrate: copy bandwidth {copy / 1e9:.1f} GB/s on {device}", err=True)
+    cfg = {**SWEEP, **{k: v for k, v in extra.items() if v}}
+    cmd = [sys.executable, "-m", "harness.cli", "run", "--model", cfg["model"], "--variants", cfg["variants"],
+           "--batch", cfg["batch"], "--prompt-tokens", cfg["prompt_tokens"], "--new-tokens", cfg["new_tokens"],
+           "--quick", "--device", device, "--out", str(sweep_dir)]
+    click.echo("calibrate: " + " ".join(cmd[2:]), err=True)
+    done = subprocess.run(cmd)
+    if done.returncode not in (0, 1):
+        raise click.UsageError(f"the calibration sweep exited {done.returncode}")
+    return copy
+
+
+@click.command("calibrate")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Calibration file to write. Default: results/calibration-<profile>-<UTC>.json.")
+@click.option("--from-records", "from_records", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              multiple=True, help="Fit from these run folders (repeatable) instead of measuring.")
+@click.option("--profile", "profile_id", default=None, help="Keep only this profile's calibration.")
+@click.option("--device", default="auto", show_default=True, help="Device to measure on: auto (cuda if present), cpu, cuda:N.")
+@click.option("--model", default=None, help=f"Sweep model (default {SWEEP['model']}).")
+@click.option("--variants", default=None, help=f"Sweep variants (default {SWEEP['variants']}).")
+@click.option("--batch", default=None, help=f"Sweep batch sizes, M of the decode curve (default {SWEEP['batch']}).")
+@profiles_dir_option
+def calibrate(out: Path | None, from_records: tuple[Path, ...], profile_id: str | None, device: str,
+              model: str | None, variants: str | None, batch: str | None, profiles_dir: Path | None) -> None:
+    """Measure kernel efficiency curves on this machine (or fit them from run folders) and write a
+    calibration file for `harness plan --calibrate-with`.
+
+    \b
+        harness calibrate --from-records results/reference/h100/decode-8b-prompt128 --out h100.json
+        harness calibrate --device cpu --out cpu.json      # measures: copy bandwidth + a small sweep
+    """
+    from harness.plan.sources import fit_records
+    from harness.profiles.detection import detect as detect_profile
+    from harness.records import load_records
+
+    profs = _load(profiles_dir)
+    copy, folders = None, list(from_records)
+    if not folders:
+        if device == "auto":
+            import torch
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        sweep_dir = (out.parent if out else Path("results")) / f"calibration-sweep-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
+        copy = _measure(device, sweep_dir, {"model": model, "variants": variants, "batch": batch})
+        folders = [sweep_dir]
+        here = detect_profile(profiles=profs).profile
+        profs = {**profs, here.id: here}
+    records = [r for f in folders for r in load_records(f)]
+    cals, skipped = fit_records(records, profs, [str(f) for f in folders], copy_fallback=copy)
+    for s in skipped:
+        click.echo(f"calibrate: skipped {s}", err=True)
+    if copy is not None:
+        for c in cals:
+            c.provenance["copy_bandwidth_measured_by"] = "harness calibrate (harness.meters.bandwidth)"
+    for p in _write(cals, out, profile_id):
+        click.echo(str(p))
+
+
+@click.command("validate-plan")
+@click.option("--measured", type=click.Path(exists=True, path_type=Path), multiple=True, required=True,
+              help="Run folder (records.jsonl) or reference-measurement JSON file; repeatable.")
+@click.option("--calibrate-with", "calibrate_with", type=click.Path(exists=True, path_type=Path), multiple=True,
+              required=True, help="Run folder or calibration file; repeatable. A cell never uses its own device's.")
+@click.option("--title", default="Planner validation", show_default=True)
+@click.option("--note", "note_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Markdown file whose text goes under the title (what the figures mean, what is missing).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Markdown file to write.")
+@profiles_dir_option
+def validate_plan(measured: tuple[Path, ...], calibrate_with: tuple[Path, ...], title: str, note_file: Path | None,
+                  out: Path | None, profiles_dir: Path | None) -> None:
+    """Every measured cell beside its projection from calibrations that exclude that cell's device:
+    error, interval, and whether the measurement falls inside it (Markdown)."""
+    from harness.plan.sources import CalibrationFileError, load_sources
+    from harness.plan.validate import cells_from_records, cells_from_reference, project_cell, to_markdown
+    from harness.records import load_records
+
+    profs = _load(profiles_dir)
+    try:
+        cals, _, skipped = load_sources(calibrate_with, profs)
+    except (FileNotFoundError, ValueError, CalibrationFileError) as e:
+        raise click.BadParameter(str(e), param_hint="--calibrate-with") from e
+    cells = []
+    for m in measured:
+        try:
+            cells += cells_from_records(load_records(m), str(m)) if m.is_dir() else cells_from_reference(m)
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            raise click.BadParameter(f"{m}: {e}", param_hint="--measured") from e
+    for c in cells:
+        c.projection = project_cell(c, cals, profs)
+    text = to_markdown(cells, cals, title, note_file.read_text(encoding="utf-8") if note_file else "")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+    click.echo(text, nl=False)

@@ -1,0 +1,248 @@
+"""Kernel efficiency curves: a calibration file per device, fitted from measured Records.
+
+The decode model, per (variant, kernel) and tokens per step M (decode: M = batch):
+
+    step_s = (weight_bytes + kv_bytes) / copy_bw  +  other(M) x weight_bytes / copy_bw
+
+The first term is the memory traffic at the device's measured copy bandwidth (bytes read + written of a
+device-to-device copy, measured in the same run: harness/meters); the KV cache is read whole each step
+(the engine's static cache). `other(M)` is the time the step spends beyond that traffic (dequantizing,
+launches, norms, attention's non-memory work), as a share of the weight-read time: a dimensionless
+ratio, so it carries over to models of other sizes. It is the per-step fixed cost, fitted from the
+end-to-end records; it does not shrink with more bandwidth (same chip: same SMs and clocks), so on
+another device it is scaled by the ratio of the compute peaks only.
+
+Prefill, per (variant, kernel) and M = batch x prompt: the same model with the prefill's bytes (weights
+once + the KV cache written for the prompts); there other(M) is mostly the compute time, which on
+another device scales with the compute peak the same way.
+
+Curves are piecewise linear in log2 M between the measured M; outside the measured range there is no
+curve (the planner says so rather than extrapolate). File format (JSON), `FORMAT_VERSION`:
+
+    {"format": 1, "device": {"profile", "arch", "datasheet_bandwidth_bytes_per_s", "copy_fraction",
+     "bf16_peak_flops"}, "provenance": {"sources": [...], "harness_commit", "created_utc", "method"},
+     "curves": [{"variant", "kernel", "phase": "decode"|"prefill", "source": "records"|"microbench",
+                 "points": [{"m", "value", "low", "high", "n"}]}]}
+
+value/low/high: other(M), median, min and max over the records at that M. Phase "kernel": one linear
+layer from `harness import-microbench` records (M = its rows); a variant with a kernel curve and no
+decode curve gets one derived: its kernel other(M) + the baseline's non-GEMM share (baseline decode
+other(M) - baseline kernel other(M)).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from harness.profiles.schema import Profile
+from harness.records import Record, primary
+
+FORMAT_VERSION = 1
+PHASES = ("decode", "prefill", "kernel")   # kernel: one linear layer (harness import-microbench records)
+MICROBENCH = "microbench"
+
+
+class CalibrationFileError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Point:
+    m: int
+    value: float
+    low: float
+    high: float
+    n: int
+
+
+@dataclass
+class Curve:
+    variant: str
+    kernel: str
+    phase: str
+    source: str
+    points: list[Point]
+
+    def at(self, m: float) -> tuple[float, float, float] | None:
+        """(value, low, high) at M, linear in log2 M; None outside the measured range."""
+        pts = sorted(self.points, key=lambda p: p.m)
+        if not pts or m < pts[0].m or m > pts[-1].m:
+            return None
+        for a, b in zip(pts, pts[1:] + pts[-1:]):
+            if a.m <= m <= b.m:
+                if b.m == a.m:
+                    return a.value, a.low, a.high
+                t = (math.log2(m) - math.log2(a.m)) / (math.log2(b.m) - math.log2(a.m))
+                mix = lambda x, y: x + t * (y - x)   # noqa: E731
+                return mix(a.value, b.value), mix(a.low, b.low), mix(a.high, b.high)
+        return None
+
+    @property
+    def m_range(self) -> tuple[int, int]:
+        ms = [p.m for p in self.points]
+        return min(ms), max(ms)
+
+
+@dataclass
+class DeviceCalibration:
+    profile: str
+    arch: str                              # compute capability, e.g. "9.0"
+    datasheet_bandwidth_bytes_per_s: float
+    copy_fraction: float                   # measured copy bandwidth / datasheet bandwidth
+    bf16_peak_flops: float | None
+    curves: list[Curve] = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)
+    path: str = ""
+
+    def curves_for(self, variant: str, phase: str) -> list[Curve]:
+        found = [c for c in self.curves if c.variant == variant and c.phase == phase]
+        if not found and phase == "decode":
+            derived = self.derived_decode(variant)
+            found = [derived] if derived else []
+        return found
+
+    def derived_decode(self, variant: str) -> Curve | None:
+        """A decode curve for a variant measured only as a kernel: its kernel other(M) plus the non-GEMM
+        share of the baseline (baseline end-to-end other(M) - baseline kernel other(M)) at the same M."""
+        kv = [c for c in self.curves if c.variant == variant and c.phase == "kernel"]
+        kb = [c for c in self.curves if c.variant == "baseline" and c.phase == "kernel"]
+        db = [c for c in self.curves if c.variant == "baseline" and c.phase == "decode"]
+        if not (kv and kb and db):
+            return None
+        pts = []
+        for p in kv[0].points:
+            b, e = kb[0].at(p.m), db[0].at(p.m)
+            if b is not None and e is not None:
+                pts.append(Point(p.m, p.value + e[0] - b[0], p.low + e[1] - b[0], p.high + e[2] - b[0], p.n))
+        return Curve(variant, kv[0].kernel, "decode", "microbench kernel + baseline non-GEMM from records", pts) if pts else None
+
+    def to_json(self) -> str:
+        dev = {k: getattr(self, k) for k in ("profile", "arch", "datasheet_bandwidth_bytes_per_s",
+                                               "copy_fraction", "bf16_peak_flops")}
+        return json.dumps({"format": FORMAT_VERSION, "device": dev, "provenance": self.provenance,
+                           "curves": [asdict(c) for c in self.curves]}, indent=1) + "\n"
+
+
+def load_calibration(path: str | Path) -> DeviceCalibration:
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        if d.get("format") != FORMAT_VERSION:
+            raise CalibrationFileError(f"{path}: format {d.get('format')!r}, expected {FORMAT_VERSION}")
+        dev = d["device"]
+        curves = [Curve(c["variant"], c["kernel"], c["phase"], c.get("source", "records"),
+                        [Point(**p) for p in c["points"]]) for c in d["curves"]]
+        for c in curves:
+            if c.phase not in PHASES or not c.points:
+                raise CalibrationFileError(f"{path}: curve {c.variant}/{c.phase}: bad phase or no points")
+        return DeviceCalibration(dev["profile"], str(dev["arch"]), float(dev["datasheet_bandwidth_bytes_per_s"]),
+                                 float(dev["copy_fraction"]), dev.get("bf16_peak_flops"), curves,
+                                 d.get("provenance", {}), str(path))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CalibrationFileError(f"{path}: not a calibration file ({type(e).__name__}: {e})") from None
+
+
+def kernel_id(kernel: str) -> str:
+    """The kernel without the per-model module count (' x129') and the aten op list after ';'."""
+    return re.sub(r" x\d+\b", "", kernel.split(";")[0]).strip() or "unknown"
+
+
+def record_copy(r: Record, fallback: float | None = None) -> float | None:
+    """The copy bandwidth measured in the record's run, else `fallback` (measured by `harness calibrate`)."""
+    return (r.bandwidth.copy_bandwidth_bytes_per_s if r.bandwidth else None) or fallback
+
+
+def other_of(r: Record, phase: str, copy_fallback: float | None = None) -> float | None:
+    """other(M) of one record's decode or prefill (see the module doc), or None where a figure is missing.
+    The record's KV bytes are the static cache (prompt + new tokens); prefill writes the prompt's share."""
+    copy = record_copy(r, copy_fallback)
+    rate = r.decode_tok_s if phase == "decode" else r.prefill_tok_s
+    if not (rate and copy and r.weight_bytes):
+        return None
+    kv = r.kv_cache_bytes or 0
+    if phase == "decode":
+        step_s = r.batch_size / rate
+    else:
+        step_s = r.batch_size * r.prompt_tokens / rate
+        kv = kv * r.prompt_tokens / max(1, r.prompt_tokens + r.new_tokens)
+    mem_s = (r.weight_bytes + kv) / copy
+    return max(0.0, step_s - mem_s) / (r.weight_bytes / copy)
+
+
+def _points(values: dict[int, list[float]]) -> list[Point]:
+    return [Point(m, statistics.median(v), min(v), max(v), len(v)) for m, v in sorted(values.items())]
+
+
+def fit_device(records: Iterable[Record], profile: Profile, *, backend: str = "pytorch",
+               sources: list[str] | None = None, commit: str = "",
+               copy_fallback: float | None = None) -> tuple[DeviceCalibration, list[str]]:
+    """Curves of one device's ok records; returns the calibration and why records were skipped."""
+    skipped: list[str] = []
+    curves_at: dict[tuple[str, str, str], dict[int, list[float]]] = {}   # (phase, variant, kernel) -> M -> other
+    records = primary(records)
+    mine = [r for r in records if r.status == "ok" and r.profile == profile.id
+            and r.backend in (backend, MICROBENCH)]
+    mine_ids = {id(r) for r in mine}
+    copies = [c for r in mine if r.backend == backend and (c := record_copy(r, copy_fallback))]
+    device_copy = copy_fallback or (statistics.median(copies) if copies else None)
+    for r in records:
+        where = f"{r.model} / {r.variant} / batch {r.batch_size} / prompt {r.prompt_tokens}"
+        if id(r) not in mine_ids:
+            skipped.append(f"{where}: status {r.status}, backend {r.backend}, profile {r.profile}")
+            continue
+        key = (r.variant, kernel_id(r.kernel))
+        kernel = r.backend == MICROBENCH     # one layer call: M = its rows, no KV (the run's copy bandwidth stands in)
+        other = other_of(r, "decode", device_copy if kernel else copy_fallback)
+        if other is None:
+            skipped.append(f"{where}: no decode figure, weight bytes or copy bandwidth")
+        else:
+            curves_at.setdefault(("kernel" if kernel else "decode",) + key, {}).setdefault(r.batch_size, []).append(other)
+        pre_other = None if kernel else other_of(r, "prefill", copy_fallback)
+        if pre_other is not None:
+            curves_at.setdefault(("prefill",) + key, {}).setdefault(r.batch_size * r.prompt_tokens, []).append(pre_other)
+    if not copies:
+        raise CalibrationFileError(f"no usable {backend} records of {profile.id} (need decode, weight bytes, copy bandwidth)")
+    curves = [Curve(v, k, ph, MICROBENCH if ph == "kernel" else "records", _points(ms))
+              for (ph, v, k), ms in curves_at.items()]
+    prov = {"sources": sources or [], "harness_commit": commit, "backend": backend,
+            "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "method": "other(M) = (step time - (weights + KV) / copy bandwidth) / (weights / copy bandwidth), "
+                      "decode M = batch, prefill M = batch x prompt; median, min, max per M"}
+    copy = device_copy
+    datasheet = profile.bandwidth_bytes_per_s
+    if not datasheet:   # a detected CPU profile publishes none: the measured copy stands in (fraction 1)
+        datasheet = copy
+        prov["note"] = "profile publishes no bandwidth: datasheet_bandwidth is the measured copy bandwidth"
+    cal = DeviceCalibration(profile.id, profile.compute_capability or profile.id, datasheet,
+                            copy / datasheet, profile.peak("bf16"), curves, prov)
+    return cal, skipped
+
+
+def by_profile(records: Iterable[Record]) -> dict[str, list[Record]]:
+    out: dict[str, list[Record]] = {}
+    for r in records:
+        out.setdefault(r.profile, []).append(r)
+    return out
+
+
+def fit_all(records: Iterable[Record], profiles: Mapping[str, Profile], **kw) -> tuple[list[DeviceCalibration], list[str]]:
+    """One calibration per profile present among the records (profiles not loaded are skipped)."""
+    cals, skipped = [], []
+    for pid, recs in by_profile(records).items():
+        if pid not in profiles:
+            skipped.append(f"{len(recs)} records of profile {pid!r}: not among the loaded profiles")
+            continue
+        try:
+            cal, s = fit_device(recs, profiles[pid], **kw)
+        except CalibrationFileError as e:
+            skipped.append(str(e))
+            continue
+        cals.append(cal)
+        skipped += s
+    return cals, skipped

@@ -1,0 +1,117 @@
+"""Projection through calibration curves onto a device, with an interval and the curve's origin.
+
+Transfer (harness/plan/curves.py has the model): a curve measured on device S projects onto device T of
+the same architecture (equal compute capability) as
+
+    step_s = (weights + KV) / copy_T  +  other(M) x weights / copy_S x peak_S / peak_T
+    copy_T = datasheet bandwidth_T x copy_fraction_S   (T's copy bandwidth is not known before it is owned)
+
+for decode (M = batch; KV = the cache read) and prefill (M = batch x prompt; KV = the cache written).
+
+The interval: its fast end takes the smallest other(M) among the records at that M and the whole memory
+term at T's bandwidth; its slow end the largest other(M) with the memory term at S's bandwidth (the
+extra bandwidth buys nothing: a kernel limited by latency or instruction issue, such as int4 tinygemm
+at M=1, runs as on S). From one device it cannot be told how much of a step scales with bandwidth, so
+the interval spans both. Both ends are widened by the calibration's `transfer_error` when T is not S
+(a stated prior for board-to-board differences, not fitted on T). A device of another architecture,
+or an M outside the measured range, gets no projection and a note saying which curve is missing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness.plan.curves import Curve, DeviceCalibration
+from harness.profiles.schema import Profile
+
+DEFAULT_TRANSFER_ERROR = 0.10   # used where a calibration file states none; see the module doc
+
+
+@dataclass(frozen=True)
+class Projection:
+    tok_s: float | None
+    low: float | None
+    high: float | None
+    source: str          # "curves from <profile> (<kernel>, <records|microbench>)" or the reason there is none
+
+    @property
+    def ok(self) -> bool:
+        return self.tok_s is not None
+
+    def contains(self, x: float) -> bool:
+        return self.ok and self.low <= x <= self.high
+
+
+def _pick(cals: list[DeviceCalibration], target: Profile, variant: str, phase: str,
+          m: float) -> tuple[DeviceCalibration, Curve] | str:
+    arch = target.compute_capability or "unknown"
+    same_arch = [c for c in cals if c.arch == arch]
+    if not same_arch:
+        have = ", ".join(sorted({f"{c.profile} (arch {c.arch})" for c in cals})) or "none"
+        return f"no curve for {variant} on arch {arch} (calibrations: {have})"
+    own = [c for c in same_arch if c.profile == target.id]
+    found = [(c, cv) for c in (own or same_arch) for cv in c.curves_for(variant, phase)]
+    if not found:
+        return f"no {phase} curve for {variant} on arch {arch}"
+    inside = [(c, cv) for c, cv in found if cv.at(m) is not None]
+    if not inside:
+        ranges = "; ".join(f"{cv.kernel} on {c.profile}: M {cv.m_range[0]}-{cv.m_range[1]}" for c, cv in found)
+        return f"no {phase} curve for {variant} at M={m:g} on arch {arch} (measured {ranges})"
+    return max(inside, key=lambda x: sum(p.n for p in x[1].points))
+
+
+def _label(cal: DeviceCalibration, cv: Curve, target: Profile) -> str:
+    where = "measured on" if cal.profile == target.id else "curves from"
+    return f"{where} {cal.profile} ({cv.kernel}, {cv.source})"
+
+
+def _err(cal: DeviceCalibration, target: Profile) -> float:
+    return 0.0 if cal.profile == target.id else float(cal.provenance.get("transfer_error", DEFAULT_TRANSFER_ERROR))
+
+
+def project_step(cals: list[DeviceCalibration], target: Profile, variant: str, phase: str, m: int,
+                 weight_bytes: float, kv_bytes: float) -> Projection:
+    """Tokens/s of one step of M tokens (decode: M = batch; prefill: M = batch x prompt)."""
+    if not target.bandwidth_bytes_per_s:
+        return Projection(None, None, None, f"{target.id}: bandwidth not published")
+    got = _pick(cals, target, variant, phase, m)
+    if isinstance(got, str):
+        return Projection(None, None, None, got)
+    cal, cv = got
+    other, lo, hi = cv.at(m)
+    copy_s = cal.datasheet_bandwidth_bytes_per_s * cal.copy_fraction
+    copy_t = target.bandwidth_bytes_per_s * cal.copy_fraction
+    peak_t = target.peak("bf16")
+    scale = cal.bf16_peak_flops / peak_t if cal.bf16_peak_flops and peak_t else 1.0
+
+    def step(o: float, copy: float) -> float:
+        return (weight_bytes + kv_bytes) / copy + o * weight_bytes / copy_s * scale
+
+    e = _err(cal, target)
+    return Projection(m / step(other, copy_t), m / step(hi, min(copy_s, copy_t)) / (1 + e),
+                      m / step(lo, max(copy_s, copy_t)) * (1 + e), _label(cal, cv, target))
+
+
+def project_decode(cals: list[DeviceCalibration], target: Profile, variant: str, batch: int,
+                   weight_bytes: float, kv_bytes: float) -> Projection:
+    return project_step(cals, target, variant, "decode", batch, weight_bytes, kv_bytes)
+
+
+def project_prefill(cals: list[DeviceCalibration], target: Profile, variant: str, tokens: int,
+                    weight_bytes: float, kv_bytes: float) -> Projection:
+    return project_step(cals, target, variant, "prefill", tokens, weight_bytes, kv_bytes)
+
+
+def apply_curves(rows, cals: list[DeviceCalibration], profiles: dict[str, Profile]):
+    """Fill the curve_* columns of plan rows (in place; returns rows). A row without a curve gets the
+    reason in curve_from and no figure."""
+    for row in rows:
+        p = profiles.get(row.profile)
+        if p is None or row.status == "unsupported" or not cals:
+            continue
+        d = project_decode(cals, p, row.variant, row.batch_size, row.weight_bytes, row.kv_cache_bytes)
+        q = project_prefill(cals, p, row.variant, row.batch_size * row.context_tokens, row.weight_bytes,
+                            row.kv_cache_bytes)
+        row.curve_decode_tok_s, row.curve_decode_low, row.curve_decode_high = d.tok_s, d.low, d.high
+        row.curve_prefill_tok_s, row.curve_prefill_low, row.curve_prefill_high = q.tok_s, q.low, q.high
+        row.curve_from = d.source if d.source == q.source else f"decode: {d.source}; prefill: {q.source}"
+    return rows

@@ -1,0 +1,128 @@
+"""Validation: every measured cell beside its projection from calibrations that exclude the cell's device.
+
+Measured cells come from run folders (ok records of one backend, grouped by profile, model, variant,
+batch, prompt and new tokens; repetitions and runs pooled) and from reference-measurement files: JSON
+lists of {"profile", "model", "variant", "batch", "prompt_tokens", "new_tokens", "phase",
+"measured_tok_s": [low, high], "source"} for figures measured elsewhere and not in committed records.
+Decode is projected at the engine's static cache (prompt + new tokens: the whole cache is read each
+step), prefill at the prompt length. Error = projected / measured median - 1.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from harness.models.spec import shape_of
+from harness.plan.curves import DeviceCalibration
+from harness.plan.roofline import Workload, project
+from harness.plan.transfer import Projection, project_decode, project_prefill
+from harness.profiles.schema import Profile
+from harness.records import Record, primary
+from harness.variants import parse_variant
+
+
+@dataclass
+class Cell:
+    profile: str
+    model: str
+    variant: str
+    batch: int
+    prompt_tokens: int
+    new_tokens: int
+    phase: str
+    measured: list[float]
+    source: str
+    projection: Projection | None = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.measured)
+
+    @property
+    def error(self) -> float | None:
+        return None if self.projection is None or not self.projection.ok else self.projection.tok_s / self.median - 1
+
+
+def cells_from_records(records: Iterable[Record], source: str, backend: str = "pytorch") -> list[Cell]:
+    groups: dict[tuple, dict[str, list[float]]] = {}
+    for r in primary(records):
+        if r.status != "ok" or r.backend != backend:
+            continue
+        g = groups.setdefault((r.profile, r.model, r.variant, r.batch_size, r.prompt_tokens, r.new_tokens), {})
+        for phase, x in (("decode", r.decode_tok_s), ("prefill", r.prefill_tok_s)):
+            if x:
+                g.setdefault(phase, []).append(x)
+    return [Cell(*k, phase, xs, source) for k, g in groups.items() for phase, xs in g.items()]
+
+
+def cells_from_reference(path: str | Path) -> list[Cell]:
+    out = []
+    for d in json.loads(Path(path).read_text(encoding="utf-8")):
+        out.append(Cell(d["profile"], d["model"], d["variant"], int(d["batch"]), int(d["prompt_tokens"]),
+                        int(d["new_tokens"]), d["phase"], [float(x) for x in d["measured_tok_s"]],
+                        d.get("source", str(path))))
+    return out
+
+
+def project_cell(c: Cell, cals: list[DeviceCalibration], profiles: Mapping[str, Profile]) -> Projection:
+    p = profiles.get(c.profile)
+    if p is None:
+        return Projection(None, None, None, f"profile {c.profile} not loaded")
+    others = [k for k in cals if k.profile != c.profile]
+    v, shape = parse_variant(c.variant), shape_of(c.model)
+    if c.phase == "decode":
+        row = project(p, v, Workload(c.model, shape, c.prompt_tokens + c.new_tokens, c.batch))
+        return project_decode(others, p, c.variant, c.batch, row.weight_bytes, row.kv_cache_bytes)
+    row = project(p, v, Workload(c.model, shape, c.prompt_tokens, c.batch))
+    return project_prefill(others, p, c.variant, c.batch * c.prompt_tokens, row.weight_bytes, row.kv_cache_bytes)
+
+
+def summary(cells: list[Cell]) -> dict:
+    proj = [c for c in cells if c.error is not None]
+    errs = [abs(c.error) for c in proj]
+    return {"cells": len(cells), "projected": len(proj), "no_curve": len(cells) - len(proj),
+            "within_25": sum(e <= 0.25 for e in errs), "median_abs_error": statistics.median(errs) if errs else None,
+            "max_abs_error": max(errs) if errs else None,
+            "inside_interval": sum(c.projection.contains(c.median) for c in proj)}
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else (f"{x:,.0f}" if x >= 100 else f"{x:.1f}")
+
+
+def _measured(c: Cell) -> str:
+    lo, hi = min(c.measured), max(c.measured)
+    return _fmt(c.median) if lo == hi else f"{_fmt(c.median)} ({_fmt(lo)}-{_fmt(hi)}, n={len(c.measured)})"
+
+
+def to_markdown(cells: list[Cell], cals: list[DeviceCalibration], title: str, note: str = "") -> str:
+    s = summary(cells)
+    pct = lambda x: "-" if x is None else f"{x:.1%}"   # noqa: E731
+    inside_share = s["inside_interval"] / s["projected"] if s["projected"] else None
+    med_ok = s["median_abs_error"] is not None and s["median_abs_error"] <= 0.15
+    all25 = s["projected"] == s["cells"] and s["within_25"] == s["cells"]
+    lines = [f"# {title}", ""] + ([note.strip(), ""] if note.strip() else []) + [
+             "Calibrations used (each cell is projected only from calibrations of other devices): "
+             + "; ".join(f"{k.profile} (arch {k.arch}, from {', '.join(k.provenance.get('sources', [])) or k.path}, "
+                         f"harness {k.provenance.get('harness_commit') or '?'})" for k in cals) + ".", "",
+             f"- cells: {s['cells']}; projected: {s['projected']}; no curve: {s['no_curve']}",
+             f"- within 25% of the measurement: {s['within_25']} of {s['projected']} projected "
+             f"(bar: every cell; {'met' if all25 else 'NOT met'})",
+             f"- median |error|: {pct(s['median_abs_error'])} (bar: 15%; {'met' if med_ok else 'NOT met'}); "
+             f"max |error|: {pct(s['max_abs_error'])}",
+             f"- measured median inside the interval: {s['inside_interval']} of {s['projected']} ({pct(inside_share)}; "
+             f"bar: 90%; {'met' if inside_share is not None and inside_share >= 0.9 else 'NOT met'})", "",
+             "| device | model | variant | batch | prompt+new | phase | measured tok/s | projected [interval] "
+             "| error | inside | curves / reason | measured in |", "|" + "---|" * 12]
+    for c in cells:
+        p = c.projection
+        proj = "-" if p is None or not p.ok else f"{_fmt(p.tok_s)} [{_fmt(p.low)}, {_fmt(p.high)}]"
+        inside = "-" if p is None or not p.ok else ("yes" if p.contains(c.median) else "**no**")
+        err = "-" if c.error is None else (f"{c.error:+.1%}" if abs(c.error) <= 0.25 else f"**{c.error:+.1%}**")
+        lines.append(f"| {c.profile} | {c.model} | {c.variant} | {c.batch} | {c.prompt_tokens}+{c.new_tokens} | "
+                     f"{c.phase} | {_measured(c)} | {proj} | {err} | {inside} | "
+                     f"{(p.source if p else '-').replace('|', '/')} | {c.source} |")
+    return "\n".join(lines) + "\n"
