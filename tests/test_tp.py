@@ -85,3 +85,12 @@ def test_two_gloo_ranks_match_the_single_process_lean_decoder():
     torch.testing.assert_close(got.extra["logits"], want.extra["logits"], rtol=1e-4, atol=1e-5)
     assert len(got.step_s) == N - 1 and got.prefill_s > 0
     assert eng.timing_source == "perf_counter" and eng.name == "tensor-parallel x2 (lean-eager)"
+
+
+def test_fewer_gpus_than_asked_is_unsupported_with_the_count(monkeypatch):
+    from harness.backends.pytorch.tp.prepared import gpus_unsupported
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert gpus_unsupported(2, "cuda") == "needs 2 GPUs, this machine has 1"
+    assert gpus_unsupported(1, "cuda") is None
+    assert gpus_unsupported(8, "cpu") is None          # gloo ranks on CPU

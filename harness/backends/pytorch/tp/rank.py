@@ -7,6 +7,7 @@ the graph. On CPU (gloo) it is LeanLoopEngine: the same lean forward, eager, tim
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -108,8 +109,11 @@ def _sync(engine) -> None:
 
 
 def rank_info(engine, rank: int) -> dict:
+    from harness.variants.inspect import tensor_bytes
+
     info = {"rank": rank, "engine": engine.name, "timing_source": engine.timing_source, "setup_s": engine.setup_s,
-            "kv_cache_bytes": engine.kv_cache_bytes(), "tuned": getattr(engine, "tuned", None)}
+            "kv_cache_bytes": engine.kv_cache_bytes(), "tuned": getattr(engine, "tuned", None),
+            "weight_bytes": tensor_bytes(engine.dec.hf), "pid": os.getpid()}
     if engine.device.type == "cuda":
         info["cuda_index"] = engine.device.index
         info["torch_max_allocated_bytes"] = torch.cuda.max_memory_allocated(engine.device)
