@@ -128,6 +128,9 @@ class RunSettings:
     """How every cell is measured; picklable, so a worker process gets the same settings."""
     device: str = opt("auto", "auto, cpu, cuda or cuda:N.")
     meter: MeterSettings = opt(factory=MeterSettings)
+    gpus: int = opt(1, "Tensor-parallel ranks per cell: one process per GPU (NCCL), the lean decoder sharded "
+                    "Megatron-style (KV heads must split evenly). With --device cpu: gloo ranks on CPU, for "
+                    "tests. A machine with fewer GPUs records the cells as unsupported.", min=1)
     corpus: str | None = opt(None, "UTF-8 text file for prompts and calibration (default: pydoc_data.topics "
                              "prose).", path="file")
     cpu_power_w: float | None = opt(None, "CPU package power for the energy estimate when RAPL is unreadable "

@@ -36,7 +36,7 @@ class FakeGpu:
     def __init__(self, power_w=300.0, period_s: float = 0.1, instant_scale: float = 1.0,
                  name: str = "NVIDIA H100 80GB HBM3", memory_total: int = 80 * 2**30,
                  memory_used: int = 2 * 2**30, processes=(), uuid: str | None = None,
-                 energy_supported: bool = True):
+                 energy_supported: bool = True, nvlinks: int | None = None):
         self.power = power_w if callable(power_w) else (lambda t, p=float(power_w): p)
         self.period_s = period_s
         self.instant_scale = instant_scale
@@ -46,6 +46,7 @@ class FakeGpu:
         self.processes = list(processes)  # [(pid, used_bytes)]
         self.uuid = uuid
         self.energy_supported = energy_supported
+        self.nvlinks = nvlinks   # active NVLink links; None: a PCIe-only board (NOT_SUPPORTED)
         self._cum_j = [0.0]  # energy at the end of each completed period
 
     def energy_mj(self, t: float) -> int:
@@ -72,6 +73,9 @@ class FakePynvml:
     NVML_VALUE_TYPE_UNSIGNED_LONG_LONG = 3
     NVML_VALUE_TYPE_SIGNED_LONG_LONG = 4
     NVML_VALUE_TYPE_SIGNED_INT = 5
+    NVML_NVLINK_MAX_LINKS = 18
+    NVML_P2P_CAPS_INDEX_NVLINK = _real.NVML_P2P_CAPS_INDEX_NVLINK
+    NVML_P2P_STATUS_OK = _real.NVML_P2P_STATUS_OK
 
     def __init__(self, gpus, clock=time.perf_counter, fail_init: bool = False):
         self.gpus = list(gpus)
@@ -158,3 +162,15 @@ class FakePynvml:
 
     def nvmlDeviceGetEnforcedPowerLimit(self, h):
         return 700_000  # mW
+
+    def nvmlDeviceGetNvLinkState(self, h, link):
+        n = self.gpus[h].nvlinks
+        if n is None:
+            raise self._err(_real.NVML_ERROR_NOT_SUPPORTED)
+        if link >= self.NVML_NVLINK_MAX_LINKS:
+            raise self._err(_real.NVML_ERROR_INVALID_ARGUMENT)
+        return 1 if link < n else 0
+
+    def nvmlDeviceGetP2PStatus(self, h1, h2, caps):
+        both = self.gpus[h1].nvlinks and self.gpus[h2].nvlinks
+        return self.NVML_P2P_STATUS_OK if both else _real.NVML_P2P_STATUS_NOT_SUPPORTED

@@ -107,7 +107,11 @@ def _warm_imports() -> None:
 
 
 def _configure_device(settings) -> None:
-    """The parent configured the CUDA allocator in its own process only; spawn starts afresh."""
+    """The parent configured the CUDA allocator in its own process only; spawn starts afresh. NVLink
+    multicast off here too, whatever environment the worker was started with (issue 18)."""
+    from harness.backends.pytorch.tp.env import disable_multicast
+
+    disable_multicast()
     from harness.backends.pytorch.device import configure_cuda_allocator, resolve_device
 
     if resolve_device(settings.device).type == "cuda":

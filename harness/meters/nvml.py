@@ -123,6 +123,25 @@ class NvmlDevice:
         mw = self._opt(pynvml.nvmlDeviceGetEnforcedPowerLimit)
         return None if mw is None else mw * 1e-3
 
+    def nvlink_active_links(self) -> int | None:
+        """Active NVLink links (nvmlDeviceGetNvLinkState per link); None where NVML has no NVLink
+        (PCIe-only boards answer NOT_SUPPORTED for link 0)."""
+        n, seen = 0, False
+        for link in range(getattr(pynvml, "NVML_NVLINK_MAX_LINKS", 18)):
+            state = self._opt(pynvml.nvmlDeviceGetNvLinkState, link)
+            if state is None:
+                break
+            seen, n = True, n + (1 if state else 0)
+        return n if seen else None
+
+    def p2p_over_nvlink(self, other: "NvmlDevice") -> bool | None:
+        """Whether peer-to-peer to `other` goes over NVLink (nvmlDeviceGetP2PStatus, NVLINK caps)."""
+        try:
+            st = pynvml.nvmlDeviceGetP2PStatus(self._h, other._h, pynvml.NVML_P2P_CAPS_INDEX_NVLINK)
+        except pynvml.NVMLError:
+            return None
+        return st == pynvml.NVML_P2P_STATUS_OK
+
 
 class NullDevice:
     """A device on a machine without NVML: every reading is None, the process list empty."""
@@ -137,7 +156,7 @@ class NullDevice:
 
     name = uuid = memory_info = memory_used_bytes = compute_capability = _none
     energy_j = power_instant_w = sm_clock_hz = mem_clock_hz = temperature_c = _none
-    utilization = power_limit_w = _none
+    utilization = power_limit_w = nvlink_active_links = p2p_over_nvlink = _none
 
     def processes(self) -> list[ProcessMemory]:
         return []

@@ -38,6 +38,11 @@ class PytorchBackend:
     evaluates_quality = True
 
     def prepare(self, model_spec: str, variant, settings, profile, model_cache: dict) -> "TorchPrepared":
+        if getattr(settings, "gpus", 1) > 1:
+            # ranks build their own shards (harness.backends.pytorch.tp); nothing is loaded here
+            from harness.backends.pytorch.tp.prepared import TensorParallelPrepared
+
+            return TensorParallelPrepared(self, model_spec, variant, settings, profile, model_cache)
         return TorchPrepared(self, model_spec, variant, settings, profile, model_cache)
 
     def make_engine(self, prepared: "TorchPrepared", cell) -> EngineChoice:

@@ -1,0 +1,9 @@
+"""Tensor-parallel inference: one process per GPU (gloo ranks on CPU), Megatron-style sharding of
+the lean decoder (harness.backends.pytorch.lean), driven from the cell pipeline's process.
+
+- env.py     NVLink multicast off in every process the harness starts (torch-free)
+- launch.py  the rank launcher: N spawned processes in one torch.distributed group on a loopback port
+- shard.py   column/row-parallel sharding of a Llama-family model, in place, and its all-reduce
+- rank.py    what a rank runs: load, shard, build the engine, serve commands from the pipeline
+- engine.py  the Engine the pipeline times: sends each pass to every rank, returns rank 0's result
+"""

@@ -1,0 +1,106 @@
+"""Tensor-parallel lean decoder on CPU: two gloo ranks on loopback against the one-process lean
+decoder, the sharding's refusals, and the launcher's child environment (NVLink multicast off)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from harness.backends.pytorch.tp.env import NO_MULTICAST_ENV
+from harness.backends.pytorch.tp.launch import RankError, RankGroup
+from harness.backends.pytorch.tp.shard import tp_unsupported
+
+
+def _report_env(rank, world, conn):
+    import torch.distributed as dist
+
+    t = torch.tensor([rank + 1.0])
+    dist.all_reduce(t)
+    conn.send({"env": {k: os.environ.get(k) for k in NO_MULTICAST_ENV}, "sum": t.item(), "world": world})
+
+
+def _fail(rank, world, conn):
+    if rank == 1:
+        raise SystemExit(3)
+    conn.send("fine")
+
+
+def test_ranks_join_one_group_and_see_multicast_off(monkeypatch):
+    monkeypatch.setenv("NCCL_NVLS_ENABLE", "1")          # a user's setting is overridden in the children
+    monkeypatch.delenv("NVSHMEM_DISABLE_NVLS", raising=False)
+    g = RankGroup(2, _report_env, backend="gloo")
+    try:
+        replies = g.recv_all(120)
+    finally:
+        g.close()
+    for r in replies:
+        assert r["env"] == NO_MULTICAST_ENV
+        assert r["sum"] == 3.0 and r["world"] == 2       # 1 + 2: both ranks in one gloo group
+    assert os.environ["NCCL_NVLS_ENABLE"] == "0"          # the launching process too
+
+
+def test_dead_rank_is_an_error_not_a_hang():
+    g = RankGroup(1, _fail, backend="gloo")
+    try:
+        assert g.recv(0, 120) == "fine"
+    finally:
+        g.close()
+
+
+def test_unsupported_splits_name_the_reason():
+    from types import SimpleNamespace as NS
+
+    cfg = NS(num_attention_heads=4, num_key_value_heads=2, intermediate_size=768)
+    assert tp_unsupported(cfg, 2) is None
+    assert "2 KV heads do not split across 4 GPUs" in tp_unsupported(cfg, 4)
+    assert "intermediate size 771" in tp_unsupported(NS(num_attention_heads=4, num_key_value_heads=2,
+                                                       intermediate_size=771), 2)
+
+
+def test_two_gloo_ranks_match_the_single_process_lean_decoder():
+    from harness.backends.pytorch.tp.engine import TensorParallelEngine
+    from harness.backends.pytorch.tp.rank import LeanLoopEngine, RankJob
+    from harness.models import load_model
+
+    B, P, N = 2, 12, 6
+    loaded = load_model("synthetic:tiny")
+    ids, _ = loaded.prompt_ids("", "", B, P)
+    ref = LeanLoopEngine(loaded.instantiate(torch.device("cpu"), torch.float32), torch.device("cpu"), B, P, N)
+    want = ref.run_pass(ids, N, keep_logits=True)
+    eng = TensorParallelEngine(RankJob("synthetic:tiny", "cpu", "float32", B, P, N), 2, start_timeout_s=300)
+    try:
+        got = eng.run_pass(ids, N, keep_logits=True)
+        again = eng.run_pass(ids, N)                      # the static cache is reused across passes
+        eng.run_prefill(ids)
+        assert eng.kv_cache_bytes() == ref.kv_cache_bytes()   # each rank holds half the KV heads
+        assert [r["kv_cache_bytes"] for r in eng.ranks] == [ref.kv_cache_bytes() // 2] * 2
+        with pytest.raises(ValueError, match="engine built for batch 2"):
+            eng.run_pass(ids[:1], N)
+    finally:
+        eng.close()
+    assert torch.equal(got.tokens, want.tokens)
+    assert torch.equal(again.tokens, want.tokens)
+    assert got.extra["logits"].shape == want.extra["logits"].shape == (B, N, 8192)
+    torch.testing.assert_close(got.extra["logits"], want.extra["logits"], rtol=1e-4, atol=1e-5)
+    assert len(got.step_s) == N - 1 and got.prefill_s > 0
+    assert eng.timing_source == "perf_counter" and eng.name == "tensor-parallel x2 (lean-eager)"
+
+
+def test_fewer_gpus_than_asked_is_unsupported_with_the_count(monkeypatch):
+    from harness.backends.pytorch.tp.prepared import gpus_unsupported
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert gpus_unsupported(2, "cuda") == "needs 2 GPUs, this machine has 1"
+    assert gpus_unsupported(1, "cuda") is None
+    assert gpus_unsupported(8, "cpu") is None          # gloo ranks on CPU
+
+
+def test_executor_workers_turn_multicast_off(monkeypatch):
+    from harness.executor.worker import _configure_device
+    from harness.options import RunSettings
+
+    monkeypatch.setenv("NCCL_NVLS_ENABLE", "1")
+    monkeypatch.setenv("TORCH_SYMM_MEM_DISABLE_MULTICAST", "0")
+    _configure_device(RunSettings(device="cpu"))       # the worker's first step after start-up
+    assert {k: os.environ[k] for k in NO_MULTICAST_ENV} == NO_MULTICAST_ENV
