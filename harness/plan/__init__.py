@@ -1,5 +1,11 @@
 """The planner: projected memory fit and roofline tokens/s of compression variants on hardware profiles.
-Variants and their storage layouts come from the one registry (harness.variants), parsed once."""
+Variants and their storage layouts come from the one registry (harness.variants), parsed once.
+
+roofline.py  datasheet projection          curves.py    calibration file: per-kernel curves over M
+calibrate.py per-variant efficiencies       transfer.py  curves onto a profile, with an interval
+sources.py   run folders / files -> curves  validate.py  measured cells beside projections
+multigpu.py  GPUs needed, tensor-parallel decode (interconnect.yaml)
+"""
 from harness.plan.roofline import PLAN_STATUSES, PlanRow, Workload, plan, project, weight_bytes
 from harness.variants import (POLICIES, Layout, Policy, VariantError, VariantSpec, parse_variant, parse_variants,
                               variant_names)
