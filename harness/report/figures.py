@@ -22,9 +22,9 @@ def _cell_label(r: Record) -> str:
     return f"{txt(r.variant)}\n[{txt(r.backend)}]\nb{r.batch_size} p{r.prompt_tokens}"
 
 
-def _verdict_legend(ax, rs: list[Record]) -> None:
+def _verdict_legend(ax, rs: list[Record], extra: list | None = None) -> None:
     seen = sorted({r.quality_verdict or "" for r in rs if r.status == "ok"})
-    handles = [Patch(color=VERDICT_COLOURS.get(v, VERDICT_COLOURS[""]), label=VERDICT_NAMES.get(v, v)) for v in seen]
+    handles = list(extra or []) + [Patch(color=VERDICT_COLOURS.get(v, VERDICT_COLOURS[""]), label=VERDICT_NAMES.get(v, v)) for v in seen]
     if any(r.status != "ok" for r in rs):
         handles.append(Patch(facecolor="white", edgecolor=STATUS_COLOUR, hatch="//", label="did not run"))
     if handles:
@@ -82,6 +82,7 @@ def decode_vs_batch(ok: list[Record]) -> Chart | None:
         lines.append({"variant": variant, "backend": backend, "prompt": prompt})
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())   # 100, 1000 rather than 10^2, 10^3
     ax.xaxis.set_major_locator(FixedLocator(batches))   # ticks at the measured batches, written 1, 8, 32
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_locator(NullLocator())
@@ -169,12 +170,12 @@ def energy_per_token(ok: list[Record]) -> Chart | None:
     ax.bar([i - 0.2 for i in x], [r.j_per_token_prefill or 0 for r in rs], width=0.4, color="#9b59b6",
            label="prefill (per prompt token)")
     ax.bar([i + 0.2 for i in x], [r.j_per_token_decode or 0 for r in rs], width=0.4,
-           color=[verdict_colour(r) for r in rs], label="decode (per generated token)")
+           color=[verdict_colour(r) for r in rs])
     ax.set_xticks(x, [_cell_label(r) for r in rs], fontsize=8)
     ax.set_ylabel("energy per token (J)")
+    _verdict_legend(ax, rs, [Patch(color="#9b59b6", label="prefill (per prompt token)")])
     title = f"J/token, energy source: {', '.join(sources)} — {context(rs)}"
     ax.set_title(title)
-    ax.legend()
     fig.tight_layout()
     return Chart("energy_per_token", fig, {"title": title, "sources": sources})
 
