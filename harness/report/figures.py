@@ -181,28 +181,38 @@ def energy_per_token(ok: list[Record]) -> Chart | None:
 
 
 def _quality_scatter(ok: list[Record], x_field: str, x_higher: bool, xlabel: str, name: str, what: str):
+    """KL against speed or energy, one panel per batch size (a frontier across batches would only say that
+    batch 32 is faster than batch 1), the Pareto frontier of each panel drawn through its non-dominated points."""
     rs = [r for r in ok if r.kl_mean is not None and getattr(r, x_field) is not None]
     if len(rs) < 2:
         return None
-    pts = [(getattr(r, x_field), r.kl_mean) for r in rs]
-    front = pareto(pts, x_higher=x_higher, y_higher=False)
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    for r, (xv, yv) in zip(rs, pts):
-        ax.scatter(xv, yv, color=verdict_colour(r), s=50, zorder=3)
-        ax.annotate(f"{txt(r.variant)} [{txt(r.backend)}] b{r.batch_size}", (xv, yv), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")
-    fr = sorted((pts[i] for i in front), key=lambda p: p[0])
-    ax.plot([p[0] for p in fr], [p[1] for p in fr], color="black", ls="--", lw=1, label="Pareto frontier")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("KL vs baseline (nats/token, lower is better)")
+    batches = sorted({r.batch_size for r in rs})
+    fig, axes = plt.subplots(1, len(batches), figsize=(max(7.0, 5.0 * len(batches)), 5), squeeze=False, sharey=True)
+    points = []
+    for ax, b in zip(axes[0], batches):
+        cells = [r for r in rs if r.batch_size == b]
+        pts = [(getattr(r, x_field), r.kl_mean) for r in cells]
+        front = set(pareto(pts, x_higher=x_higher, y_higher=False))
+        for i, (r, (xv, yv)) in enumerate(zip(cells, pts)):
+            ax.scatter(xv, yv, color=verdict_colour(r), s=60 if i in front else 35, zorder=3,
+                       edgecolor="black" if i in front else "none")
+            ax.annotate(f"{txt(r.variant)} [{txt(r.backend)}]", (xv, yv), fontsize=8, xytext=(4, 4),
+                        textcoords="offset points")
+            points.append({"variant": r.variant, "backend": r.backend, "batch": b, "x": xv, "y": yv,
+                           "frontier": i in front, "colour": verdict_colour(r)})
+        fr = sorted((pts[i] for i in front), key=lambda p: p[0])
+        ax.plot([p[0] for p in fr], [p[1] for p in fr], color="black", ls="--", lw=1, label="Pareto frontier")
+        ax.set_title(f"batch {b}")
+        ax.set_xlabel(xlabel)
+        ax.grid(True, alpha=0.3)
+        ax.margins(x=0.15, y=0.1)
+    axes[0][0].set_ylabel("KL vs baseline (nats/token, lower is better)")
+    _verdict_legend(axes[0][-1], rs, [plt.Line2D([], [], color="black", ls="--", label="Pareto frontier")])
     title = f"Quality vs {what} — {context(rs)}"
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
+    fig.suptitle(title)
     fig.tight_layout()
-    points = [{"variant": r.variant, "backend": r.backend, "batch": r.batch_size, "x": p[0], "y": p[1],
-               "frontier": i in front, "colour": verdict_colour(r)} for i, (r, p) in enumerate(zip(rs, pts))]
-    return Chart(name, fig, {"title": title, "points": points})
+    return Chart(name, fig, {"title": title, "points": points},
+                 "Frontier: the points no other point of the same batch beats on both axes.")
 
 
 def quality_vs_speed(ok: list[Record]) -> Chart | None:
