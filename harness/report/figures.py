@@ -37,7 +37,7 @@ def decode_per_batch(rs: list[Record]) -> Chart:
     batches = sorted({r.batch_size for r in rs}) or [1]
     fig, axes = plt.subplots(1, len(batches), figsize=(max(7.0, 3.2 * len(batches) + 1.2 * len(rs) / len(batches)),
                                                         4.8), squeeze=False)
-    title = f"Decode throughput per variant and batch — {context(rs)}"
+    title = f"Decode throughput per variant and batch\n{context(rs)}"
     bars = []
     for ax, b in zip(axes[0], batches):
         cells = [r for r in rs if r.batch_size == b]
@@ -88,7 +88,7 @@ def decode_vs_batch(ok: list[Record]) -> Chart | None:
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("batch size (sequences)")
     ax.set_ylabel("decode tokens/s, all sequences (measured)")
-    title = f"Decode throughput vs batch — {context(ok)}"
+    title = f"Decode throughput vs batch\n{context(ok)}"
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
@@ -111,7 +111,7 @@ def ttft_vs_prompt(ok: list[Record]) -> Chart | None:
                 label=f"{txt(variant)} [{txt(backend)}] batch {batch}")
     ax.set_xlabel("prompt length (tokens)")
     ax.set_ylabel("time to first token (ms, measured)")
-    title = f"TTFT per prompt length — {context(rs)}"
+    title = f"TTFT per prompt length\n{context(rs)}"
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()
@@ -154,7 +154,7 @@ def memory(ok: list[Record]) -> Chart | None:
         ax.set_xticks(x, [_cell_label(r) for r in ok], fontsize=7)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
-    title = f"Memory — {context(ok)}"
+    title = f"Memory\n{context(ok)}"
     fig.suptitle(title)
     fig.tight_layout()
     return Chart("memory", fig, {"title": title, "vram_stacks": stacks, "axes": ["peak VRAM (GB)", "host memory (GB)"]})
@@ -174,7 +174,7 @@ def energy_per_token(ok: list[Record]) -> Chart | None:
     ax.set_xticks(x, [_cell_label(r) for r in rs], fontsize=8)
     ax.set_ylabel("energy per token (J)")
     _verdict_legend(ax, rs, [Patch(color="#9b59b6", label="prefill (per prompt token)")])
-    title = f"J/token, energy source: {', '.join(sources)} — {context(rs)}"
+    title = f"J/token, energy source: {', '.join(sources)}\n{context(rs)}"
     ax.set_title(title)
     fig.tight_layout()
     return Chart("energy_per_token", fig, {"title": title, "sources": sources})
@@ -208,7 +208,7 @@ def _quality_scatter(ok: list[Record], x_field: str, x_higher: bool, xlabel: str
         ax.margins(x=0.15, y=0.1)
     axes[0][0].set_ylabel("KL vs baseline (nats/token, lower is better)")
     _verdict_legend(axes[0][-1], rs, [plt.Line2D([], [], color="black", ls="--", label="Pareto frontier")])
-    title = f"Quality vs {what} — {context(rs)}"
+    title = f"Quality vs {what}\n{context(rs)}"
     fig.suptitle(title)
     fig.tight_layout()
     return Chart(name, fig, {"title": title, "points": points},
@@ -233,7 +233,7 @@ def tpot_distribution(ok: list[Record]) -> Chart | None:
     ax.boxplot([[s * 1e3 for s in r.tpot_s_samples] for r in rs], showfliers=True)
     ax.set_xticks(range(1, len(rs) + 1), [_cell_label(r) for r in rs], fontsize=8)
     ax.set_ylabel("time per output token (ms, measured)")
-    title = f"TPOT distribution per cell — {context(rs)}"
+    title = f"TPOT distribution per cell\n{context(rs)}"
     ax.set_title(title)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
@@ -263,7 +263,7 @@ def power_timeline(ok: list[Record]) -> Chart | None:
         ax.axis("off")
     for row in axes:
         row[0].set_ylabel("board power (W)")
-    title = f"Power timeline (NVML instant power) — {context(rs)}"
+    title = f"Power timeline (NVML instant power)\n{context(rs)}"
     fig.suptitle(title)
     fig.tight_layout()
     return Chart("power_timeline", fig, {"title": title, "ylabel": "board power (W)"})
