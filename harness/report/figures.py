@@ -22,9 +22,9 @@ def _cell_label(r: Record) -> str:
     return f"{txt(r.variant)}\n[{txt(r.backend)}]\nb{r.batch_size} p{r.prompt_tokens}"
 
 
-def _verdict_legend(ax, rs: list[Record]) -> None:
+def _verdict_legend(ax, rs: list[Record], extra: list | None = None) -> None:
     seen = sorted({r.quality_verdict or "" for r in rs if r.status == "ok"})
-    handles = [Patch(color=VERDICT_COLOURS.get(v, VERDICT_COLOURS[""]), label=VERDICT_NAMES.get(v, v)) for v in seen]
+    handles = list(extra or []) + [Patch(color=VERDICT_COLOURS.get(v, VERDICT_COLOURS[""]), label=VERDICT_NAMES.get(v, v)) for v in seen]
     if any(r.status != "ok" for r in rs):
         handles.append(Patch(facecolor="white", edgecolor=STATUS_COLOUR, hatch="//", label="did not run"))
     if handles:
@@ -37,7 +37,7 @@ def decode_per_batch(rs: list[Record]) -> Chart:
     batches = sorted({r.batch_size for r in rs}) or [1]
     fig, axes = plt.subplots(1, len(batches), figsize=(max(7.0, 3.2 * len(batches) + 1.2 * len(rs) / len(batches)),
                                                         4.8), squeeze=False)
-    title = f"Decode throughput per variant and batch — {context(rs)}"
+    title = f"Decode throughput per variant and batch\n{context(rs)}"
     bars = []
     for ax, b in zip(axes[0], batches):
         cells = [r for r in rs if r.batch_size == b]
@@ -82,12 +82,13 @@ def decode_vs_batch(ok: list[Record]) -> Chart | None:
         lines.append({"variant": variant, "backend": backend, "prompt": prompt})
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())   # 100, 1000 rather than 10^2, 10^3
     ax.xaxis.set_major_locator(FixedLocator(batches))   # ticks at the measured batches, written 1, 8, 32
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("batch size (sequences)")
     ax.set_ylabel("decode tokens/s, all sequences (measured)")
-    title = f"Decode throughput vs batch — {context(ok)}"
+    title = f"Decode throughput vs batch\n{context(ok)}"
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
@@ -110,7 +111,7 @@ def ttft_vs_prompt(ok: list[Record]) -> Chart | None:
                 label=f"{txt(variant)} [{txt(backend)}] batch {batch}")
     ax.set_xlabel("prompt length (tokens)")
     ax.set_ylabel("time to first token (ms, measured)")
-    title = f"TTFT per prompt length — {context(rs)}"
+    title = f"TTFT per prompt length\n{context(rs)}"
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()
@@ -153,7 +154,7 @@ def memory(ok: list[Record]) -> Chart | None:
         ax.set_xticks(x, [_cell_label(r) for r in ok], fontsize=7)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
-    title = f"Memory — {context(ok)}"
+    title = f"Memory\n{context(ok)}"
     fig.suptitle(title)
     fig.tight_layout()
     return Chart("memory", fig, {"title": title, "vram_stacks": stacks, "axes": ["peak VRAM (GB)", "host memory (GB)"]})
@@ -169,39 +170,49 @@ def energy_per_token(ok: list[Record]) -> Chart | None:
     ax.bar([i - 0.2 for i in x], [r.j_per_token_prefill or 0 for r in rs], width=0.4, color="#9b59b6",
            label="prefill (per prompt token)")
     ax.bar([i + 0.2 for i in x], [r.j_per_token_decode or 0 for r in rs], width=0.4,
-           color=[verdict_colour(r) for r in rs], label="decode (per generated token)")
+           color=[verdict_colour(r) for r in rs])
     ax.set_xticks(x, [_cell_label(r) for r in rs], fontsize=8)
     ax.set_ylabel("energy per token (J)")
-    title = f"J/token, energy source: {', '.join(sources)} — {context(rs)}"
+    _verdict_legend(ax, rs, [Patch(color="#9b59b6", label="prefill (per prompt token)")])
+    title = f"J/token, energy source: {', '.join(sources)}\n{context(rs)}"
     ax.set_title(title)
-    ax.legend()
     fig.tight_layout()
     return Chart("energy_per_token", fig, {"title": title, "sources": sources})
 
 
 def _quality_scatter(ok: list[Record], x_field: str, x_higher: bool, xlabel: str, name: str, what: str):
+    """KL against speed or energy, one panel per batch size (a frontier across batches would only say that
+    batch 32 is faster than batch 1), the Pareto frontier of each panel drawn through its non-dominated points."""
     rs = [r for r in ok if r.kl_mean is not None and getattr(r, x_field) is not None]
     if len(rs) < 2:
         return None
-    pts = [(getattr(r, x_field), r.kl_mean) for r in rs]
-    front = pareto(pts, x_higher=x_higher, y_higher=False)
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    for r, (xv, yv) in zip(rs, pts):
-        ax.scatter(xv, yv, color=verdict_colour(r), s=50, zorder=3)
-        ax.annotate(f"{txt(r.variant)} [{txt(r.backend)}] b{r.batch_size}", (xv, yv), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")
-    fr = sorted((pts[i] for i in front), key=lambda p: p[0])
-    ax.plot([p[0] for p in fr], [p[1] for p in fr], color="black", ls="--", lw=1, label="Pareto frontier")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("KL vs baseline (nats/token, lower is better)")
-    title = f"Quality vs {what} — {context(rs)}"
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
+    batches = sorted({r.batch_size for r in rs})
+    fig, axes = plt.subplots(1, len(batches), figsize=(max(7.0, 5.0 * len(batches)), 5), squeeze=False, sharey=True)
+    points = []
+    for ax, b in zip(axes[0], batches):
+        cells = [r for r in rs if r.batch_size == b]
+        pts = [(getattr(r, x_field), r.kl_mean) for r in cells]
+        front = set(pareto(pts, x_higher=x_higher, y_higher=False))
+        for i, (r, (xv, yv)) in enumerate(zip(cells, pts)):
+            ax.scatter(xv, yv, color=verdict_colour(r), s=60 if i in front else 35, zorder=3,
+                       edgecolor="black" if i in front else "none")
+            ax.annotate(f"{txt(r.variant)} [{txt(r.backend)}]", (xv, yv), fontsize=8, xytext=(4, 4),
+                        textcoords="offset points")
+            points.append({"variant": r.variant, "backend": r.backend, "batch": b, "x": xv, "y": yv,
+                           "frontier": i in front, "colour": verdict_colour(r)})
+        fr = sorted((pts[i] for i in front), key=lambda p: p[0])
+        ax.plot([p[0] for p in fr], [p[1] for p in fr], color="black", ls="--", lw=1, label="Pareto frontier")
+        ax.set_title(f"batch {b}")
+        ax.set_xlabel(xlabel)
+        ax.grid(True, alpha=0.3)
+        ax.margins(x=0.15, y=0.1)
+    axes[0][0].set_ylabel("KL vs baseline (nats/token, lower is better)")
+    _verdict_legend(axes[0][-1], rs, [plt.Line2D([], [], color="black", ls="--", label="Pareto frontier")])
+    title = f"Quality vs {what}\n{context(rs)}"
+    fig.suptitle(title)
     fig.tight_layout()
-    points = [{"variant": r.variant, "backend": r.backend, "batch": r.batch_size, "x": p[0], "y": p[1],
-               "frontier": i in front, "colour": verdict_colour(r)} for i, (r, p) in enumerate(zip(rs, pts))]
-    return Chart(name, fig, {"title": title, "points": points})
+    return Chart(name, fig, {"title": title, "points": points},
+                 "Frontier: the points no other point of the same batch beats on both axes.")
 
 
 def quality_vs_speed(ok: list[Record]) -> Chart | None:
@@ -222,7 +233,7 @@ def tpot_distribution(ok: list[Record]) -> Chart | None:
     ax.boxplot([[s * 1e3 for s in r.tpot_s_samples] for r in rs], showfliers=True)
     ax.set_xticks(range(1, len(rs) + 1), [_cell_label(r) for r in rs], fontsize=8)
     ax.set_ylabel("time per output token (ms, measured)")
-    title = f"TPOT distribution per cell — {context(rs)}"
+    title = f"TPOT distribution per cell\n{context(rs)}"
     ax.set_title(title)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
@@ -252,7 +263,7 @@ def power_timeline(ok: list[Record]) -> Chart | None:
         ax.axis("off")
     for row in axes:
         row[0].set_ylabel("board power (W)")
-    title = f"Power timeline (NVML instant power) — {context(rs)}"
+    title = f"Power timeline (NVML instant power)\n{context(rs)}"
     fig.suptitle(title)
     fig.tight_layout()
     return Chart("power_timeline", fig, {"title": title, "ylabel": "board power (W)"})

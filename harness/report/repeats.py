@@ -19,16 +19,14 @@ from harness.report.fmt import NA, md, num, sig
 
 OVERHEAD_TARGET = 0.01   # meters may change decode tok/s by less than 1%
 
-# two-sided 95% quantiles of Student's t by degrees of freedom (1..30); above 30 the normal 1.96
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-        2.045, 2.042)
-
-
 def t95(df: float) -> float:
+    """Two-sided 95% quantile of Student's t at DF degrees of freedom (fractional for Welch's), from
+    scipy.stats; imported here so that a report without repetitions never loads scipy."""
     if df < 1:
         raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    return _T95[min(int(df), 30) - 1] if df <= 30 else 1.96
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ def trend_chart(df, metric: str, threshold: float = 0.05) -> Chart:
     ax.set_ylabel(f"{metric} ({direction} is better)")
     ax.set_xlabel("run (UTC start time)")
     machines = ", ".join(sorted({f"{p} ({m})" for m, p in zip(df.machine, df.profile)}))
-    title = f"History of {metric} — {txt(machines)}"
+    title = f"History of {metric}\n{txt(machines)}"
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     if lines:
