@@ -10,7 +10,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
 from harness.records import Record
-from harness.report.charts import (STATUS_COLOUR, VERDICT_COLOURS, VERDICT_NAMES, Chart, context, pareto, txt,
+from harness.report.chart_kit import (STATUS_COLOUR, VERDICT_COLOURS, VERDICT_NAMES, Chart, context, pareto, txt,
                                    verdict_colour)
 
 

@@ -8,7 +8,7 @@ from collections import defaultdict
 from harness import history
 from harness.records import CELL_AXES
 from harness.report import compare as cmp
-from harness.report.charts import Chart, plt, txt
+from harness.report.chart_kit import Chart, plt, txt
 
 MATCH = list(cmp.MATCH_AXES)
 

@@ -15,7 +15,7 @@ import torch
 from harness import quality
 from harness.backends.base import CellSkip, EngineChoice
 from harness.backends.pytorch import lean
-from harness.backends.pytorch.device import compute_dtype, free_memory_bytes, resolve_device
+from harness.backends.pytorch.device import compute_dtype, dtype_name, free_memory_bytes, resolve_device
 from harness.backends.pytorch.engine import EagerEngine
 from harness.corpus import load_corpus
 from harness.models import load_model
@@ -26,10 +26,6 @@ from harness.variants.inspect import ops_that_ran, tensor_bytes
 # of the corpus (evaluation reads the head), seeded for synthetic models.
 CALIBRATION_SEQS, CALIBRATION_TOKENS, CALIBRATION_SEED = 8, 256, 1234
 OOM_ERRORS = (torch.OutOfMemoryError, MemoryError)
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
 
 
 class PytorchBackend:

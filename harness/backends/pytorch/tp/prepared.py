@@ -29,7 +29,7 @@ def gpus_unsupported(gpus: int, device_type: str) -> str | None:
 
 class TensorParallelPrepared:
     def __init__(self, backend, model_spec: str, variant, settings, profile, cache: dict):
-        from harness.backends.pytorch.backend import dtype_name
+        from harness.backends.pytorch.device import dtype_name
         from harness.backends.pytorch.device import compute_dtype, resolve_device
         from harness.corpus import load_corpus
         from harness.models import load_model
