@@ -3,7 +3,6 @@ frontier): imported by harness.report.figures, trends and charts alike."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import matplotlib
 
