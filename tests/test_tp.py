@@ -104,3 +104,19 @@ def test_executor_workers_turn_multicast_off(monkeypatch):
     monkeypatch.setenv("TORCH_SYMM_MEM_DISABLE_MULTICAST", "0")
     _configure_device(RunSettings(device="cpu"))       # the worker's first step after start-up
     assert {k: os.environ[k] for k in NO_MULTICAST_ENV} == NO_MULTICAST_ENV
+
+
+def test_per_shard_build_keeps_replicated_weights_identical_across_ranks():
+    from harness.backends.pytorch.tp.materialize import synthetic_shard
+    from harness.models import load_model
+
+    loaded = load_model("synthetic:tiny")
+    full = loaded.instantiate(torch.device("cpu"), torch.float32)
+    r0, r1 = (synthetic_shard(loaded, r, 2, torch.device("cpu"), torch.float32) for r in (0, 1))
+    assert torch.equal(r0.model.embed_tokens.weight, r1.model.embed_tokens.weight)
+    assert torch.equal(r0.lm_head.weight, r1.lm_head.weight)
+    q0, q1 = r0.model.layers[0].self_attn.q_proj.weight, r1.model.layers[0].self_attn.q_proj.weight
+    assert q0.shape == (128, 256) and not torch.equal(q0, q1)     # half the heads each, own draws
+    assert r0.model.layers[0].mlp.down_proj.linear.weight.shape == (256, 384)
+    assert torch.equal(r0.model.rotary_emb.inv_freq, full.model.rotary_emb.inv_freq)
+    assert torch.all(r0.model.norm.weight == 1.0) and r0.config.num_key_value_heads == 1

@@ -77,6 +77,7 @@ class LeanLoopEngine:
 
 
 def build_rank_engine(job: RankJob, rank: int, world: int):
+    from harness.backends.pytorch.tp.materialize import fits_one_device, synthetic_shard
     from harness.backends.pytorch.tp.shard import shard_model
     from harness.models import load_model
 
@@ -86,10 +87,16 @@ def build_rank_engine(job: RankJob, rank: int, world: int):
     else:
         device = torch.device("cpu")
     dtype = getattr(torch, job.dtype)
-    # the full model is built on the rank's device, then sliced: each GPU must hold it once during
-    # set-up (a model larger than one GPU needs per-shard loading: issue 18, left to do)
-    model = load_model(job.model_spec, job.trust_remote_code).instantiate(device, dtype)
-    shard_model(model, rank, world)
+    loaded = load_model(job.model_spec, job.trust_remote_code)
+    if device.type == "cuda" and loaded.spec.kind == "synthetic" and not fits_one_device(loaded, dtype, device):
+        # larger than one GPU: built shard by shard (random weights of its own seed, see materialize)
+        model = synthetic_shard(loaded, rank, world, device, dtype)
+        build = "per-shard random weights (synthetic, larger than one GPU)"
+    else:
+        # the full model is built on the rank's device, then sliced: it must fit one device during
+        # set-up (real checkpoints larger than one GPU need per-shard loading: not implemented)
+        model = shard_model(loaded.instantiate(device, dtype), rank, world)
+        build = "sliced from the full model"
     if device.type == "cuda":
         import gc
 
@@ -97,9 +104,12 @@ def build_rank_engine(job: RankJob, rank: int, world: int):
         torch.cuda.empty_cache()
         from harness.backends.pytorch.cuda_engine import CudaGraphEngine
 
-        return CudaGraphEngine(model, device, job.batch, job.prompt_tokens, job.new_tokens,
-                               compile_step=job.compile_step, tune=job.tune, compile_mode=job.compile_mode)
-    return LeanLoopEngine(model, device, job.batch, job.prompt_tokens, job.new_tokens)
+        eng = CudaGraphEngine(model, device, job.batch, job.prompt_tokens, job.new_tokens,
+                              compile_step=job.compile_step, tune=job.tune, compile_mode=job.compile_mode)
+    else:
+        eng = LeanLoopEngine(model, device, job.batch, job.prompt_tokens, job.new_tokens)
+    eng.shard_build = build
+    return eng
 
 
 def _sync(engine) -> None:
@@ -113,7 +123,8 @@ def rank_info(engine, rank: int) -> dict:
 
     info = {"rank": rank, "engine": engine.name, "timing_source": engine.timing_source, "setup_s": engine.setup_s,
             "kv_cache_bytes": engine.kv_cache_bytes(), "tuned": getattr(engine, "tuned", None),
-            "weight_bytes": tensor_bytes(engine.dec.hf), "pid": os.getpid()}
+            "weight_bytes": tensor_bytes(engine.dec.hf), "pid": os.getpid(),
+            "shard_build": getattr(engine, "shard_build", None)}
     if engine.device.type == "cuda":
         info["cuda_index"] = engine.device.index
         info["torch_max_allocated_bytes"] = torch.cuda.max_memory_allocated(engine.device)
