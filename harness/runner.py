@@ -28,6 +28,7 @@ class Cell:
     new_tokens: int
     repetition: int = 0
     meters: bool = True
+    profile: str = ""          # set by `harness run`: the profile that measures it (several under --executor ray)
 
     @property
     def geometry(self) -> tuple[int, int, int]:
@@ -77,7 +78,7 @@ class RunContext:
 
 def cell_record(cell: Cell, ctx: RunContext, **kw) -> Record:
     """The Record of a cell with its keys and the run's provenance filled in; figures come as kw."""
-    return Record(model=cell.model, variant=cell.variant, backend=cell.backend, profile=ctx.profile.id,
+    return Record(model=cell.model, variant=cell.variant, backend=cell.backend, profile=cell.profile or ctx.profile.id,
                   batch_size=cell.batch_size, prompt_tokens=cell.prompt_tokens, new_tokens=cell.new_tokens,
                   repetition=cell.repetition, meters=cell.meters, run_id=ctx.run_id, provenance=ctx.provenance, **kw)
 
@@ -139,6 +140,10 @@ def run_sweep(cells: list[Cell], settings: RunSettings, ctx: RunContext,
     if settings.isolation not in ISOLATION_MODES:
         raise ValueError(f"isolation must be one of {', '.join(ISOLATION_MODES)}, got {settings.isolation!r}")
     load_plugins(settings.plugins)
+    if getattr(settings, "executor", "local") == "ray":   # imported only when asked for: ray is an extra
+        from harness.executor.ray_executor import run_ray
+
+        return run_ray(list(cells), settings, ctx, on_record, on_start)
     if settings.isolation == "process":
         from harness.executor.local import run_supervised
 

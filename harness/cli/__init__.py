@@ -6,6 +6,7 @@ is shown), so `harness report`, `compare` and `plan` start without torch:
     profiles, detect, plan    harness/cli/profiles.py
     sensitivity               harness/cli/quality.py
     import-microbench         harness/cli/microbench.py
+    worker                    harness/cli/worker.py (a Ray node advertising this machine's profile)
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ COMMANDS = {
     "plan": ("harness.cli.profiles", "plan"),
     "sensitivity": ("harness.cli.quality", "sensitivity"),
     "import-microbench": ("harness.cli.microbench", "import_microbench"),
+    "worker": ("harness.cli.worker", "worker"),
 }
 
 
