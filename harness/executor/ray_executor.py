@@ -139,7 +139,8 @@ class _Driver:
     # -- messages ---------------------------------------------------------------------------------
     def poll(self) -> None:
         if not self.active:
-            time.sleep(POLL_S) if self.todo else None
+            if self.todo:
+                time.sleep(POLL_S)
             return
         ready, _ = self.ray.wait([g.gen for g in self.active], num_returns=1, timeout=POLL_S)
         for gen in ready:
