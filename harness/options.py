@@ -49,6 +49,10 @@ METER_MODES = ("on", "off", "alternate")
 TUNE_MODES = ("auto", "on", "off")
 COMPILE_MODES = ("default", "max-autotune")
 ISOLATION_MODES = ("process", "none")
+EXECUTORS = ("local", "ray")
+# How long a Ray sweep waits for a live node advertising a cell's profile before the cell is
+# `unsupported: no node with profile X` (a node joining takes seconds; a fleet's nightly slot minutes).
+DEFAULT_RAY_NODE_TIMEOUT_S = 60.0
 
 # --quick: a small workload for smoke tests; applied only to options the user did not set. Keyed by
 # the options' parameter names (flag without dashes), values as typed on the command line.
@@ -162,6 +166,15 @@ class RunSettings:
     trust_remote_code: bool = opt(False, flags=(Flag("--trust-remote-code", True, "Allow a Hugging Face folder "
                                   "whose config.json has auto_map to run its own Python code (refused otherwise)."),),
                                   per_invocation=True)
+    executor: str = opt("local", "local: this machine; ray: each model group is a Ray task on a node whose "
+                        "advertised profile (`harness worker`) is the cell's; --profile a,b fans the sweep out over "
+                        "several kinds of node (needs the [ray] extra).", choices=EXECUTORS, per_invocation=True)
+    ray_address: str | None = opt(None, "--executor ray: the Ray cluster to join (host:port of its head; default: "
+                                  "RAY_ADDRESS, else the cluster started on this machine).", flag="--address",
+                                  per_invocation=True)
+    ray_node_timeout_s: float = opt(DEFAULT_RAY_NODE_TIMEOUT_S, "--executor ray: seconds to wait for a live node "
+                                    "with a cell's profile before its cells are unsupported.", min=0,
+                                    per_invocation=True)
 
 
 @dataclass(frozen=True)
@@ -169,7 +182,8 @@ class RunOptions:
     """Everything `harness run` is given. axes + settings are the sweep definition run.json keeps."""
     axes: SweepAxes = opt(factory=SweepAxes)
     settings: RunSettings = opt(factory=RunSettings)
-    profile: str = opt("auto", "Hardware profile id, or auto to detect.", per_invocation=True)
+    profile: str = opt("auto", "Hardware profile id, or auto to detect. With --executor ray, a comma list: the "
+                       "sweep runs once per profile, on nodes advertising it.", per_invocation=True)
     profiles_dir: Path | None = opt(None, "Folder of profile YAML files (default: the shipped profiles/).",
                                     path="dir", per_invocation=True)
     out: Path | None = opt(None, "Output folder (default: results/<run-id>/).", path="dir", per_invocation=True)

@@ -145,7 +145,12 @@ def prepare(opts: RunOptions, given: set[tuple[str, ...]] = frozenset(), echo: C
     _check_models(opts)
     corpus_name, _ = load_corpus(Path(opts.settings.corpus) if opts.settings.corpus else None)
     device = _check_device(opts.settings.device)
-    profile, why = resolve_profile(opts.profile, opts.profiles_dir, opts.settings.cpu_power_w)
+    if opts.settings.executor == "ray":
+        from harness.executor.ray_executor import fleet_profile
+
+        profile, why = fleet_profile(opts.profile, opts.profiles_dir, opts.settings.cpu_power_w)
+    else:
+        profile, why = resolve_profile(opts.profile, opts.profiles_dir, opts.settings.cpu_power_w)
     if meta_old is not None and profile.id != meta_old.get("profile"):
         raise ValueError(f"--resume {opts.resume}: the run was measured on profile {meta_old.get('profile')}, "
                          f"this invocation resolves to {profile.id} ({why}); resume it on that machine, or with "
@@ -158,7 +163,7 @@ def prepare(opts: RunOptions, given: set[tuple[str, ...]] = frozenset(), echo: C
     try:
         if meta_old is None:
             F.refuse_existing_run(out_dir)
-        cells = expand(opts.axes)
+        cells = _stamp_profiles(expand(opts.axes), profile.id.split(","))
         todo = _todo(cells, out_dir, opts.retry_failed, echo) if meta_old else cells
         allocator = None
         if device.type == "cuda":
@@ -172,6 +177,12 @@ def prepare(opts: RunOptions, given: set[tuple[str, ...]] = frozenset(), echo: C
         lock.release()
         raise
     return Plan(opts, out_dir, cells, todo, meta, RunContext(run_id=run_id, profile=profile, provenance=prov), lock)
+
+
+def _stamp_profiles(cells: list, ids: list[str]) -> list:
+    """Each cell once per profile (one for a local run; --executor ray --profile a,b: the sweep per profile)."""
+    out = [replace(c, profile=p) for p in ids for c in cells]
+    return [replace(c, index=i) for i, c in enumerate(out)]
 
 
 def _todo(cells: list, out_dir: Path, retry_failed: bool, echo) -> list:

@@ -99,8 +99,10 @@ def write_run_json(folder: Path, meta: dict) -> None:
 
 
 def cell_key(c) -> tuple:
-    """What identifies a cell's measurement, for a Cell and a Record alike (the profile is the run's)."""
-    return (c.model, c.variant, c.backend, c.batch_size, c.prompt_tokens, c.new_tokens, c.repetition, c.meters)
+    """What identifies a cell's measurement, for a Cell and a Record alike. The profile is part of it: a Ray
+    sweep measures each cell once per profile (`harness run` sets Cell.profile, local runs included)."""
+    return (c.model, c.variant, c.backend, c.batch_size, c.prompt_tokens, c.new_tokens, c.repetition, c.meters,
+            c.profile)
 
 
 def read_records(folder: Path, echo=print) -> list:

@@ -26,6 +26,10 @@ def run_sweep(cells: list[Cell], settings: RunSettings, ctx: RunContext,
     if settings.isolation not in ISOLATION_MODES:
         raise ValueError(f"isolation must be one of {', '.join(ISOLATION_MODES)}, got {settings.isolation!r}")
     load_plugins(settings.plugins)
+    if getattr(settings, "executor", "local") == "ray":   # imported only when asked for: ray is an extra
+        from harness.executor.ray_executor import run_ray
+
+        return run_ray(list(cells), settings, ctx, on_record, on_start)
     if settings.isolation == "process":
         from harness.executor.local import run_supervised
 

@@ -26,6 +26,7 @@ class Cell:
     new_tokens: int
     repetition: int = 0
     meters: bool = True
+    profile: str = ""          # set by `harness run`: the profile that measures it (several under --executor ray)
 
     @property
     def geometry(self) -> tuple[int, int, int]:
@@ -75,7 +76,7 @@ class RunContext:
 
 def cell_record(cell: Cell, ctx: RunContext, **kw) -> Record:
     """The Record of a cell with its keys and the run's provenance filled in; figures come as kw."""
-    return Record(model=cell.model, variant=cell.variant, backend=cell.backend, profile=ctx.profile.id,
+    return Record(model=cell.model, variant=cell.variant, backend=cell.backend, profile=cell.profile or ctx.profile.id,
                   batch_size=cell.batch_size, prompt_tokens=cell.prompt_tokens, new_tokens=cell.new_tokens,
                   repetition=cell.repetition, meters=cell.meters, run_id=ctx.run_id, provenance=ctx.provenance, **kw)
 

@@ -8,6 +8,7 @@ is shown), so `harness report`, `compare` and `plan` start without torch:
     import-microbench         harness/cli/microbench.py
     history (add, show)       harness/cli/history.py
     calibrate, validate-plan  harness/cli/calibrate.py
+    worker                    harness/cli/worker.py (a Ray node advertising this machine's profile)
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ COMMANDS = {
     "history": ("harness.cli.history", "history"),
     "calibrate": ("harness.cli.calibrate", "calibrate"),
     "validate-plan": ("harness.cli.calibrate", "validate_plan"),
+    "worker": ("harness.cli.worker", "worker"),
 }
 
 

@@ -100,7 +100,9 @@ class OrtBackend:
                 __import__(module)
             except ImportError as e:
                 return None, None, ep_name, f"{pkg} is not installed ({e}); pip install 'harness[ort]'"
-        base, _, policy = variant_name.partition("@")
+        from harness.variants.spec import split_policy
+
+        base, policy = split_policy(variant_name)
         if policy:
             why = f"{variant_name}: mixed-precision policies are not implemented on the ort backend"
             return None, None, ep_name, why
