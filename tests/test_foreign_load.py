@@ -16,7 +16,14 @@ class FakeGpu:
 
 
 def test_a_busy_neighbour_process_is_flagged():
-    spinner = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<5: pass"])
+    import os
+    import signal
+
+    # the neighbour must not be our child (the meter counts this process tree as its own): a shell
+    # starts it in the background and exits, so it is re-parented away from us
+    sh = subprocess.run(["sh", "-c", f"{sys.executable} -c 'import time\nt=time.time()\nwhile time.time()-t<8: pass' "
+                                     ">/dev/null 2>&1 & echo $!"], capture_output=True, text=True, check=True)
+    pid = int(sh.stdout.strip())
     try:
         time.sleep(0.3)                        # let it start spinning
         m = ForeignLoadMeter(max_cpu_share=0.25)
@@ -24,8 +31,7 @@ def test_a_busy_neighbour_process_is_flagged():
         time.sleep(1.0)                        # this process idles; the neighbour spins one core
         r = m.end()
     finally:
-        spinner.kill()
-        spinner.wait()
+        os.kill(pid, signal.SIGKILL)
     assert r.other_cpu_cores is not None and r.other_cpu_cores > 0.5
     assert any("other processes used" in f for f in r.flags)
     fields = m.record_fields(r)["foreign_load"]
