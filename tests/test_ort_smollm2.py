@@ -29,7 +29,7 @@ def fp32(smol):
 
 
 def test_fp32_greedy_tokens_equal_the_torch_engine(smol, fp32):
-    from harness.backends.engine import EagerEngine
+    from harness.backends.pytorch.engine import EagerEngine
 
     lm, _, ids = smol
     model = lm.instantiate(torch.device("cpu"), torch.float32)

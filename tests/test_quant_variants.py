@@ -251,7 +251,7 @@ def test_cuda_int4_awq_on_tiny(tiny_loaded):
 
 
 def test_awq_on_fused_projections_folds_exactly(tiny_loaded, coarse_awq_grid):
-    """The CUDA path fuses q/k/v and gate/up (harness.backends.lean) before apply(); AWQ keeps the
+    """The CUDA path fuses q/k/v and gate/up (harness.backends.pytorch.lean) before apply(); AWQ keeps the
     fused linears as consumers and calibrates through temporary row views."""
     from harness.backends.pytorch.lean import LeanDecoder, fuse_projections
     from harness.variants.awq import awq_scale_

@@ -9,7 +9,7 @@ chosen scale never does worse than RTN on the calibration rows.
 The inverse scale is folded into the op that produces the group's input, so inference runs the same
 int4 kernels with no extra op: RMSNorm weight (q/k/v, gate/up, lm_head), v_proj rows (o_proj; with
 grouped-query attention one scale per KV channel, repeated over the query heads that share it) and
-up_proj rows (down_proj). Models whose q/k/v and gate/up were fused (harness.backends.lean's
+up_proj rows (down_proj). Models whose q/k/v and gate/up were fused (harness.backends.pytorch.lean's
 qkv_proj / gate_up_proj, done on CUDA before apply) keep the fused linears as the quantized consumers;
 for the calibration forward, which is transformers' own, temporary q/k/v and gate/up modules over
 row slices of the fused weights stand in for the originals.

@@ -20,7 +20,7 @@ from pathlib import Path
 # Module that holds each linear of ArchShape.linear_shapes() in a transformers Llama-family block.
 _PARENT = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
            "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
-# Projections the CUDA engine fuses before apply() (harness.backends.lean): a fused module is kept
+# Projections the CUDA engine fuses before apply() (harness.backends.pytorch.lean): a fused module is kept
 # when a policy keeps any of its parts, since one module has one precision and the policy's promise
 # is about the parts.
 _FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
