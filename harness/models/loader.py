@@ -154,3 +154,11 @@ def load_model(spec: str | ModelSpec, trust_remote_code: bool = False) -> Loaded
                           getattr(c, "num_key_value_heads", c.num_attention_heads), c.intermediate_size,
                           c.vocab_size, tie_word_embeddings=bool(getattr(c, "tie_word_embeddings", False)))
     return LoadedModel(s, shape, tokenizer, note, time.perf_counter() - t0, _pristine_factory(pristine))
+
+
+def cached_model(cache: dict, spec: str, trust_remote_code: bool = False) -> LoadedModel:
+    """The model of `spec` from a per-process cache (one load per spec, shared by every backend's
+    groups in that process)."""
+    if spec not in cache:
+        cache[spec] = load_model(spec, trust_remote_code)
+    return cache[spec]

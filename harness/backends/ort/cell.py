@@ -31,11 +31,9 @@ class OrtCellPrepared:
         why = self.builder.unsupported_reason(variant.name, profile)
         if why:
             raise CellSkip("unsupported", why)
-        from harness.models import load_model
+        from harness.models.loader import cached_model
 
-        if model_spec not in cache:
-            cache[model_spec] = load_model(model_spec, settings.trust_remote_code)
-        self.loaded = cache[model_spec]
+        self.loaded = cached_model(cache, model_spec, settings.trust_remote_code)
         self.shape = self.loaded.shape
         try:
             self.ort = self.builder.prepare(self.loaded, variant.name, profile)

@@ -18,7 +18,7 @@ from harness.backends.pytorch import lean
 from harness.backends.pytorch.device import compute_dtype, dtype_name, free_memory_bytes, resolve_device
 from harness.backends.pytorch.engine import EagerEngine
 from harness.corpus import load_corpus
-from harness.models import load_model
+from harness.models.loader import cached_model
 from harness.variants import NothingApplied
 from harness.variants.inspect import ops_that_ran, tensor_bytes
 
@@ -135,9 +135,7 @@ class TorchPrepared:
         self.prepare_s = time.perf_counter() - t0
 
     def _load_and_apply(self, variant, cache: dict) -> None:
-        if self.model_spec not in cache:
-            cache[self.model_spec] = load_model(self.model_spec, self.settings.trust_remote_code)
-        self.loaded = cache[self.model_spec]
+        self.loaded = cached_model(cache, self.model_spec, self.settings.trust_remote_code)
         self.shape = self.loaded.shape
         self._check_fit()
         self.model = self.loaded.instantiate(self.torch_device, self.torch_dtype)

@@ -32,7 +32,7 @@ class TensorParallelPrepared:
         from harness.backends.pytorch.device import dtype_name
         from harness.backends.pytorch.device import compute_dtype, resolve_device
         from harness.corpus import load_corpus
-        from harness.models import load_model
+        from harness.models.loader import cached_model
 
         t0 = time.perf_counter()
         self.gpus, self.model_spec, self.variant_name, self.settings = settings.gpus, model_spec, variant.name, settings
@@ -52,9 +52,7 @@ class TensorParallelPrepared:
                    f"tensor-parallel cells run the baseline only; {variant.name} per shard is not implemented"))
         if why:
             raise CellSkip("unsupported", why)
-        if model_spec not in cache:
-            cache[model_spec] = load_model(model_spec, settings.trust_remote_code)
-        self.loaded = cache[model_spec]
+        self.loaded = cached_model(cache, model_spec, settings.trust_remote_code)
         self.shape = self.loaded.shape
         why = ("the model's shape is unknown: its heads cannot be split" if self.shape is None
                else tp_unsupported(self.shape_config(), self.gpus))
