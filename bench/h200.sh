@@ -37,6 +37,31 @@ for stage in "$@"; do
     variants)
       hr w4a8 $M8 --variants baseline,w4a8 --batch 1,8,32 --tune off --energy-window-s 3
       pack variants ;;
+    profile)
+      # where the bf16 batch-1 step's time goes (CUPTI over the engine's own decode-graph replays)
+      python3 bench/profile_step.py --batch 1 --out $OUT/profile-bf16-b1.json | tail -60
+      python3 bench/profile_step.py --batch 1 --variant int4-wo --out $OUT/profile-int4-b1.json | head -30 ;;
+    kernels)
+      timeout ${KERNELS_TIMEOUT_S:-240} python3 bench/kernels_gpu.py --out $OUT/kernels.json > $OUT/kernels.log 2>&1
+      grep -v -i warn $OUT/kernels.log | tail -90 ;;
+    diag)
+      # qwen2.5-7b int4 batch 32 prompt 2048 (a CUDA illegal memory access before): with launch blocking,
+      # so the failing kernel is the one named
+      CUDA_LAUNCH_BLOCKING=1 hr qwen-int4-b32-p2048 --model synthetic:qwen2.5-7b --variants int4-wo --batch 32 \
+        --prompt-tokens 2048 --new-tokens 16 --tune off
+      grep -iE "error|illegal|Traceback" -A3 $OUT/qwen-int4-b32-p2048.log | head -30
+      hr mistral-bf16-b1 --model synthetic:mistral-7b --variants baseline --batch 1 --new-tokens 64 --tune off
+      pack diag ;;
+    gputests-kernels)
+      timeout 150 python3 -m pytest -q -m gpu --benchmark-disable -p no:cacheprovider tests/test_gpu_kernels.py 2>&1 \
+        | tee "$OUT/gpu-tests-kernels.log" | tail -8 ;;
+    axis)
+      # the kernel axis: int4-wo and fp8-wo choose their kernel by measurement (variant_notes has every time)
+      hr axis-8b $M8 --variants baseline,int4-wo,fp8-wo --batch 1,8 --tune off --energy-window-s 2
+      RUN_TIMEOUT_S=110 hr qwen-int4-b32-p2048 --model synthetic:qwen2.5-7b --variants int4-wo[tinygemm] --batch 32 \
+        --prompt-tokens 2048 --new-tokens 16 --tune off
+      cp $HARNESS_CACHE_DIR/kernel_choices.json $OUT/ 2>/dev/null
+      pack axis ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
   echo "stage $stage: $(( $(date +%s) - t0 )) s"

@@ -28,6 +28,7 @@ class EngineInfo:
     compile_choice: dict[str, Any] | None = None  # chosen configuration, each candidate's step time, source
     reused: bool | None = None                   # built by an earlier measurement of the same cell
     notes: tuple[str, ...] = ()                  # why a faster decode path was not used
+    variant_notes: str | None = None             # what the variant's apply chose or found (kernel choice, AWQ)
 
 
 @dataclass(frozen=True)

@@ -182,7 +182,8 @@ def assemble_record(cell, ctx, settings, o: CellOutcome):
     _merge(sections, {"engine": {
         "load_s": facts.get("load_s"), "apply_s": facts.get("apply_s"),
         "calibration_tokens": facts.get("calibration_tokens"), "fused_projections": facts.get("fused_projections"),
-        "layers_changed": facts.get("layers_changed"), "compile_mode": choice.facts.get("compile_mode"),
+        "layers_changed": facts.get("layers_changed"), "variant_notes": facts.get("variant_notes"),
+        "compile_mode": choice.facts.get("compile_mode"),
         "coordinate_descent_tuning": choice.facts.get("coordinate_descent_tuning"),
         "compile_choice": choice.facts.get("compile_choice"), "reused": not choice.fresh,
         "notes": list(choice.notes)}})

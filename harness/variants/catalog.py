@@ -37,13 +37,15 @@ register(Variant("int8-dq", "int8 dynamic per-token activations x int8 per-chann
                             "(torchao Int8DynamicActivationInt8WeightConfig)",
                  Requirements(needs_torchao=True), _Q + "apply_int8_dq", probe=_Q + "probe_int8_dq",
                  layout=L.INT8_DQ))
-register(Variant("int4-wo", "int4 weight-only, round-to-nearest, group 128 (CUDA: torchao tile_packed_to_4d; "
-                            "CPU: torch aten._weight_int4pack_mm_for_cpu)",
+register(Variant("int4-wo", "int4 weight-only, round-to-nearest, group 128 (CUDA: the fastest of tinygemm, "
+                            "CUTLASS and GemLite measured at the model's shapes; CPU: torch "
+                            "aten._weight_int4pack_mm_for_cpu)",
                  INT4_REQUIRES, _Q + "apply_int4_wo", probe=_Q + "probe_int4_wo", layout=L.INT4_WO))
 register(Variant("int4-awq", "int4 weight-only g128 after AWQ activation-aware channel scaling "
                              "(calibrated on corpus tokens, folded into the preceding ops)",
                  INT4_REQUIRES, _Q + "apply_int4_awq", probe=_Q + "probe_int4_wo", layout=L.INT4_WO))
-register(Variant("fp8-wo", "fp8 e4m3 weight-only (torchao Float8WeightOnlyConfig)",
+register(Variant("fp8-wo", "fp8 e4m3 weight-only (the faster of torchao Float8WeightOnlyConfig and GemLite's "
+                           "fp8 kernel, measured at the model's shapes)",
                  FP8_REQUIRES, _Q + "apply_fp8_wo", probe=_Q + "probe_fp8_wo", layout=L.FP8_WO))
 register(Variant("fp8-dq", "fp8 e4m3 dynamic per-row activations x fp8 per-row weights "
                            "(torchao Float8DynamicActivationFloat8WeightConfig, PerRow)",
@@ -75,3 +77,13 @@ register(Variant("sparse-2:4+int8-dq", "2:4 magnitude sparsity + int8 per-row we
                                        "activations (cuSPARSELt int8 via torch._cslt_sparse_mm)",
                  Requirements(**_GPU_24, needs_torchao=True), _S + "apply_int8_24", probe=_S + "probe_int8_24",
                  no_kernel_note=NO_GPU_NOTE, layout=L.SPARSE_24_INT8_DQ))
+
+# -- explicit kernels of a format (gpu_kernels.py): `int4-wo[cutlass]`; left out of `all` ------------------
+_K = "harness.variants.quant:"
+for _fmt, _layout, _req, _kernels in (("int4-wo", L.INT4_WO, Requirements(devices=("cuda",), min_compute_capability=
+                                        INT4_CUDA_CC, needs_torchao=True), ("tinygemm", "cutlass", "gemlite")),
+                                       ("fp8-wo", L.FP8_WO, FP8_REQUIRES, ("torchao", "gemlite"))):
+    for _k in _kernels:
+        register(Variant(f"{_fmt}[{_k}]", f"{_fmt} through the {_k} kernel only (harness.variants.gpu_kernels)",
+                         _req, f"{_K}apply_{_fmt.replace('-', '_')}_{_k}", probe=f"{_K}probe_{_fmt.replace('-', '_')}_{_k}",
+                         layout=_layout, kernel_of=_fmt))

@@ -139,8 +139,49 @@ def quantize_int4(model: nn.Module, ctx: ApplyContext) -> tuple[str, int]:
     if ctx.device_type == "cpu":
         n = int4_cpu.swap_linears(model, ctx.linear_filter, INT4_GROUP)
         return int4_cpu.kernel_summary(model), n
-    n = _quantize(model, _int4_wo_cuda, ctx)
-    return _torchao_kernel(model, _LABELS[_int4_wo_cuda]), n
+    from harness.variants import gpu_kernels
+
+    # tinygemm, with its 32-bit output-index limit handled (gpu_kernels.RowChunked)
+    r = gpu_kernels.apply_kernel("int4-wo", "tinygemm", model, ctx)
+    return r.kernel, r.layers_changed
+
+
+def apply_int4_wo(model: nn.Module, ctx: ApplyContext) -> ApplyResult:
+    """CPU: torch's int4 kernel. CUDA: the fastest available int4 kernel, measured (gpu_kernels.py)."""
+    if ctx.device_type == "cpu":
+        kernel, n = quantize_int4(model, ctx)
+        return ApplyResult(kernel=kernel, layers_changed=n)
+    from harness.variants import gpu_kernels
+
+    return gpu_kernels.apply_auto("int4-wo", model, ctx)
+
+
+def apply_fp8_wo(model: nn.Module, ctx: ApplyContext) -> ApplyResult:
+    from harness.variants import gpu_kernels
+
+    return gpu_kernels.apply_auto("fp8-wo", model, ctx)
+
+
+def _explicit(fmt: str, kernel: str):
+    """(apply, probe) of `fmt[kernel]`."""
+    def apply(model: nn.Module, ctx: ApplyContext) -> ApplyResult:
+        from harness.variants import gpu_kernels
+
+        return gpu_kernels.apply_kernel(fmt, kernel, model, ctx)
+
+    def probe(device_type: str, compute_capability) -> str | None:
+        from harness.variants import gpu_kernels
+
+        return gpu_kernels.probe(fmt, kernel, device_type)
+
+    return apply, probe
+
+
+apply_int4_wo_tinygemm, probe_int4_wo_tinygemm = _explicit("int4-wo", "tinygemm")
+apply_int4_wo_cutlass, probe_int4_wo_cutlass = _explicit("int4-wo", "cutlass")
+apply_int4_wo_gemlite, probe_int4_wo_gemlite = _explicit("int4-wo", "gemlite")
+apply_fp8_wo_torchao, probe_fp8_wo_torchao = _explicit("fp8-wo", "torchao")
+apply_fp8_wo_gemlite, probe_fp8_wo_gemlite = _explicit("fp8-wo", "gemlite")
 
 
 @functools.lru_cache(maxsize=None)
@@ -148,11 +189,6 @@ def probe_int4(device_type: str) -> str | None:
     if device_type == "cpu":
         return int4_cpu.probe()
     return _probe_torchao(_int4_wo_cuda, device_type)
-
-
-def apply_int4_wo(model: nn.Module, ctx: ApplyContext) -> ApplyResult:
-    kernel, n = quantize_int4(model, ctx)
-    return ApplyResult(kernel=kernel, layers_changed=n)
 
 
 def apply_int4_awq(model: nn.Module, ctx: ApplyContext) -> ApplyResult:
@@ -167,7 +203,7 @@ def apply_int4_awq(model: nn.Module, ctx: ApplyContext) -> ApplyResult:
 
 apply_int8_wo, _probe_int8_wo = _torchao_variant(_int8_wo)
 apply_int8_dq, _probe_int8_dq = _torchao_variant(_int8_dq)
-apply_fp8_wo, _probe_fp8_wo = _torchao_variant(_fp8_wo)
+_, _probe_fp8_wo = _torchao_variant(_fp8_wo)
 apply_fp8_dq, _probe_fp8_dq = _torchao_variant(_fp8_dq)
 apply_w4a8, _probe_w4a8_config = _torchao_variant(_w4a8)
 

@@ -101,6 +101,8 @@ class Variant:
     no_kernel_note: str = ""          # appended to the reason on devices outside requires.devices
     layout: Layout | None = None      # every registered entry has one (register() checks)
     changes_weights: bool = True      # False for baseline only: it is exempt from NothingApplied
+    # "int4-wo" for "int4-wo[cutlass]": an explicit kernel choice of a format, left out of `all`
+    kernel_of: str | None = None
 
     def apply(self, model, ctx: ApplyContext) -> ApplyResult:
         """Transform the model in place. Raises NothingApplied where no layer changed."""

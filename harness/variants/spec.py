@@ -87,13 +87,14 @@ def parse_variants(text: str) -> list[VariantSpec]:
     if not names:
         raise UnknownVariantError(f"no variants given; {valid_names()}, or '{ALL}'")
     if names == [ALL]:
-        names = list(REGISTRY)
+        names = variant_names()
     return [parse_variant(n) for n in dict.fromkeys(names)]
 
 
 def variant_names() -> list[str]:
-    """Every registered variant, in registry order (what 'all' expands to)."""
-    return list(REGISTRY)
+    """Every registered variant except explicit kernel choices (`int4-wo[cutlass]`), in registry order:
+    what 'all' expands to. The format's own entry (`int4-wo`) already runs the fastest measured kernel."""
+    return [n for n, v in REGISTRY.items() if v.kernel_of is None]
 
 
 # -- the names older call sites use, over the specs ----------------------------------------------------

@@ -161,7 +161,7 @@ class TorchPrepared:
         ops = ops_that_ran(self.model, self.torch_dtype)
         self.kernel = f"{applied.kernel}; aten ops: {ops}" if ops else applied.kernel
         self.facts = {"apply_s": apply_s, "load_s": self.loaded.load_s, "calibration_s": applied.calibration_s,
-                      "layers_changed": applied.layers_changed,
+                      "layers_changed": applied.layers_changed, "variant_notes": applied.notes or None,
                       "calibration_tokens": CALIBRATION_SEQS * CALIBRATION_TOKENS, "fused_projections": self.fused,
                       "weights_note": self.loaded.weights_note}
         self._quality = self._evaluate_quality() if self.backend.evaluates_quality else None

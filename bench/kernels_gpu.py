@@ -1,0 +1,180 @@
+"""Weight-only kernels at the linear shapes of an 8B Llama, timed per call inside a CUDA graph of
+`--calls` back-to-back calls (CUDA events; the graph removes Python launch time, as the engine does).
+
+    python3 bench/kernels_gpu.py [--m 1,8,32,2048] [--out F.json]
+
+Kernels: bf16 cuBLAS (F.linear), torchao Int4WeightOnlyConfig with tile_packed_to_4d (tinygemm) and
+preshuffled (mslk CUTLASS) packings, torchao Float8WeightOnlyConfig, GemLite's Triton kernels
+(A16W4 group 128, A16W8 fp8 and int8 channel-wise). GB/s is weight bytes read per call / time.
+A kernel that fails prints its error and is recorded with it (no figure).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import traceback
+
+import torch
+from torch import nn
+
+SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+
+
+def torchao_linear(lin: nn.Linear, cfg) -> nn.Module:
+    from torchao.quantization import quantize_
+    m = nn.Sequential(lin)
+    quantize_(m, cfg)
+    return m
+
+
+def gemlite_int4(lin: nn.Linear, group: int = 128) -> nn.Module:
+    from gemlite.helper import A16W4_HQQ_INT
+    w = lin.weight.float()
+    N, K = w.shape
+    g = w.view(N, K // group, group)
+    lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+    scale = ((hi - lo) / 15).clamp_min(1e-8)
+    zero = (-lo / scale).round()
+    q = (g / scale + zero).round().clamp(0, 15).to(torch.uint8).view(N, K)
+    return A16W4_HQQ_INT(device="cuda", dtype=torch.bfloat16).from_weights(
+        q, scale.view(N, -1).to(torch.bfloat16), zero.view(N, -1).to(torch.bfloat16))
+
+
+def gemlite_w8(lin: nn.Linear, fp8: bool) -> nn.Module:
+    from gemlite.helper import A16W8_FP8, A16W8_INT8
+    cls = A16W8_FP8 if fp8 else A16W8_INT8
+    return cls(device="cuda", dtype=torch.bfloat16).from_linear(lin, del_orig=False)
+
+
+def weight_bytes(mod: nn.Module) -> int:
+    seen, n = set(), 0
+    for t in list(mod.parameters()) + list(mod.buffers()):
+        inner = [t]
+        if hasattr(t, "__tensor_flatten__"):
+            names, _ = t.__tensor_flatten__()
+            inner = [getattr(t, a) for a in names]
+        for x in inner:
+            if isinstance(x, torch.Tensor) and x.data_ptr() not in seen:
+                seen.add(x.data_ptr())
+                n += x.numel() * x.element_size()
+    return n
+
+
+def time_call(fn, x, calls: int) -> float:
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn(x)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn(x)
+    g.replay()
+    torch.cuda.synchronize()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    best = float("inf")
+    for _ in range(5):
+        a.record()
+        g.replay()
+        b.record()
+        torch.cuda.synchronize()
+        best = min(best, a.elapsed_time(b) / calls)
+    return best * 1e3  # us per call
+
+
+def kernels():
+    from torchao.quantization import Float8WeightOnlyConfig, Int4WeightOnlyConfig
+    return {
+        "bf16 cuBLAS": lambda lin: lin,
+        "int4 tinygemm (torchao tile_packed_to_4d)": lambda lin: torchao_linear(
+            lin, Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d")),
+        "int4 CUTLASS (torchao preshuffled, mslk)": lambda lin: torchao_linear(
+            lin, Int4WeightOnlyConfig(group_size=128, int4_packing_format="preshuffled")),
+        "int4 GemLite A16W4 g128": gemlite_int4,
+        "fp8 torchao Float8WeightOnlyConfig": lambda lin: torchao_linear(lin, Float8WeightOnlyConfig()),
+        "fp8 GemLite A16W8": lambda lin: gemlite_w8(lin, fp8=True),
+        "int8 GemLite A16W8": lambda lin: gemlite_w8(lin, fp8=False),
+    }
+
+
+def compile_check() -> str:
+    """GemLite under torch.compile(fullgraph) inside a CUDA graph, as the engine runs a step."""
+    try:
+        lin = nn.Linear(4096, 4096, bias=False, device="cuda", dtype=torch.bfloat16)
+        ref = lin(torch.ones(1, 4096, device="cuda", dtype=torch.bfloat16))
+        mod = gemlite_int4(lin)
+        f = torch.compile(lambda x: mod(x) * 2, fullgraph=True)
+        x = torch.ones(1, 4096, device="cuda", dtype=torch.bfloat16)
+        us = time_call(f, x, 10)
+        err = ((f(x) / 2 - ref).abs().max() / ref.abs().max()).item()
+        return f"ok: compiled+graph {us:.1f} us/call, max rel err vs bf16 {err:.3f}"
+    except Exception as e:  # noqa: BLE001
+        return f"failed: {type(e).__name__}: {str(e)[:300]}"
+
+
+def gemlite_configs() -> str:
+    """GemLite ships tuned kernel configs per GPU (configs/*.json) and none for the H200: use its H100
+    file (same sm_90 SM) rather than autotuning every shape here (minutes per shape and M)."""
+    import os
+
+    import gemlite
+    from gemlite.core import GemLiteLinear, get_default_cache_config
+    if get_default_cache_config():
+        return f"gemlite's own config for {torch.cuda.get_device_name()}"
+    path = os.path.join(os.path.dirname(gemlite.__file__), "configs", "h100.json")
+    GemLiteLinear.load_config(path)
+    return f"gemlite's H100 config (configs/h100.json) on {torch.cuda.get_device_name()}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--m", default="1,8,32,2048")
+    ap.add_argument("--calls", type=int, default=20)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    try:
+        cfg_note = gemlite_configs()
+    except Exception as e:  # noqa: BLE001
+        cfg_note = f"gemlite not importable: {type(e).__name__}: {e}"
+    print(cfg_note, flush=True)
+    rows = []
+    for kname, make in kernels().items():
+        for sname, (N, K) in SHAPES.items():
+            lin = nn.Linear(K, N, bias=False, device="cuda", dtype=torch.bfloat16)
+            try:
+                mod = make(lin)
+                wb = weight_bytes(mod)
+            except Exception as e:  # noqa: BLE001
+                rows.append({"kernel": kname, "shape": sname, "error": f"{type(e).__name__}: {str(e)[:200]}"})
+                print(kname, sname, "build failed:", rows[-1]["error"], flush=True)
+                continue
+            for M in [int(m) for m in args.m.split(",")]:
+                x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+                try:
+                    with torch.inference_mode():
+                        us = time_call(mod, x, args.calls if M < 1024 else 5)
+                    rows.append({"kernel": kname, "shape": sname, "N": N, "K": K, "M": M, "us": us,
+                                 "weight_bytes": wb, "weight_GBps": wb / us / 1e3,
+                                 "tflops": 2 * M * N * K / us / 1e6})
+                    print(f"{kname:45s} {sname:8s} M={M:5d} {us:9.1f} us {wb / us / 1e3:8.0f} GB/s "
+                          f"{2 * M * N * K / us / 1e6:7.1f} TFLOP/s", flush=True)
+                except Exception as e:  # noqa: BLE001
+                    rows.append({"kernel": kname, "shape": sname, "M": M, "error": f"{type(e).__name__}: {str(e)[:200]}"})
+                    print(kname, sname, M, "failed:", rows[-1]["error"], flush=True)
+                    traceback.print_exc(limit=2)
+            del mod, lin
+            torch.cuda.empty_cache()
+    chk = compile_check()
+    print("gemlite under torch.compile + CUDA graph:", chk)
+    out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows, "gemlite_compile": chk,
+           "gemlite_configs": cfg_note}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

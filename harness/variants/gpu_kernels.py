@@ -1,0 +1,318 @@
+"""The kernel axis of the CUDA weight-only formats: which real kernel runs a format's linears.
+
+    int4-wo[tinygemm]  torchao Int4WeightOnlyConfig(tile_packed_to_4d): aten._weight_int4pack_mm
+    int4-wo[cutlass]   torchao Int4WeightOnlyConfig(preshuffled): mslk's CUTLASS bf16 x int4 kernel (mslk-cuda)
+    int4-wo[gemlite]   GemLite A16W4 group 128 (Triton: GEMV at M <= 4, split-K GEMM below 64, GEMM above)
+    fp8-wo[torchao]    torchao Float8WeightOnlyConfig (dequantizes to bf16, then mm)
+    fp8-wo[gemlite]    GemLite A16W8 fp8 e4m3, per-channel scales (Triton; reads the fp8 bytes)
+
+`int4-wo` and `fp8-wo` on CUDA run the fastest available kernel for the model's own linear shapes,
+measured at apply time: every candidate quantizes one linear of each distinct shape, each is timed at
+M = 1, 8 and 32 inside a CUDA graph (CUDA events), and the candidate with the least summed time at M = 1
+(decode at batch 1, weighted by how many linears have each shape) wins. Every candidate's times are in
+the record, so a reader sees where another kernel would win at a larger batch (name it explicitly then).
+The choice is cached on disk per GPU, shapes and library versions, so a second process runs the same
+kernel without re-measuring.
+
+Lab H200, 8B shapes, GB/s of weight bytes at M = 1 / 8 / 32 (bench/kernels_gpu.py, results/reference/h200):
+tinygemm 1,789 / 774 / 236 (gate_up), CUTLASS 1,067 / 1,067 / 1,039, GemLite int4 1,624 / 979 / 822;
+GemLite fp8 3,974 / 3,262 / 2,550 against torchao fp8 weight-only's 129 / 129 / 129.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from collections import Counter
+from typing import Callable
+
+import torch
+from torch import nn
+
+from harness.variants.inspect import count_converted, linear_weight_types, targeted_linears
+from harness.variants.registry import ApplyContext, ApplyResult
+
+GROUP = 128
+TIMED_M = (1, 8, 32)
+CHOICE_M = 1
+CACHE_FILE = "kernel_choices.json"
+# aten._weight_int4pack_mm indexes its output with 32-bit integers: M x N above 2**31 - 1 writes out of
+# bounds (qwen2.5-7b int4 prefill, batch 32 x 2048 tokens x 37,888 fused gate/up outputs, on the H200:
+# "CUDA error: an illegal memory access"). Larger inputs go through the kernel in row chunks.
+TINYGEMM_MAX_OUTPUT = 2 ** 31 - 1
+
+
+class RowChunked(nn.Module):
+    """A quantized linear called on at most `max_rows` rows at a time (the tinygemm output limit)."""
+
+    def __init__(self, inner: nn.Module, out_features: int, in_features: int):
+        super().__init__()
+        self.inner, self.in_features, self.out_features = inner, in_features, out_features
+        self.max_rows = max(1, TINYGEMM_MAX_OUTPUT // out_features)
+
+    @property
+    def weight(self):
+        return self.inner.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        if rows <= self.max_rows:
+            return self.inner(x)
+        flat = x.reshape(rows, x.shape[-1])
+        out = torch.cat([self.inner(c) for c in flat.split(self.max_rows)])
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+# -- the candidates: (module fqn filter, model) -> how many linears changed ---------------------------------
+def _swap(model: nn.Module, keep, make: Callable[[nn.Linear], nn.Module]) -> int:
+    """Replace every plain linear keep(module, fqn) selects by make(linear); returns how many."""
+    names = set(targeted_linears(model, keep))
+    targets = [(f, m) for f, m in model.named_modules() if f in names]
+    for fqn, m in targets:
+        parent_name, _, child = fqn.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, make(m))
+    return len(targets)
+
+
+def _torchao(model: nn.Module, ctx: ApplyContext, cfg) -> int:
+    from torchao.quantization import quantize_
+
+    targets = targeted_linears(model, ctx.linear_filter)
+    quantize_(model, cfg, filter_fn=ctx.linear_filter)
+    return count_converted(model, targets)
+
+
+def _tinygemm(model, ctx) -> int:
+    from torchao.quantization import Int4WeightOnlyConfig
+
+    n = _torchao(model, ctx, Int4WeightOnlyConfig(group_size=GROUP, int4_packing_format="tile_packed_to_4d"))
+    wide = [(f, m) for f, m in model.named_modules()
+            if isinstance(m, nn.Linear) and type(m.weight).__name__ == "Int4TilePackedTo4dTensor"]
+    for fqn, m in wide:
+        parent_name, _, child = fqn.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, RowChunked(m, m.out_features, m.in_features))
+    return n
+
+
+def _cutlass(model, ctx) -> int:
+    from torchao.quantization import Int4WeightOnlyConfig
+
+    return _torchao(model, ctx, Int4WeightOnlyConfig(group_size=GROUP, int4_packing_format="preshuffled"))
+
+
+def _fp8_torchao(model, ctx) -> int:
+    from torchao.quantization import Float8WeightOnlyConfig
+
+    return _torchao(model, ctx, Float8WeightOnlyConfig())
+
+
+def gemlite_configs() -> str:
+    """GemLite ships tuned kernel configs per GPU and loads the one matching the GPU's name; it has none
+    for the H200, whose SMs are the H100's (sm_90): use the H100 file there instead of autotuning every
+    shape (minutes per shape and M). Returns which configs are in use."""
+    import os
+
+    import gemlite
+    from gemlite.core import GemLiteLinear, get_default_cache_config
+
+    own = get_default_cache_config()
+    if own:
+        return os.path.basename(own)
+    name = torch.cuda.get_device_name()
+    if "H200" in name or "H20" in name:
+        GemLiteLinear.load_config(os.path.join(os.path.dirname(gemlite.__file__), "configs", "h100.json"))
+        return f"h100.json (GemLite ships no {name} configs)"
+    return f"none (GemLite autotunes on {name})"
+
+
+def _int4_gemlite_linear(lin: nn.Linear) -> nn.Module:
+    """Round-to-nearest asymmetric int4, group 128 (as tinygemm's), packed by GemLite."""
+    from gemlite.helper import A16W4_HQQ_INT
+
+    w = lin.weight.detach().float()
+    N, K = w.shape
+    g = w.view(N, K // GROUP, GROUP)
+    lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+    scale = ((hi - lo) / 15).clamp_min(1e-8)
+    zero = (-lo / scale).round()
+    q = (g / scale + zero).round().clamp(0, 15).to(torch.uint8).view(N, K)
+    dev = str(w.device)
+    out = A16W4_HQQ_INT(device=dev, dtype=lin.weight.dtype).from_weights(
+        q, scale.view(N, -1).to(lin.weight.dtype), zero.view(N, -1).to(lin.weight.dtype),
+        bias=lin.bias)
+    return out
+
+
+def _fp8_gemlite_linear(lin: nn.Linear) -> nn.Module:
+    from gemlite.helper import A16W8_FP8
+
+    return A16W8_FP8(device=str(lin.weight.device), dtype=lin.weight.dtype).from_linear(lin, del_orig=False)
+
+
+def _gemlite(make: Callable[[nn.Linear], nn.Module]):
+    def apply(model, ctx) -> int:
+        gemlite_configs()
+        # GemLite packs groups of 128 input features: a linear whose K is not a multiple stays as it is
+        return _swap(model, lambda m, fqn: ctx.linear_filter(m, fqn) and m.in_features % GROUP == 0, make)
+    return apply
+
+
+# format -> kernel -> (apply, what it is, the package it needs)
+KERNELS: dict[str, dict[str, tuple[Callable, str, str]]] = {
+    "int4-wo": {
+        "tinygemm": (_tinygemm, "torchao Int4WeightOnlyConfig(group_size=128, tile_packed_to_4d): "
+                                "aten._weight_int4pack_mm (tinygemm)", "torchao"),
+        "cutlass": (_cutlass, "torchao Int4WeightOnlyConfig(group_size=128, preshuffled): mslk CUTLASS "
+                              "bf16 x int4", "mslk"),
+        "gemlite": (_gemlite(_int4_gemlite_linear), "GemLite A16W4 group 128 (Triton GEMV / split-K / GEMM by M)",
+                    "gemlite"),
+    },
+    "fp8-wo": {
+        "torchao": (_fp8_torchao, "torchao Float8WeightOnlyConfig (dequantize to bf16, then mm)", "torchao"),
+        "gemlite": (_gemlite(_fp8_gemlite_linear), "GemLite A16W8 fp8 e4m3 per-channel (Triton, reads fp8 bytes)",
+                    "gemlite"),
+    },
+}
+
+
+def kernel_names(fmt: str) -> list[str]:
+    return list(KERNELS[fmt])
+
+
+def _has(package: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(package) is not None
+
+
+@functools.lru_cache(maxsize=None)
+def probe(fmt: str, kernel: str, device_type: str) -> str | None:
+    """None if `fmt[kernel]` quantizes and runs a 256 x 256 linear on the device, else why not."""
+    if device_type != "cuda":
+        return f"{fmt}[{kernel}] is a CUDA kernel"
+    apply, what, package = KERNELS[fmt][kernel]
+    if not _has(package):
+        extra = " (pip install mslk-cuda, or pip install .[gpu])" if package == "mslk" else (
+            " (pip install gemlite, or pip install .[gpu])" if package == "gemlite" else "")
+        return f"{fmt}[{kernel}] needs the {package} package, which is not installed{extra}"
+    try:
+        m = nn.Sequential(nn.Linear(256, 256, bias=False, device="cuda", dtype=torch.bfloat16))
+        ctx = ApplyContext("cuda", torch.bfloat16)
+        if apply(m, ctx) != 1:
+            return f"{fmt}[{kernel}]: {what} left a 256 x 256 linear unchanged"
+        m(torch.randn(2, 256, device="cuda", dtype=torch.bfloat16))
+    except Exception as e:  # noqa: BLE001  (any failure means this kernel is not usable here)
+        return f"{fmt}[{kernel}] does not run here: {type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
+    return None
+
+
+def _time_us(mod: nn.Module, m: int, k: int, calls: int = 20) -> float:
+    """Best of 5 replays of a CUDA graph of `calls` back-to-back calls, microseconds per call."""
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s), torch.inference_mode():
+        for _ in range(3):
+            mod(x)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g), torch.inference_mode():
+        for _ in range(calls):
+            mod(x)
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    best = float("inf")
+    for _ in range(5):
+        a.record()
+        g.replay()
+        b.record()
+        torch.cuda.synchronize()
+        best = min(best, a.elapsed_time(b) * 1e3 / calls)
+    return best
+
+
+def measure(fmt: str, kernel: str, shapes: Counter) -> dict[str, float]:
+    """Summed microseconds per decode step at each M of TIMED_M: every distinct (N, K) shape timed on a
+    random bf16 linear quantized by `kernel`, weighted by how many linears have it."""
+    apply = KERNELS[fmt][kernel][0]
+    out = {f"M={m}": 0.0 for m in TIMED_M}
+    for (n, k), count in shapes.items():
+        holder = nn.Sequential(nn.Linear(k, n, bias=False, device="cuda", dtype=torch.bfloat16))
+        apply(holder, ApplyContext("cuda", torch.bfloat16))
+        for m in TIMED_M:
+            out[f"M={m}"] += count * _time_us(holder, m, k)
+        del holder
+    torch.cuda.empty_cache()
+    return out
+
+
+def _cache_path():
+    from harness.backends.pytorch.compile_choice import cache_dir
+
+    return cache_dir() / CACHE_FILE
+
+
+def gpu_name() -> str:
+    return torch.cuda.get_device_name()
+
+
+def _key(fmt: str, shapes: Counter) -> str:
+    from harness.backends.pytorch.compile_choice import versions
+
+    libs = dict(versions())
+    for p in ("gemlite", "mslk"):
+        libs[p] = "present" if _has(p) else "absent"
+    shp = ",".join(f"{n}x{k}*{c}" for (n, k), c in sorted(shapes.items()))
+    return f"{gpu_name()}|{fmt}|{shp}|" + ",".join(f"{a}={b}" for a, b in sorted(libs.items()))
+
+
+def choose(fmt: str, model: nn.Module, ctx: ApplyContext) -> tuple[str, dict, str]:
+    """(kernel, {kernel: {M=..: us}} or reasons, source) for the fastest available kernel of `fmt`."""
+    from harness.atomic import atomic_write_text
+
+    shapes = Counter((m.out_features, m.in_features) for f, m in model.named_modules()
+                     if f in set(targeted_linears(model, ctx.linear_filter)))
+    key, path = _key(fmt, shapes), _cache_path()
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError):
+        cached = None
+    if isinstance(cached, dict) and cached.get("kernel") in KERNELS[fmt]:
+        return cached["kernel"], cached["times_us"], f"cached from an earlier run ({path})"
+    times: dict[str, object] = {}
+    for kernel in KERNELS[fmt]:
+        why = probe(fmt, kernel, "cuda")
+        times[kernel] = why if why else measure(fmt, kernel, shapes)
+    timed = {k: v for k, v in times.items() if isinstance(v, dict)}
+    if not timed:
+        raise RuntimeError(f"no {fmt} kernel runs here: " + "; ".join(str(v) for v in times.values()))
+    best = min(timed, key=lambda k: timed[k][f"M={CHOICE_M}"])
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        data = data if isinstance(data, dict) else {}
+        data[key] = {"kernel": best, "times_us": times}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
+    except (OSError, ValueError):
+        pass  # a read-only cache costs the next process a re-measurement, nothing else
+    return best, times, "measured in this run"
+
+
+def apply_kernel(fmt: str, kernel: str, model: nn.Module, ctx: ApplyContext, notes: str = "") -> ApplyResult:
+    apply, what, _ = KERNELS[fmt][kernel]
+    n = apply(model, ctx)
+    gl = sum(type(m).__name__.startswith("GemLite") for m in model.modules())
+    held = linear_weight_types(model)
+    tail = f"GemLiteLinearTriton x{gl}" + (f", {held}" if held else "") if gl else held
+    return ApplyResult(kernel=f"{fmt}[{kernel}]: {what} -> {tail}", layers_changed=n, notes=notes)
+
+
+def apply_auto(fmt: str, model: nn.Module, ctx: ApplyContext) -> ApplyResult:
+    kernel, times, source = choose(fmt, model, ctx)
+    parts = []
+    for k, v in times.items():
+        parts.append(f"{k} " + (" / ".join(f"{m} {t:.0f} us" for m, t in v.items()) if isinstance(v, dict) else
+                                f"unavailable ({v})"))
+    note = (f"{fmt} kernel chosen by measurement at M={CHOICE_M} ({source}); summed linear time per step: "
+            + "; ".join(parts))
+    return apply_kernel(fmt, kernel, model, ctx, notes=note)
