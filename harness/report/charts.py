@@ -26,13 +26,14 @@ def _save(fig, path: Path, dpi: int = 110, fmt: str = "png") -> Path:
         return write_view(path, lambda p: fig.savefig(p, dpi=dpi, format=fmt, metadata=_METADATA[fmt]), "the chart")
 
 
-def build_charts(records: list[Record]) -> list[Chart]:
-    """Every chart the records have data for (primary records: one figure per cell)."""
+def build_charts(records: list[Record], projections: list = ()) -> list[Chart]:
+    """Every chart the records have data for (primary records: one figure per cell); `projections`
+    (harness.report.projections) are drawn beside the measured bars of the decode chart."""
     from harness.report import figures
     from harness.report.roofline import roofline
 
     rs = primary(records)
-    out = [figures.decode_per_batch(rs)]
+    out = [figures.decode_per_batch(rs, list(projections))]
     ok = [r for r in rs if r.status == "ok"]
     for fn in (figures.decode_vs_batch, figures.ttft_vs_prompt, figures.memory, figures.energy_per_token,
                figures.quality_vs_speed, figures.quality_vs_energy, figures.tpot_distribution,
@@ -43,12 +44,12 @@ def build_charts(records: list[Record]) -> list[Chart]:
     return out
 
 
-def write_charts(records: list[Record], out_dir: Path, html: bool = True) -> list[Path]:
+def write_charts(records: list[Record], out_dir: Path, html: bool = True, projections: list = ()) -> list[Path]:
     """charts/*.png and charts/*.svg, and report.html beside report.md with the PNGs embedded (base64)."""
     charts_dir = Path(out_dir) / "charts"
     charts_dir.mkdir(parents=True, exist_ok=True)
     paths, images = [], []
-    charts = build_charts(records)
+    charts = build_charts(records, projections)
     try:
         for chart in charts:
             png = _save(chart.fig, charts_dir / f"{chart.name}.png")
@@ -60,5 +61,5 @@ def write_charts(records: list[Record], out_dir: Path, html: bool = True) -> lis
     if html:
         from harness.report.html import write_html
 
-        paths.append(write_html(records, out_dir, images))
+        paths.append(write_html(records, out_dir, images, projections))
     return paths
