@@ -229,6 +229,21 @@ def energy_per_token(ok: list[Record]) -> Chart | None:
     return Chart("energy_per_token", fig, {"title": title, "sources": sources})
 
 
+def label_offsets(pts: list[tuple[float, float]], near: tuple[float, float] = (0.2, 0.06)) -> list[tuple[int, int]]:
+    """Text offsets (points) for point labels: (4, 4) unless an earlier label sits within `near` (shares
+    of the axis ranges), then centred under the point, 11 points lower per neighbour (variants with
+    nearly equal speed and KL would print over each other)."""
+    if not pts:
+        return []
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    out = []
+    for i, (x, y) in enumerate(pts):
+        crowd = sum(abs(x - xj) / span_x < near[0] and abs(y - yj) / span_y < near[1] for xj, yj in pts[:i])
+        out.append((4, 4) if crowd == 0 else (0, -3 - 11 * crowd))   # crowded: centred under the point
+    return out
+
+
 def _quality_scatter(ok: list[Record], x_field: str, x_higher: bool, xlabel: str, name: str, what: str):
     """KL against speed or energy, one panel per batch size (a frontier across batches would only say that
     batch 32 is faster than batch 1), the Pareto frontier of each panel drawn through its non-dominated points."""
@@ -242,11 +257,13 @@ def _quality_scatter(ok: list[Record], x_field: str, x_higher: bool, xlabel: str
         cells = [r for r in rs if r.batch_size == b]
         pts = [(getattr(r, x_field), r.kl_mean) for r in cells]
         front = set(pareto(pts, x_higher=x_higher, y_higher=False))
+        offsets = label_offsets(pts)
         for i, (r, (xv, yv)) in enumerate(zip(cells, pts)):
             ax.scatter(xv, yv, color=verdict_colour(r), s=60 if i in front else 35, zorder=3,
                        edgecolor="black" if i in front else "none")
-            ax.annotate(f"{txt(r.variant)} [{txt(r.backend)}]", (xv, yv), fontsize=8, xytext=(4, 4),
-                        textcoords="offset points")
+            ax.annotate(f"{txt(r.variant)} [{txt(r.backend)}]", (xv, yv), fontsize=8, xytext=offsets[i],
+                        textcoords="offset points", ha="left" if offsets[i] == (4, 4) else "center",
+                        va="bottom" if offsets[i] == (4, 4) else "top")
             points.append({"variant": r.variant, "backend": r.backend, "batch": b, "x": xv, "y": yv,
                            "frontier": i in front, "colour": verdict_colour(r)})
         fr = sorted((pts[i] for i in front), key=lambda p: p[0])
@@ -254,7 +271,7 @@ def _quality_scatter(ok: list[Record], x_field: str, x_higher: bool, xlabel: str
         ax.set_title(f"batch {b}")
         ax.set_xlabel(xlabel)
         ax.grid(True, alpha=0.3)
-        ax.margins(x=0.15, y=0.1)
+        ax.margins(x=0.15, y=0.2)   # room for labels set under crowded points
     axes[0][0].set_ylabel("KL vs baseline (nats/token, lower is better)")
     _verdict_legend(axes[0][-1], rs, [plt.Line2D([], [], color="black", ls="--", label="Pareto frontier")])
     title = f"Quality vs {what}\n{context(rs)}"
