@@ -40,36 +40,46 @@ class PlainProgress:
 
 
 class LiveProgress:
-    """rich.progress on stderr: task 0 the sweep (cells done of those to run), task 1 the cell in
-    flight, its elapsed column restarted at each phase."""
+    """rich.progress on stderr: one line, "<spinner> [3/12] model variant b8 p128 · compile  41 s
+    <bar> 2/12 0:05:10": the cell in flight and its phase, the phase's elapsed seconds, the sweep's
+    bar (cells done of those to run) and the sweep's elapsed time."""
 
     def __init__(self, total: int, console=None):
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn,
+                                   TextColumn, TimeElapsedColumn)
+        from rich.text import Text
+
+        class PhaseElapsed(ProgressColumn):
+            def render(self, task):
+                t0 = task.fields.get("phase_t0")
+                return Text("" if t0 is None else f"{time.monotonic() - t0:5.0f} s", style="yellow")
 
         self.console = console or Console(stderr=True)
-        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=24),
-                                 MofNCompleteColumn(), TimeElapsedColumn(), console=self.console, transient=True)
-        self.sweep = self.progress.add_task("sweep", total=total)
-        self.cell = self.progress.add_task("", total=None, visible=False)
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False),
+                                 PhaseElapsed(), BarColumn(bar_width=16), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 console=self.console, transient=True)
+        self.task = self.progress.add_task("sweep", total=total, phase_t0=None)
         self.head = ""
         self.progress.start()
 
     def _print(self, line: str) -> None:
         self.progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
+    def _show(self, what: str) -> None:
+        self.progress.update(self.task, description=f"{self.head} · {what}", phase_t0=time.monotonic())
+
     def start(self, head: str, line: str) -> None:
         self.head = line.split(" ... ")[0]
         self._print(line)
-        self.progress.reset(self.cell, description=f"{self.head} · starting", visible=True)
+        self._show("starting")
 
     def phase(self, name: str) -> None:
-        self.progress.reset(self.cell, description=f"{self.head} · {name}", visible=True)
+        self._show(name)
 
     def done(self, line: str) -> None:
         self._print(line)
-        self.progress.update(self.cell, visible=False)
-        self.progress.advance(self.sweep)
+        self.progress.update(self.task, advance=1, description="sweep", phase_t0=None)
 
     def close(self) -> None:
         self.progress.stop()
