@@ -20,8 +20,8 @@ def run_sweep(cells: list[Cell], settings: RunSettings, ctx: RunContext,
               on_phase: Callable[[Cell, str, int], None] | None = None) -> list[Record]:
     """Run the given cells (all of `expand(axes)`, or the ones a resumed run still lacks); a failing
     cell becomes a `failed` row and the sweep goes on. Callbacks get the cell and len(cells), in the
-    parent; on_phase also the phase the cell in flight entered (harness.phases; not sent by the Ray
-    executor). SIGINT/SIGTERM record the cell in flight as failed and raise harness.executor.Interrupted."""
+    parent; on_phase also the phase the cell in flight entered (harness.phases). SIGINT/SIGTERM
+    record the cell in flight as failed and raise harness.executor.Interrupted."""
     from harness.executor import load_plugins
     from harness.executor.signals import run_interruptible
 
@@ -31,7 +31,7 @@ def run_sweep(cells: list[Cell], settings: RunSettings, ctx: RunContext,
     if getattr(settings, "executor", "local") == "ray":   # imported only when asked for: ray is an extra
         from harness.executor.ray_executor import run_ray
 
-        return run_ray(list(cells), settings, ctx, on_record, on_start)
+        return run_ray(list(cells), settings, ctx, on_record, on_start, on_phase=on_phase)
     if settings.isolation == "process":
         from harness.executor.local import run_supervised
 

@@ -133,3 +133,19 @@ def test_cli_run_off_a_terminal_prints_the_phases_as_lines(tmp_path):
     phases = [ln.split("phase ")[1].split(" ")[0] for ln in lines[start + 1:status]]
     assert phases == ["load", "apply", "quality", "compile", "measure"], lines[start:status + 1]
     assert "(after load: " in lines[start + 2]
+
+
+def test_the_ray_driver_relays_phases_of_the_cell_in_flight_only():
+    from harness.executor.ray_executor import _Driver, _Group
+
+    cells = expand(SweepAxes(("toy-model",), ("baseline",), (1, 2), (4,), (5,), backends=("toy",)))
+    d = _Driver.__new__(_Driver)          # no cluster: only the message handling
+    d.n, d.on_start, d.on_record = 2, None, None
+    heard = []
+    d.on_phase = lambda cell, name, n: heard.append((cell.index, name, n))
+    g = _Group("p", list(cells))
+    d._handle(g, ("phase", 0, "load"))     # before its start message: no cell in flight, dropped
+    d._handle(g, ("start", 0))
+    d._handle(g, ("phase", 0, "compile"))
+    d._handle(g, ("phase", 1, "measure"))  # not the cell in flight: dropped
+    assert heard == [(0, "compile", 2)]
