@@ -214,7 +214,8 @@ def execute(opts: RunOptions, given: set[tuple[str, ...]] = frozenset(), echo: C
     return run_plan(prepare(opts, given, echo), echo)
 
 
-def run_plan(plan: Plan, echo: Callable[[str], None] = print) -> Outcome:
+def run_plan(plan: Plan, echo: Callable[[str], None] = print, progress=None) -> Outcome:
+    """progress: a harness.progress display (PlainProgress(echo) when not given)."""
     from harness.executor import Interrupted
     from harness.records import append_jsonl
     from harness.runner import run_sweep
@@ -225,22 +226,29 @@ def run_plan(plan: Plan, echo: Callable[[str], None] = print) -> Outcome:
     what = f"{len(todo)} of {total} cells (resumed)" if plan.opts.resume else f"{total} cells"
     echo(f"run {plan.ctx.run_id}: {what} on profile {plan.ctx.profile.id} ({plan.meta['profile_reason']})")
     t_start = time.perf_counter()
+    if progress is None:
+        from harness.progress import PlainProgress
+
+        progress = PlainProgress(echo)
 
     def on_start(cell, n):
-        echo(f"[{cell.index + 1}/{total}] {cell.label()} ... ({n - pos[cell.index] - 1} after this)")
+        head = f"[{cell.index + 1}/{total}]"
+        progress.start(head, f"{head} {cell.label()} ... ({n - pos[cell.index] - 1} after this)")
 
     def on_record(cell, rec, n):
         append_jsonl(jsonl, rec)
-        echo(f"[{cell.index + 1}/{total}]   {_status_line(rec)}")
+        progress.done(f"[{cell.index + 1}/{total}]   {_status_line(rec)}")
 
     interrupted = None
     try:
         if todo:
-            run_sweep(todo, plan.opts.settings, plan.ctx, on_record=on_record, on_start=on_start)
+            run_sweep(todo, plan.opts.settings, plan.ctx, on_record=on_record, on_start=on_start,
+                      on_phase=lambda cell, name, n: progress.phase(name))
     except Interrupted as e:   # the cell in flight is already a failed record; the views still get written
         interrupted = e
         plan.meta["interrupted_by"] = e.signame
     finally:
+        progress.close()
         try:
             outcome = _finish(plan, time.perf_counter() - t_start, echo)
         finally:

@@ -16,10 +16,12 @@ from harness.sweep import Cell, RunContext, cell_record, expand, group_cells, ne
 
 def run_sweep(cells: list[Cell], settings: RunSettings, ctx: RunContext,
               on_record: Callable[[Cell, Record, int], None] | None = None,
-              on_start: Callable[[Cell, int], None] | None = None) -> list[Record]:
+              on_start: Callable[[Cell, int], None] | None = None,
+              on_phase: Callable[[Cell, str, int], None] | None = None) -> list[Record]:
     """Run the given cells (all of `expand(axes)`, or the ones a resumed run still lacks); a failing
     cell becomes a `failed` row and the sweep goes on. Callbacks get the cell and len(cells), in the
-    parent. SIGINT/SIGTERM record the cell in flight as failed and raise harness.executor.Interrupted."""
+    parent; on_phase also the phase the cell in flight entered (harness.phases). SIGINT/SIGTERM
+    record the cell in flight as failed and raise harness.executor.Interrupted."""
     from harness.executor import load_plugins
     from harness.executor.signals import run_interruptible
 
@@ -29,12 +31,24 @@ def run_sweep(cells: list[Cell], settings: RunSettings, ctx: RunContext,
     if getattr(settings, "executor", "local") == "ray":   # imported only when asked for: ray is an extra
         from harness.executor.ray_executor import run_ray
 
-        return run_ray(list(cells), settings, ctx, on_record, on_start)
+        return run_ray(list(cells), settings, ctx, on_record, on_start, on_phase=on_phase)
     if settings.isolation == "process":
         from harness.executor.local import run_supervised
 
-        return run_supervised(list(cells), settings, ctx, on_record, on_start)
-    return run_interruptible(_run_in_process, list(cells), settings, ctx, on_record, on_start)
+        return run_supervised(list(cells), settings, ctx, on_record, on_start, on_phase)
+    if on_phase is None:
+        return run_interruptible(_run_in_process, list(cells), settings, ctx, on_record, on_start)
+    from harness.phases import listening
+
+    n, in_flight = len(cells), [None]
+
+    def start(cell: Cell, total: int) -> None:
+        in_flight[0] = cell
+        if on_start:
+            on_start(cell, total)
+
+    with listening(lambda name: on_phase(in_flight[0], name, n)):
+        return run_interruptible(_run_in_process, list(cells), settings, ctx, on_record, start)
 
 
 def _run_in_process(cells: list[Cell], settings: RunSettings, ctx: RunContext,

@@ -82,3 +82,13 @@ def test_cpu_run_has_no_vram_stack_and_titles_name_the_cpu():
     finally:
         for c in charts.values():
             plt.close(c.fig)
+
+
+def test_labels_of_crowded_points_are_moved_apart():
+    from harness.report.figures import label_offsets
+
+    # two points 1% apart on both axes, one far away: the second label goes under its point
+    offs = label_offsets([(10.0, 0.0), (10.1, 0.01), (50.0, 3.0)])
+    assert offs[0] == (4, 4) and offs[2] == (4, 4) and offs[1] != offs[0]
+    third = label_offsets([(10.0, 0.0), (10.1, 0.01), (10.2, 0.0), (50.0, 3.0)])[:3]
+    assert len(set(third)) == 3                  # each crowded label on its own line

@@ -161,4 +161,5 @@ def test_write_report_and_charts_fail_loudly_and_keep_the_old_files(tmp_path, mo
     with pytest.raises(RecordsWriteError, match=r"decode_tok_s.png"):
         write_charts(recs, tmp_path)
     assert chart.read_bytes() == old_png
-    assert sorted(p.name for p in chart.parent.iterdir()) == ["decode_tok_s.png", "decode_vs_batch.png", "memory.png"]
+    assert sorted(p.name for p in chart.parent.iterdir()) == [f"{n}.{x}" for n in ("decode_tok_s", "decode_vs_batch", "memory")
+                                                             for x in ("png", "svg")]

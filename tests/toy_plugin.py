@@ -34,6 +34,20 @@ class ToyEngine:
         time.sleep(STEP_S)
 
 
+CHATTY_BATCH = 3   # this batch size hangs in its pass while announcing a phase every 50 ms
+
+
+class ChattyHangEngine(ToyEngine):
+    """Never finishes a pass, but sends phase messages all along: the cell timeout must still fire."""
+
+    def run_pass(self, ids, new_tokens):
+        from harness.phases import phase
+
+        while True:
+            phase("measure")
+            time.sleep(0.05)
+
+
 class ToyPrepared:
     device, device_type, dtype = "toy0", "toy", "int32"
     kernel = "toy kernel (sleep)"
@@ -55,6 +69,8 @@ class ToyPrepared:
         return np.zeros((cell.batch_size, cell.prompt_tokens), dtype=np.int64), "zeros"
 
     def engine(self, cell):
+        if cell.batch_size == CHATTY_BATCH:
+            return EngineChoice(ChattyHangEngine(), ("a hang that keeps announcing phases",), True, {})
         return EngineChoice(ToyEngine(), ("toy has one path",), True, {})
 
     def reset_peaks(self):

@@ -23,6 +23,7 @@ def run(ctx: click.Context, **values) -> None:
     the views written). An interrupted run is finished with --resume RUN_DIR.
     """
     from harness.executor import Interrupted
+    from harness.progress import for_terminal
     from harness.run_command import prepare, run_plan
 
     given = {name for name in values if ctx.get_parameter_source(name) in _GIVEN}
@@ -32,7 +33,8 @@ def run(ctx: click.Context, **values) -> None:
     except ValueError as e:  # bad input: spec, variant, corpus, device, profile, output folder, resume
         raise click.UsageError(str(e)) from None
     try:
-        outcome = run_plan(plan, echo=lambda s: click.echo(s, err=True))
+        echo = lambda s: click.echo(s, err=True)  # noqa: E731
+        outcome = run_plan(plan, echo=echo, progress=for_terminal(len(plan.todo), echo))
     except Interrupted as e:   # run.json (complete: false) and the views are written: say where, exit 130/143
         click.echo(str(e.out_dir))
         ctx.exit(e.exit_code)

@@ -30,18 +30,32 @@ def _load_run(run_dir: Path):
                 type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the merged report when several RUN_DIRs are given (required then).")
-def report(run_dirs: tuple[Path, ...], out: Path | None) -> None:
+@click.option("--project", "project", default=None, metavar="PROFILE,...",
+              help="Merged reports: beside the measured rows, the planner's projection (as `harness plan` makes it) "
+                   "of every measured cell on these profiles, where the runs did not measure them; drawn hatched "
+                   "and labelled 'projected by the planner'. Default: none.")
+def report(run_dirs: tuple[Path, ...], out: Path | None, project: str | None) -> None:
     """Rewrite report.md, report.html, the tables and charts/ of RUN_DIR from its records (nothing is
     re-measured). Several RUN_DIRs (a CPU run and a GPU run, say) merge into one comparative report in
-    --out, keyed by machine and profile."""
+    --out, keyed by machine and profile; --project adds the planner's projections for other profiles."""
     from harness.records import RecordsWriteError, write_tables
     from harness.report import write_charts, write_report
     from harness.report.markdown import render_merged
+    from harness.report.projections import parse_profiles, project_unmeasured
 
     if len(run_dirs) > 1 and out is None:
         raise click.UsageError("several RUN_DIRs merge into one report: say where with --out DIR")
+    if project and len(run_dirs) == 1:
+        raise click.UsageError("--project draws projections beside merged runs: give several RUN_DIRs and --out")
+    try:
+        chosen = parse_profiles(project)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     loaded = [_load_run(d) for d in run_dirs]
     records = [r for recs, _ in loaded for r in recs]
+    projections, notes = project_unmeasured(records, chosen) if chosen else ([], [])
+    for n in notes:
+        click.echo(f"--project: {n}", err=True)
     target = run_dirs[0] if len(run_dirs) == 1 else out
     try:
         target.mkdir(parents=True, exist_ok=True)
@@ -49,8 +63,8 @@ def report(run_dirs: tuple[Path, ...], out: Path | None) -> None:
         if len(run_dirs) == 1:
             write_report(records, loaded[0][1], target)
         else:
-            render_merged(records, [run for _, run in loaded], target)
-        charts = write_charts(records, target)
+            render_merged(records, [run for _, run in loaded], target, projections)
+        charts = write_charts(records, target, projections=projections)
     except RecordsWriteError as e:   # a full disk: the old views are left whole
         raise click.ClickException(str(e)) from None
     for p in charts:

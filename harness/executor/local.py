@@ -4,8 +4,8 @@ or an exhausted device costs one cell, never the sweep.
 One worker per model: its (model, variant, backend) groups run one after the other in it, so the
 model is loaded (and its baseline quality reference built) once, as in one process. The parent blocks on the
 worker's pipe, its process sentinel and the signal pipe (multiprocessing.connection.wait with the
-cell's deadline as timeout, never polling); it calls on_start / on_record as the messages arrive and
-appends nothing itself. When a worker dies with a cell in flight (a signal, a non-zero exit, the host
+cell's deadline as timeout, never polling); it calls on_start / on_phase / on_record as the messages
+arrive and appends nothing itself. When a worker dies with a cell in flight (a signal, a non-zero exit, the host
 OOM killer, or the parent killing it at the cell timeout), that cell becomes a `failed` record naming
 the cause, with the tail of the worker's stderr in `extra["worker_stderr_tail"]`; a fresh worker runs
 the rest of the model's cells. A worker that retires (RetireWorker: a CUDA error) is replaced the same way.
@@ -51,13 +51,15 @@ def _mappingproxy(d: dict) -> MappingProxyType:
 ForkingPickler.register(MappingProxyType, lambda m: (_mappingproxy, (dict(m),)))
 
 
-def run_supervised(cells: list, settings, ctx, on_record=None, on_start=None) -> list:
+def run_supervised(cells: list, settings, ctx, on_record=None, on_start=None, on_phase=None) -> list:
     """Run `cells` model by model in worker processes; returns their records in cell order. Raises
-    Interrupted (carrying the records, the cell in flight recorded as failed) on SIGINT or SIGTERM."""
+    Interrupted (carrying the records, the cell in flight recorded as failed) on SIGINT or SIGTERM.
+    on_phase(cell, name, n): the cell in flight entered a phase (harness.phases)."""
     import itertools
 
     cells = list(cells)
     sup = _Supervisor(len(cells), settings, ctx, on_record, on_start)
+    sup.on_phase = on_phase
     with SignalWatch() as watch:
         sup.watch = watch
         for _model, same_model in itertools.groupby(cells, key=lambda c: c.model):
@@ -73,6 +75,7 @@ class _Supervisor:
     def __init__(self, n: int, settings, ctx, on_record, on_start):
         self.n, self.settings, self.ctx = n, settings, ctx
         self.on_record, self.on_start = on_record, on_start
+        self.on_phase = None
         self.records: list = []
         self.watch: SignalWatch | None = None
         self.mp = multiprocessing.get_context("spawn")   # a fresh interpreter: no CUDA state inherited
@@ -113,8 +116,10 @@ class _Supervisor:
                     self._fail(pending.pop(0), f"interrupted by {signal_name(self.watch.signum)}", proc, log)
                 raise Interrupted(self.watch.signum, self.records)
             if recv in ready:
-                if self._receive(recv, pending, state):
-                    deadline = time.monotonic() + (EXIT_WAIT_S if state["end"] else self.settings.cell_timeout_s)
+                kind = self._receive(recv, pending, state)
+                if kind:
+                    if kind != "phase":   # a phase is part of the cell in flight: its deadline stands
+                        deadline = time.monotonic() + (EXIT_WAIT_S if state["end"] else self.settings.cell_timeout_s)
                     continue
                 ready = [proc.sentinel]   # EOF: the worker is gone or going
             if proc.sentinel in ready:
@@ -134,8 +139,8 @@ class _Supervisor:
                     self._fail(pending.pop(0), f"{what} after {limit:g} s (killed)", proc, log)
                 return pending
 
-    def _receive(self, recv, pending: list, state: dict) -> bool:
-        """Handle one message; False at EOF (or a message cut short by the worker's death)."""
+    def _receive(self, recv, pending: list, state: dict):
+        """Handle one message and return its kind; False at EOF (or a message cut short by the worker's death)."""
         try:
             msg = recv.recv()
         except (EOFError, OSError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError):
@@ -155,13 +160,16 @@ class _Supervisor:
             if msg[1] != cell.index:
                 raise RuntimeError(f"worker sent the record of cell {msg[1]}, expected {cell.index}")
             self._emit(pending.pop(0), from_envelope(msg[2]))
+        elif kind == "phase":
+            if self.on_phase and pending and msg[1] == pending[0].index:
+                self.on_phase(pending[0], msg[2], self.n)
         elif kind == "gpu":
             self._merge_gpu(msg[1])
         elif kind in ("retire", "done"):
             state["end"] = kind
         elif kind == "error":
             state["error"] = msg[1]
-        return True
+        return kind
 
     def _drain(self, recv, pending: list, state: dict) -> None:
         """Messages the worker sent before it ended (a record can land just before a crash)."""

@@ -74,13 +74,15 @@ def _groups(cells: list) -> list[_Group]:
     return [_Group(k[0], list(g)) for k, g in itertools.groupby(cells, key=key)]
 
 
-def run_ray(cells: list, settings, ctx, on_record=None, on_start=None, profiles_dir=None) -> list:
+def run_ray(cells: list, settings, ctx, on_record=None, on_start=None, profiles_dir=None, on_phase=None) -> list:
     """Run `cells` (Cell.profile set) on the Ray cluster at settings.ray_address; returns the records
-    in order of completion. Raises Interrupted on SIGINT/SIGTERM."""
+    in order of completion. Raises Interrupted on SIGINT/SIGTERM. on_phase(cell, name, n): the phase
+    of a cell in flight on a node (harness.phases), relayed from the node's supervisor."""
     ray = _ray()
     if not ray.is_initialized():
         ray.init(address=settings.ray_address or "auto", log_to_driver=False, logging_level="WARNING")
     d = _Driver(ray, len(cells), settings, ctx, on_record, on_start, profiles_dir)
+    d.on_phase = on_phase
     with SignalWatch() as watch:
         d.todo = _groups(cells)
         while d.todo or d.active:
@@ -98,6 +100,7 @@ class _Driver:
 
         self.ray, self.n, self.settings, self.ctx = ray, n, settings, ctx
         self.on_record, self.on_start = on_record, on_start
+        self.on_phase = None
         self.profiles_dir = str(profiles_dir) if profiles_dir else None
         self.records: list = []
         self.done: set[int] = set()
@@ -169,6 +172,9 @@ class _Driver:
             g.in_flight = next(c for c in g.cells if c.index == msg[1])
             if self.on_start:
                 self.on_start(g.in_flight, self.n)
+        elif kind == "phase":
+            if self.on_phase and g.in_flight is not None and g.in_flight.index == msg[1]:
+                self.on_phase(g.in_flight, msg[2], self.n)
         elif kind == "record":
             from harness.records import from_envelope
 

@@ -7,6 +7,7 @@ one machine, and yields its messages to the driver as they happen (a Ray streami
 
     ("node", info)                    first: who measures (host, Ray node id, CPU, GPUs, driver)
     ("start", cell_index)             before each cell
+    ("phase", cell_index, name)       the cell enters a phase (harness.phases)
     ("record", cell_index, envelope)  its Record (harness.records.to_envelope)
 
 The node writes no file of the run: the driver appends each record. Imported by Ray workers only
@@ -101,7 +102,8 @@ def run_group_on_node(cells: list, settings, run_id: str, provenance: dict, prof
 
     def body():
         try:
-            run_supervised(cells, local, ctx, on_record, lambda cell, _n: q.put(("start", cell.index)))
+            run_supervised(cells, local, ctx, on_record, lambda cell, _n: q.put(("start", cell.index)),
+                           lambda cell, name, _n: q.put(("phase", cell.index, name)))
         except BaseException as e:  # noqa: BLE001  (reported to the driver, which records the cells)
             q.put(("error", f"{type(e).__name__}: {e}"[:500]))
         finally:

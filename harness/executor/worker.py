@@ -3,6 +3,7 @@ once for all of them), and reports over a pipe.
 
 Messages to the parent, in order:
     ("start", cell_index)             before each cell
+    ("phase", cell_index, name)       the cell enters a phase (harness.phases: load, apply, ... measure)
     ("record", cell_index, envelope)  its Record, as harness.records.to_envelope writes it
     ("gpu", snapshot)                 the run-level GPU meter figures, when this worker opened them
     ("retire", reason)                a cell's error left the process unusable (RetireWorker)
@@ -59,6 +60,7 @@ def worker_main(conn, cells: list, settings, ctx, stderr_path: str) -> None:
     faulthandler.register(DUMP_STACKS_SIGNAL, file=sys.stderr, all_threads=True)
     try:
         from harness.executor.plugins import load_plugins
+        from harness.phases import listening
         from harness.records import to_envelope
         from harness.pipeline.group import RetireWorker, run_group
         from harness.sweep import group_cells
@@ -72,9 +74,16 @@ def worker_main(conn, cells: list, settings, ctx, stderr_path: str) -> None:
             conn.send(("record", cell.index, to_envelope(rec)))
 
         models: dict = {}   # one model for all the groups of this worker
+        in_flight = [None]
+
+        def start(cell) -> None:
+            in_flight[0] = cell.index
+            conn.send(("start", cell.index))
+
         try:
-            for _m, _v, _b, group in group_cells(cells):
-                run_group(group, settings, ctx, emit, lambda cell: conn.send(("start", cell.index)), models)
+            with listening(lambda name: conn.send(("phase", in_flight[0], name))):
+                for _m, _v, _b, group in group_cells(cells):
+                    run_group(group, settings, ctx, emit, start, models)
             end = ("done", None)
         except RetireWorker as e:
             end = ("retire", str(e))

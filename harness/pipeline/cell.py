@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 from harness.backends import get_backend
+from harness.phases import phase
 from harness.backends.base import CellSkip
 from harness.meters.base import MeterScope
 from harness.pipeline.assemble import CellOutcome, assemble_record
@@ -31,6 +32,7 @@ class GroupPipeline:
     def _prepare(self, cell) -> None:
         self._done_prepare = True
         t0 = time.perf_counter()
+        phase("load")   # the backend announces apply / quality / its own compile steps as it reaches them
         try:
             self.prepared = self.backend.prepare(self.model_spec, self.variant, self.settings, self.ctx.profile,
                                                  self.cache)
@@ -83,12 +85,14 @@ class GroupPipeline:
         p, s = self.prepared, self.settings
         scope = self._scope(cell)
         p.reset_peaks()
+        phase("compile")   # engine set-up: a CUDA graph capture, torch.compile (30-300 s on a GPU)
         choice = p.engine(cell)
         meters = open_cell_meters(scope, s.cpu_power_w or getattr(self.ctx.profile, "power_w", None))
         # a meters-off repetition beside meters-on ones runs as long as their energy window, so that
         # the two differ in nothing but the meters
         hold_s = s.energy_window_s if (s.meters and not cell.meters and p.device_type == "cuda") else 0.0
         setup_s = self.prepare_s + (choice.engine.setup_s if choice.fresh else 0.0)
+        phase("measure")
         m = measure(choice.engine, ids, cell.new_tokens, s.meter, meters.windows, setup_s=setup_s, hold_s=hold_s)
         self.prepare_s = 0.0
         out = CellOutcome(p, m, choice, kv, prompt_source, meters if cell.meters and s.meters else None)

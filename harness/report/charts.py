@@ -2,7 +2,9 @@
 
 Each chart function in harness.report.figures returns a Chart: the figure and a small description
 (title, what each bar or point is, its colour) that tests read instead of pixels. `write_charts`
-saves each one as PNG under charts/ and writes report.html with the same images embedded.
+saves each one as PNG and SVG under charts/ and writes report.html with the PNGs embedded.
+SVG text stays text (svg.fonttype none: a tenth of the size of glyph paths) and carries no date, so
+an unchanged chart is an unchanged file.
 """
 from __future__ import annotations
 
@@ -14,43 +16,50 @@ from harness.report.chart_kit import (STATUS_COLOUR, VERDICT_COLOURS, VERDICT_NA
                                       machine, pareto, plt, txt, verdict_colour)
 
 
-def _save(fig, path: Path, dpi: int = 110) -> Path:
-    """Through a temporary name (format given: the name's suffix is not .png), renamed once whole."""
-    return write_view(path, lambda p: fig.savefig(p, dpi=dpi, format="png"), "the chart")
+FORMATS = ("png", "svg")
+_METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
 
 
-def build_charts(records: list[Record]) -> list[Chart]:
-    """Every chart the records have data for (primary records: one figure per cell)."""
+def _save(fig, path: Path, dpi: int = 110, fmt: str = "png") -> Path:
+    """Through a temporary name (format given: the temporary name's suffix is not the format's), renamed once whole."""
+    with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": "harness"}):
+        return write_view(path, lambda p: fig.savefig(p, dpi=dpi, format=fmt, metadata=_METADATA[fmt]), "the chart")
+
+
+def build_charts(records: list[Record], projections: list = ()) -> list[Chart]:
+    """Every chart the records have data for (primary records: one figure per cell); `projections`
+    (harness.report.projections) are drawn beside the measured bars of the decode chart."""
     from harness.report import figures
+    from harness.report.roofline import roofline
 
     rs = primary(records)
-    out = [figures.decode_per_batch(rs)]
+    out = [figures.decode_per_batch(rs, list(projections))]
     ok = [r for r in rs if r.status == "ok"]
     for fn in (figures.decode_vs_batch, figures.ttft_vs_prompt, figures.memory, figures.energy_per_token,
                figures.quality_vs_speed, figures.quality_vs_energy, figures.tpot_distribution,
-               figures.power_timeline):
+               figures.power_timeline, roofline):
         chart = fn(ok)
         if chart is not None:
             out.append(chart)
     return out
 
 
-def write_charts(records: list[Record], out_dir: Path, html: bool = True) -> list[Path]:
-    """charts/*.png, and report.html beside report.md with the same images embedded (base64)."""
+def write_charts(records: list[Record], out_dir: Path, html: bool = True, projections: list = ()) -> list[Path]:
+    """charts/*.png and charts/*.svg, and report.html beside report.md with the PNGs embedded (base64)."""
     charts_dir = Path(out_dir) / "charts"
     charts_dir.mkdir(parents=True, exist_ok=True)
     paths, images = [], []
-    charts = build_charts(records)
+    charts = build_charts(records, projections)
     try:
         for chart in charts:
-            path = _save(chart.fig, charts_dir / f"{chart.name}.png")
-            paths.append(path)
-            images.append((chart, base64.b64encode(path.read_bytes()).decode("ascii")))
+            png = _save(chart.fig, charts_dir / f"{chart.name}.png")
+            paths += [png, _save(chart.fig, charts_dir / f"{chart.name}.svg", fmt="svg")]
+            images.append((chart, base64.b64encode(png.read_bytes()).decode("ascii")))
     finally:
         for chart in charts:
             plt.close(chart.fig)
     if html:
         from harness.report.html import write_html
 
-        paths.append(write_html(records, out_dir, images))
+        paths.append(write_html(records, out_dir, images, projections))
     return paths

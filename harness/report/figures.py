@@ -31,38 +31,87 @@ def _verdict_legend(ax, rs: list[Record], extra: list | None = None) -> None:
         ax.legend(handles=handles, loc="upper right")
 
 
-def decode_per_batch(rs: list[Record]) -> Chart:
+PROJECTED_FACE, PROJECTED_EDGE = "#ece8fb", "#6c5ce7"   # the planner's bars: hatched, never verdict-coloured
+
+
+def _value_text(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
+def _projected_bars(ax, x0: int, projected: list, top: float, log: bool) -> list[dict]:
+    """The planner's projections for profiles not measured, beside the measured bars: hatched, their
+    own colour, labelled, so no one takes them for measurements."""
+    bars = []
+    for i, p in enumerate(projected, start=x0):
+        ok = p.status in ("ok", "unknown-fit") and p.decode_tok_s is not None
+        h = p.decode_tok_s if ok else (top * 0.05 if not log else top * 1e-3)
+        ax.bar(i, h, facecolor=PROJECTED_FACE, edgecolor=PROJECTED_EDGE, hatch="xx", linewidth=1.2)
+        ax.text(i, h, _value_text(h) if ok else f"projected: {p.status}", ha="center", va="bottom", fontsize=7,
+                style="italic", rotation=0 if ok else 90, color=PROJECTED_EDGE)
+        bars.append({"variant": p.variant, "backend": "planner", "profile": p.profile, "batch": p.batch_size,
+                     "status": p.status, "value": p.decode_tok_s if ok else None, "colour": PROJECTED_FACE,
+                     "projected": True})
+    return bars
+
+
+def decode_per_batch(rs: list[Record], projected: list = ()) -> Chart:
     """Decode tok/s per variant, one panel per batch size (batch 1 does not vanish next to 256), bars
-    coloured by quality verdict; cells that did not run are hatched bars labelled with their status."""
+    coloured by quality verdict; cells that did not run are hatched bars labelled with their status;
+    `projected` (harness.report.projections) adds the planner's bars for profiles not measured, drawn
+    apart. A panel whose bars span more than 100x gets a log axis (a CPU beside a GPU)."""
     batches = sorted({r.batch_size for r in rs}) or [1]
-    fig, axes = plt.subplots(1, len(batches), figsize=(max(7.0, 3.2 * len(batches) + 1.2 * len(rs) / len(batches)),
-                                                        4.8), squeeze=False)
+    many = len({r.profile for r in rs}) > 1 or bool(projected)   # bars of several profiles: labels name them
+    counts = [sum(r.batch_size == b for r in rs) + sum(p.batch_size == b for p in projected) for b in batches]
+    slant = [many and n > 4 for n in counts]   # three-line labels of narrow bars would overlap: one line, slanted
+    widths = [max(2.8, n * (0.75 if s else 1.1)) for n, s in zip(counts, slant)]   # inches, from the bar counts
+    fig, axes = plt.subplots(1, len(batches), figsize=(max(7.0, sum(widths) + 1.0), 4.8 if not projected else 5.8),
+                             squeeze=False, gridspec_kw={"width_ratios": widths})
     title = f"Decode throughput per variant and batch\n{context(rs)}"
     bars = []
-    for ax, b in zip(axes[0], batches):
+    for ax, b, slanted in zip(axes[0], batches, slant):
         cells = [r for r in rs if r.batch_size == b]
-        top = max([r.decode_tok_s or 0 for r in cells] + [1.0])
+        proj = [p for p in projected if p.batch_size == b]
+        vals = [r.decode_tok_s for r in cells if r.decode_tok_s] + [p.decode_tok_s for p in proj if p.decode_tok_s]
+        top = max(vals + [1.0])
+        log = bool(vals) and top / min(vals) > 100
         for i, r in enumerate(cells):
             colour = verdict_colour(r)
             if r.status == "ok" and r.decode_tok_s is not None:
                 ax.bar(i, r.decode_tok_s, color=colour, yerr=r.decode_tok_s_stdev or 0, capsize=3)
-                ax.text(i, r.decode_tok_s, f"{r.decode_tok_s:,.0f}" if r.decode_tok_s >= 100 else f"{r.decode_tok_s:.3g}", ha="center", va="bottom", fontsize=8)
+                ax.text(i, r.decode_tok_s, _value_text(r.decode_tok_s), ha="center", va="bottom", fontsize=8)
             else:
-                ax.bar(i, top * 0.05, facecolor="white", edgecolor=STATUS_COLOUR, hatch="//")
-                ax.text(i, top * 0.06, r.status, ha="center", va="bottom", fontsize=8, rotation=90)
+                h = top * 0.05 if not log else top * 1e-3
+                ax.bar(i, h, facecolor="white", edgecolor=STATUS_COLOUR, hatch="//")
+                ax.text(i, h * 1.2, r.status, ha="center", va="bottom", fontsize=8, rotation=90)
             bars.append({"variant": r.variant, "backend": r.backend, "batch": b, "status": r.status,
                          "value": r.decode_tok_s if r.status == "ok" else None, "colour": colour})
-        ax.set_xticks(range(len(cells)), [_label(r) for r in cells], fontsize=8)
+        bars += _projected_bars(ax, len(cells), proj, top, log)
+        labels = [_label(r) + (f"\n{txt(r.profile)}" if many else "") for r in cells]
+        labels += [f"{txt(p.variant)}\n[planner] p{p.prompt_tokens}\n{txt(p.profile)}" for p in proj]
+        if slanted:
+            ax.set_xticks(range(len(labels)), [lb.replace("\n", " ") for lb in labels], fontsize=7, rotation=35,
+                          ha="right", rotation_mode="anchor")
+        else:
+            ax.set_xticks(range(len(labels)), labels, fontsize=7 if many else 8)
         ax.set_title(f"batch {b}")
-        ax.set_ylim(0, top * 1.4)   # room for the values and the legend
-    axes[0][0].set_ylabel("decode tokens/s, all sequences (measured)")
-    _verdict_legend(axes[0][-1], rs)
+        if log:
+            ax.set_yscale("log")
+            ax.set_ylim(min(vals) / 3, top * 8)
+        else:
+            ax.set_ylim(0, top * 1.4)   # room for the values and the legend
+    axes[0][0].set_ylabel("decode tokens/s, all sequences" + (" (measured or projected)" if projected else " (measured)"))
+    extra = [Patch(facecolor=PROJECTED_FACE, edgecolor=PROJECTED_EDGE, hatch="xx", label="projected by the planner")] \
+        if projected else None
+    _verdict_legend(axes[0][-1], rs, extra)
     if not rs:
         axes[0][0].text(0.5, 0.5, "no cell ran", ha="center", va="center", transform=axes[0][0].transAxes)
     fig.suptitle(title)
     fig.tight_layout()
-    return Chart("decode_tok_s", fig, {"title": title, "bars": bars},
-                 "Bars coloured by quality verdict; hatched: the cell did not run (its status on the bar).")
+    caption = "Bars coloured by quality verdict; hatched: the cell did not run (its status on the bar)."
+    if projected:
+        caption += (" Cross-hatched lilac bars, labelled [planner]: the planner's datasheet projection for profiles "
+                    "these runs did not measure, not measurements.")
+    return Chart("decode_tok_s", fig, {"title": title, "bars": bars}, caption)
 
 
 def decode_vs_batch(ok: list[Record]) -> Chart | None:
@@ -180,6 +229,21 @@ def energy_per_token(ok: list[Record]) -> Chart | None:
     return Chart("energy_per_token", fig, {"title": title, "sources": sources})
 
 
+def label_offsets(pts: list[tuple[float, float]], near: tuple[float, float] = (0.2, 0.06)) -> list[tuple[int, int]]:
+    """Text offsets (points) for point labels: (4, 4) unless an earlier label sits within `near` (shares
+    of the axis ranges), then centred under the point, 11 points lower per neighbour (variants with
+    nearly equal speed and KL would print over each other)."""
+    if not pts:
+        return []
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    out = []
+    for i, (x, y) in enumerate(pts):
+        crowd = sum(abs(x - xj) / span_x < near[0] and abs(y - yj) / span_y < near[1] for xj, yj in pts[:i])
+        out.append((4, 4) if crowd == 0 else (0, -3 - 11 * crowd))   # crowded: centred under the point
+    return out
+
+
 def _quality_scatter(ok: list[Record], x_field: str, x_higher: bool, xlabel: str, name: str, what: str):
     """KL against speed or energy, one panel per batch size (a frontier across batches would only say that
     batch 32 is faster than batch 1), the Pareto frontier of each panel drawn through its non-dominated points."""
@@ -193,11 +257,13 @@ def _quality_scatter(ok: list[Record], x_field: str, x_higher: bool, xlabel: str
         cells = [r for r in rs if r.batch_size == b]
         pts = [(getattr(r, x_field), r.kl_mean) for r in cells]
         front = set(pareto(pts, x_higher=x_higher, y_higher=False))
+        offsets = label_offsets(pts)
         for i, (r, (xv, yv)) in enumerate(zip(cells, pts)):
             ax.scatter(xv, yv, color=verdict_colour(r), s=60 if i in front else 35, zorder=3,
                        edgecolor="black" if i in front else "none")
-            ax.annotate(f"{txt(r.variant)} [{txt(r.backend)}]", (xv, yv), fontsize=8, xytext=(4, 4),
-                        textcoords="offset points")
+            ax.annotate(f"{txt(r.variant)} [{txt(r.backend)}]", (xv, yv), fontsize=8, xytext=offsets[i],
+                        textcoords="offset points", ha="left" if offsets[i] == (4, 4) else "center",
+                        va="bottom" if offsets[i] == (4, 4) else "top")
             points.append({"variant": r.variant, "backend": r.backend, "batch": b, "x": xv, "y": yv,
                            "frontier": i in front, "colour": verdict_colour(r)})
         fr = sorted((pts[i] for i in front), key=lambda p: p[0])
@@ -205,7 +271,7 @@ def _quality_scatter(ok: list[Record], x_field: str, x_higher: bool, xlabel: str
         ax.set_title(f"batch {b}")
         ax.set_xlabel(xlabel)
         ax.grid(True, alpha=0.3)
-        ax.margins(x=0.15, y=0.1)
+        ax.margins(x=0.15, y=0.2)   # room for labels set under crowded points
     axes[0][0].set_ylabel("KL vs baseline (nats/token, lower is better)")
     _verdict_legend(axes[0][-1], rs, [plt.Line2D([], [], color="black", ls="--", label="Pareto frontier")])
     title = f"Quality vs {what}\n{context(rs)}"

@@ -98,15 +98,19 @@ def _environment():
                        autoescape=select_autoescape(default=True, default_for_string=True))
 
 
-def render_html(records: list[Record], images: list[tuple] = (), title: str = "") -> str:
-    """images: (Chart, base64 PNG) pairs, embedded in the page as data: URIs."""
+def render_html(records: list[Record], images: list[tuple] = (), title: str = "", projections: list = ()) -> str:
+    """images: (Chart, base64 PNG) pairs, embedded in the page as data: URIs; projections: the
+    planner's rows for profiles not measured (harness.report.projections), in their own table."""
+    from harness.report.projections import PROJECTED_LABEL, table_rows
+
     runs = _runs(records)
     return _environment().get_template("report.html.j2").render(
         title=title or "harness run " + ", ".join(r["run_id"] for r in runs), runs=runs, summary=summary(records),
-        cells=_cell_rows(records), images=[{"name": c.name, "title": c.info.get("title", c.name),
+        cells=_cell_rows(records), projected=table_rows(list(projections)), projected_label=PROJECTED_LABEL,
+        images=[{"name": c.name, "title": c.info.get("title", c.name),
                                             "caption": c.caption, "png": png} for c, png in images])
 
 
-def write_html(records: list[Record], out_dir: Path, images: list[tuple] = ()) -> Path:
-    text = render_html(records, images)
+def write_html(records: list[Record], out_dir: Path, images: list[tuple] = (), projections: list = ()) -> Path:
+    text = render_html(records, images, projections=projections)
     return write_view(Path(out_dir) / "report.html", lambda p: p.write_text(text, encoding="utf-8"), "the HTML report")

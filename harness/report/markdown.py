@@ -178,7 +178,23 @@ def _machine_of(run: dict) -> str:
     return ", ".join(prov.get("gpus") or []) or str(prov.get("cpu") or "?")
 
 
-def render_merged_text(records: list[Record], runs: list[dict]) -> str:
+def _projected_md(projections: list) -> list[str]:
+    from tabulate import tabulate
+
+    from harness.report.projections import PROJECTED_LABEL, table_rows
+
+    rows = [[md(r["profile"]), md(r["model"]), md(r["variant"]), r["batch"], r["prompt"], r["new"], md(r["status"]),
+             r["decode"], r["prefill"], md(r["bound"]), r["weights"], r["fits"], md(r["reason"]) or NA]
+            for r in table_rows(projections)]
+    return ["", f"## {PROJECTED_LABEL.capitalize()}: profiles not measured", "",
+            tabulate(rows, ["profile", "model", "variant", "batch", "prompt", "new tokens", "status", "decode tok/s",
+                            "prefill tok/s", "decode bound", "weights MB", "fits", "notes"],
+                     tablefmt="github", disable_numparse=True),
+            "", f"Every figure in this table is {PROJECTED_LABEL} (`harness plan`'s datasheet roofline) for the "
+                "cells measured above, on profiles these runs did not measure: projections, not measurements."]
+
+
+def render_merged_text(records: list[Record], runs: list[dict], projections: list = ()) -> str:
     """The Markdown report of several runs side by side: their machines and profiles, then one summary
     row per variant and machine/profile (tables through tabulate, every cell escaped with md)."""
     from tabulate import tabulate
@@ -199,9 +215,11 @@ def render_merged_text(records: list[Record], runs: list[dict]) -> str:
                                  "J/token decode", "quality", "did not run"], tablefmt="github", disable_numparse=True))
     lines += ["", "Ratios: geometric mean over the variant's cells of variant / baseline of the same cell on the "
               "same machine and profile. Per-cell tables: each run's own report.md."]
+    if projections:
+        lines += _projected_md(list(projections))
     return "\n".join(lines) + "\n"
 
 
-def render_merged(records: list[Record], runs: list[dict], out_dir: Path) -> Path:
-    text = render_merged_text(records, runs)
+def render_merged(records: list[Record], runs: list[dict], out_dir: Path, projections: list = ()) -> Path:
+    text = render_merged_text(records, runs, projections)
     return write_view(Path(out_dir) / "report.md", lambda p: p.write_text(text, encoding="utf-8"), "the report")

@@ -9,6 +9,7 @@ import time
 
 from harness.backends.base import CellSkip, EngineChoice
 from harness.backends.ort.backend import OrtBackend, OrtUnsupported
+from harness.phases import phase
 
 CPU_EP = "CPUExecutionProvider"
 
@@ -35,6 +36,7 @@ class OrtCellPrepared:
 
         self.loaded = cached_model(cache, model_spec, settings.trust_remote_code)
         self.shape = self.loaded.shape
+        phase("apply")   # the export and quantization (or a cache hit)
         try:
             self.ort = self.builder.prepare(self.loaded, variant.name, profile)
         except OrtUnsupported as e:
@@ -59,6 +61,7 @@ class OrtCellPrepared:
         q = self.settings.quality
         if not q.enabled:
             return quality.skipped()
+        phase("quality")
         key = ("cpu", "float32", q)        # the torch CPU backend's key: one fp32 reference per model
         if key not in self.loaded.quality_refs:
             self.loaded.quality_refs[key] = quality.reference_for(self.loaded, self.corpus_name, self.corpus_text,

@@ -18,6 +18,7 @@ from harness.backends.pytorch import lean
 from harness.backends.pytorch.device import compute_dtype, dtype_name, free_memory_bytes, resolve_device
 from harness.backends.pytorch.engine import EagerEngine
 from harness.corpus import load_corpus
+from harness.phases import phase
 from harness.models.loader import cached_model
 from harness.variants import NothingApplied
 from harness.variants.inspect import ops_that_ran, tensor_bytes
@@ -147,6 +148,7 @@ class TorchPrepared:
         self.corpus_name, self.corpus_text = load_corpus(self.settings.corpus)
         calib, _ = self.loaded.prompt_ids(self.corpus_name, self.corpus_text, CALIBRATION_SEQS,
                                           CALIBRATION_TOKENS, seed=CALIBRATION_SEED, from_end=True)
+        phase("apply")
         t_apply = time.perf_counter()
         ctx = variant.context(self.device_type, self.torch_dtype, calib.to(self.torch_device),
                               self.shape.num_hidden_layers if self.shape else None)
@@ -172,6 +174,7 @@ class TorchPrepared:
         q = self.settings.quality
         if not q.enabled:
             return quality.skipped()
+        phase("quality")
         key = (self.device, self.dtype, q)
         if key not in self.loaded.quality_refs:
             self.loaded.quality_refs[key] = quality.reference_for(self.loaded, self.corpus_name, self.corpus_text,
