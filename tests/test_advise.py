@@ -180,3 +180,19 @@ def test_html_section_is_escaped(tmp_path):
     assert res.exit_code == 0, res.output
     assert res.stdout.startswith('<section class="advice">') and "&lt;gpu&gt;&amp;co" in res.stdout
     assert "<gpu>" not in res.stdout
+
+
+def test_html_section_goes_into_the_report(tmp_path):
+    from harness.advise.build import Question, answer
+    from harness.advise.output import to_html
+    from harness.profiles.loader import load_profiles
+    from harness.records import load_records
+    from harness.report.html import render_html
+
+    rd = quality_run(tmp_path / "run")
+    profs = load_profiles(write_profiles(tmp_path / "profiles"))
+    q = Question(model=REAL, records=[rd], profiles=list(profs.values()), profile_ids={"gpu-a"}, variants="baseline,int8-wo",
+                 batches=[1], context=None, constraints=build(max_kl=0.05), objective="energy")
+    section = to_html(*answer(q))
+    page = render_html(load_records(rd), sections=(section,))
+    assert page.count('<section class="advice">') == 1 and page.index("advice") > page.index("</table>")

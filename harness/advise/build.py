@@ -94,6 +94,14 @@ def _variants(q: Question, mine: list[Record]):
         raise AdviseError(f"--variants: {e}") from None
 
 
+def _describe_sources(evidence: dict[str, list[Record]]) -> list[str]:
+    if len(evidence) <= 3:
+        return [f"{len(v)} records in {k}" for k, v in evidence.items()]
+    parents = sorted({str(Path(k).parent) for k in evidence})
+    return [f"{sum(map(len, evidence.values()))} records in {len(evidence)} run folders under {', '.join(parents)} "
+            f"({', '.join(Path(k).name for k in evidence)})"]
+
+
 def answer(q: Question) -> tuple[Advice, Context]:
     try:
         shape = shape_of(q.model)
@@ -121,7 +129,7 @@ def answer(q: Question) -> tuple[Advice, Context]:
         for d in rows:
             d.price_per_hour = q.prices.of(d.profile)
     advice = advise(rows, q.constraints, Quality([r for recs in evidence.values() for r in recs], q.model), q.objective)
-    sources = [f"{len(evidence[k])} records in {k}" for k in evidence]
+    sources = _describe_sources(evidence)
     if q.prices is not None:
         sources.append(f"prices from {q.prices.path}" + (f" ({q.prices.source})" if q.prices.source else ""))
     notes = ([f"{len(measured)} measured and {len(rows) - len(measured)} projected deployments considered "

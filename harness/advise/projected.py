@@ -117,7 +117,7 @@ def _deployment(row: PlanRow, p: Profile, n: int, s: Speed, w: Workload) -> Depl
         j_per_token=None if not (s.decode and power) else n * power / s.decode,
         energy_basis=f"upper estimate: {n} x {power:g} W x projected time" if power else "no power figure",
         memory_need_bytes=need, memory_usable_bytes=usable, fits=fits,
-        fit_detail=(f"{need / 1e9:.1f} GB per GPU" + (f" of {usable / 1e9:.1f} GB usable" if usable else
+        fit_detail=(f"{need / 1e9:.1f} GB per device" + (f" of {usable / 1e9:.1f} GB usable" if usable else
                                                       " (capacity not published)")))
     if s.low is not None and tpot is not None:
         d.latency_note += f"; TPOT interval {B / s.high * 1e3:.3g}-{B / s.low * 1e3:.3g} ms"

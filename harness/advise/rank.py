@@ -122,6 +122,9 @@ def _choice_sentence(d: Deployment, objective: str) -> str:
         figs.append(f"{d.decode_tok_s:,.1f}{iv} decode tok/s")
     passed = "; ".join(c.detail for c in d.checks)
     notes = "".join(f" {n}." for n in d.notes)
+    if ceiling_only(d):
+        notes += (" This choice rests on a roofline ceiling only: the datasheet does not rule it out, but no "
+                  "measurement or calibration of this profile backs it; measure it before buying.")
     return (f"First choice: {d.label()} ({d.evidence}, {d.tier}: {d.basis}) at {', '.join(figs)}. "
             f"Quality: {d.quality_source}. Checks: {passed}. Latency: {d.latency_note}.{notes}")
 

@@ -46,6 +46,19 @@ def _profile_ids(spec: str, profs: dict) -> set[str] | None:
     return out
 
 
+def _run_folders(paths) -> list[Path]:
+    """Each path is a run folder (records.jsonl) or a folder of run folders (searched recursively, sorted)."""
+    from harness.advise.constraints import AdviseError
+
+    out = []
+    for p in paths:
+        found = [p] if (p / "records.jsonl").is_file() else sorted(f.parent for f in p.rglob("records.jsonl"))
+        if not found:
+            raise AdviseError(f"--records {p}: no records.jsonl there or below")
+        out += found
+    return out
+
+
 def _fail(msg: str) -> None:
     click.echo(f"error: {msg}", err=True)
     sys.exit(2)
@@ -54,7 +67,8 @@ def _fail(msg: str) -> None:
 @click.command("advise")
 @click.option("--model", required=True, help="Model spec as the records name it (smollm2-135m, synthetic:llama-3.1-8b, ...).")
 @click.option("--records", "records", multiple=True, type=click.Path(path_type=Path),
-              help="Run folder (records.jsonl); repeatable. Measured evidence, and calibration for the projections.")
+              help="Run folder (records.jsonl), or a folder of run folders; repeatable. Measured evidence, and calibration "
+                   "for the projections.")
 @click.option("--profiles", "profile_spec", default="all", show_default=True,
               help="'all' (loaded profiles and those the records name), or comma-separated profile ids and classes (edge, enterprise).")
 @click.option("--variants", default=None, help=f"Variants to consider. Default: those measured + {','.join(DEFAULT_VARIANTS)}.")
@@ -106,9 +120,7 @@ def advise(model, records, profile_spec, variants, batch, context, max_kl, min_t
         c = build(max_kl=max_kl, min_top1=min_top1, verdict=verdict, ttft={90: ttft_p90, 99: ttft_p99},
                   tpot={90: tpot_p90, 99: tpot_p99}, slo=slo, tokens_per_s=tokens_per_s, users=users,
                   max_devices=max_devices, headroom=headroom)
-        for p in records:
-            if not (p / "records.jsonl").is_file():
-                raise AdviseError(f"--records {p}: no records.jsonl there")
+        records = _run_folders(records)
         if objective == "cost" and prices is None:
             raise AdviseError("--objective cost needs --prices (a YAML of profile id -> price per hour)")
         ids = _profile_ids(profile_spec, profs)

@@ -98,13 +98,17 @@ def _environment():
                        autoescape=select_autoescape(default=True, default_for_string=True))
 
 
-def render_html(records: list[Record], images: list[tuple] = (), title: str = "") -> str:
-    """images: (Chart, base64 PNG) pairs, embedded in the page as data: URIs."""
+def render_html(records: list[Record], images: list[tuple] = (), title: str = "", sections: tuple[str, ...] = ()) -> str:
+    """images: (Chart, base64 PNG) pairs, embedded in the page as data: URIs. sections: HTML fragments
+    appended after the tables, already escaped by their producer (harness.advise.output.to_html)."""
+    from markupsafe import Markup
+
     runs = _runs(records)
     return _environment().get_template("report.html.j2").render(
         title=title or "harness run " + ", ".join(r["run_id"] for r in runs), runs=runs, summary=summary(records),
         cells=_cell_rows(records), images=[{"name": c.name, "title": c.info.get("title", c.name),
-                                            "caption": c.caption, "png": png} for c, png in images])
+                                            "caption": c.caption, "png": png} for c, png in images],
+        sections=[Markup(x) for x in sections])
 
 
 def write_html(records: list[Record], out_dir: Path, images: list[tuple] = ()) -> Path:
