@@ -196,3 +196,15 @@ def test_html_section_goes_into_the_report(tmp_path):
     section = to_html(*answer(q))
     page = render_html(load_records(rd), sections=(section,))
     assert page.count('<section class="advice">') == 1 and page.index("advice") > page.index("</table>")
+
+
+def test_example_prices_are_placeholders_for_known_profiles():
+    from pathlib import Path
+
+    from harness.advise.prices import load_prices
+    from harness.profiles.loader import load_profiles
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "prices.example.yaml"
+    p = load_prices(path, set(load_profiles(None)))
+    assert p.per_hour and set(p.per_hour.values()) == {1.0}
+    assert "placeholder" in path.read_text().lower() and "placeholder" in p.currency

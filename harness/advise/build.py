@@ -133,7 +133,8 @@ def answer(q: Question) -> tuple[Advice, Context]:
     if q.prices is not None:
         sources.append(f"prices from {q.prices.path}" + (f" ({q.prices.source})" if q.prices.source else ""))
     notes = ([f"{len(measured)} measured and {len(rows) - len(measured)} projected deployments considered "
-              f"(batches {', '.join(map(str, batches))}; up to {q.max_gpus} GPUs where the profile has an interconnect)"]
+              f"(batches {', '.join(map(str, batches))}; "
+              + (f"up to {q.max_gpus} GPUs where the profile has an interconnect)" if q.max_gpus > 1 else "one device each)")]
              + c_notes + m_notes + [f"not supported: {s}" for s in skipped])
     return advice, Context(q.model, ctx, ctx_note, q.constraints, sources,
                            q.prices.currency if q.prices else "", notes)

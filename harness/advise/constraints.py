@@ -151,8 +151,10 @@ def latency_checks(c: Constraints, ttft: dict[int, float | None], tpot: dict[int
     return out
 
 
-def memory_check(fits: bool | None, detail: str) -> Check:
-    return Check("memory", {True: "pass", False: "fail", None: "unknown"}[fits], detail, 0.0 if fits else 1.0)
+def memory_check(fits: bool | None, detail: str, need: int | None = None, usable: int | None = None) -> Check:
+    """excess: need / usable - 1 where both are known (how far from fitting), else 1."""
+    excess = 0.0 if fits else (need / usable - 1 if fits is False and need and usable else 1.0)
+    return Check("memory", {True: "pass", False: "fail", None: "unknown"}[fits], detail, excess)
 
 
 def devices_check(c: Constraints, devices: int | None) -> list[Check]:

@@ -36,9 +36,11 @@ def judge(d: Deployment, c: Constraints, quality: Quality) -> None:
     kl, top1, verdict, src = quality.lookup(d.variant, d.profile, d.backend)
     d.kl_mean, d.top1_agreement, d.quality_verdict, d.quality_source = kl, top1, verdict, src
     size(d, c)
-    why = "no figure" if d.decode_tok_s is None else "not in the record"
+    why = ("no figure (does not fit)" if d.fits is False else "no figure") if d.decode_tok_s is None else \
+        "not in the record"
     d.checks = (quality_checks(c, kl, top1, verdict, src) + latency_checks(c, d.ttft_s, d.tpot_s, why)
-                + [memory_check(d.fits, d.fit_detail)] + devices_check(c, d.devices))
+                + [memory_check(d.fits, d.fit_detail, d.memory_need_bytes, d.memory_usable_bytes)]
+                + devices_check(c, d.devices))
     if d.evidence == PROJECTED and d.decode_low:
         slow = d.batch_size / d.decode_low
         for q, lim in sorted(c.tpot_s.items()):
