@@ -208,3 +208,17 @@ def test_example_prices_are_placeholders_for_known_profiles():
     p = load_prices(path, set(load_profiles(None)))
     assert p.per_hour and set(p.per_hour.values()) == {1.0}
     assert "placeholder" in path.read_text().lower() and "placeholder" in p.currency
+
+
+def test_verdict_pass_keeps_out_the_failed_variant(tmp_path):
+    rd = quality_run(tmp_path / "run")
+    d = as_json(run(tmp_path, "--model", REAL, "--records", rd, "--profiles", "gpu-a", "--batch", "1",
+                    "--variants", "baseline,int8-wo,int4-wo", "--verdict", "pass", "--format", "json"))
+    assert {r["variant"] for r in d["ranked"]} <= {"baseline", "int8-wo"}
+    int4 = next(r for r in d["others"] if r["variant"] == "int4-wo" and r["evidence"] == "measured")
+    assert [c["name"] for c in int4["checks"] if not c["status"] == "pass"] == ["verdict"]
+
+
+def test_unknown_profile_is_bad_input(tmp_path):
+    res = run(tmp_path, "--model", REAL, "--profiles", "gpu-a,gpu-zz")
+    assert res.exit_code == 2 and "gpu-zz" in res.stderr and res.stderr.count("\n") == 1

@@ -110,6 +110,10 @@ def answer(q: Question) -> tuple[Advice, Context]:
     evidence = load_evidence(q.records)
     profs = {p.id: p for p in q.profiles}
     mine = [r for recs in evidence.values() for r in recs if r.model == q.model]
+    unknown = (q.profile_ids or set()) - set(profs) - {r.profile for recs in evidence.values() for r in recs}
+    if unknown:
+        raise AdviseError(f"--profiles: unknown {', '.join(sorted(unknown))} (not a profile file, class or a profile "
+                          "the records name)")
     ctx, ctx_note = _context(q, mine)
     measured, m_notes = measured_deployments(evidence, q.model, q.context, profs, q.constraints.headroom)
     if q.profile_ids is not None:
