@@ -9,6 +9,7 @@ is shown), so `harness report`, `compare` and `plan` start without torch:
     history (add, show)       harness/cli/history.py
     calibrate, validate-plan  harness/cli/calibrate.py
     worker                    harness/cli/worker.py (a Ray node advertising this machine's profile)
+    advise                    harness/cli/advise.py (which deployment meets the constraints best)
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ COMMANDS = {
     "calibrate": ("harness.cli.calibrate", "calibrate"),
     "validate-plan": ("harness.cli.calibrate", "validate_plan"),
     "worker": ("harness.cli.worker", "worker"),
+    "advise": ("harness.cli.advise", "advise"),
 }
 
 

@@ -98,9 +98,14 @@ def _environment():
                        autoescape=select_autoescape(default=True, default_for_string=True))
 
 
-def render_html(records: list[Record], images: list[tuple] = (), title: str = "", projections: list = ()) -> str:
+def render_html(records: list[Record], images: list[tuple] = (), title: str = "", projections: list = (),
+                sections: tuple[str, ...] = ()) -> str:
     """images: (Chart, base64 PNG) pairs, embedded in the page as data: URIs; projections: the
-    planner's rows for profiles not measured (harness.report.projections), in their own table."""
+    planner's rows for profiles not measured (harness.report.projections), in their own table;
+    sections: HTML fragments appended after the tables, already escaped by their producer
+    (harness.advise.output.to_html)."""
+    from markupsafe import Markup
+
     from harness.report.projections import PROJECTED_LABEL, table_rows
 
     runs = _runs(records)
@@ -108,7 +113,8 @@ def render_html(records: list[Record], images: list[tuple] = (), title: str = ""
         title=title or "harness run " + ", ".join(r["run_id"] for r in runs), runs=runs, summary=summary(records),
         cells=_cell_rows(records), projected=table_rows(list(projections)), projected_label=PROJECTED_LABEL,
         images=[{"name": c.name, "title": c.info.get("title", c.name),
-                                            "caption": c.caption, "png": png} for c, png in images])
+                 "caption": c.caption, "png": png} for c, png in images],
+        sections=[Markup(x) for x in sections])
 
 
 def write_html(records: list[Record], out_dir: Path, images: list[tuple] = (), projections: list = ()) -> Path:
