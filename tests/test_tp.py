@@ -97,12 +97,12 @@ def test_fewer_gpus_than_asked_is_unsupported_with_the_count(monkeypatch):
 
 
 def test_executor_workers_turn_multicast_off(monkeypatch):
-    from harness.executor.worker import _configure_device
+    from harness.executor.worker import configure_device
     from harness.options import RunSettings
 
     monkeypatch.setenv("NCCL_NVLS_ENABLE", "1")
     monkeypatch.setenv("TORCH_SYMM_MEM_DISABLE_MULTICAST", "0")
-    _configure_device(RunSettings(device="cpu"))       # the worker's first step after start-up
+    configure_device(RunSettings(device="cpu"))       # the worker's first step after start-up
     assert {k: os.environ[k] for k in NO_MULTICAST_ENV} == NO_MULTICAST_ENV
 
 
