@@ -29,6 +29,7 @@ class RankJob:
     tune: bool | None = None
     compile_mode: str = "default"
     trust_remote_code: bool = False
+    variant: str = "baseline"   # applied by each rank to its shard (tp.variants)
 
 
 class LeanLoopEngine:
@@ -97,6 +98,12 @@ def build_rank_engine(job: RankJob, rank: int, world: int):
         # set-up (real checkpoints larger than one GPU need per-shard loading: not implemented)
         model = shard_model(loaded.instantiate(device, dtype), rank, world)
         build = "sliced from the full model"
+    from harness.backends.pytorch.tp.variants import apply_on_shard
+
+    t0 = time.perf_counter()
+    applied = apply_on_shard(model, job.variant, device.type, dtype,
+                             loaded.shape.num_hidden_layers if loaded.shape else None)
+    apply_s = time.perf_counter() - t0
     if device.type == "cuda":
         import gc
 
@@ -109,6 +116,8 @@ def build_rank_engine(job: RankJob, rank: int, world: int):
     else:
         eng = LeanLoopEngine(model, device, job.batch, job.prompt_tokens, job.new_tokens)
     eng.shard_build = build
+    eng.applied = applied
+    eng.apply_s = apply_s
     return eng
 
 
@@ -125,6 +134,9 @@ def rank_info(engine, rank: int) -> dict:
             "kv_cache_bytes": engine.kv_cache_bytes(), "tuned": getattr(engine, "tuned", None),
             "weight_bytes": tensor_bytes(engine.dec.hf), "pid": os.getpid(),
             "shard_build": getattr(engine, "shard_build", None)}
+    applied = getattr(engine, "applied", None)
+    if applied is not None:
+        info.update(kernel=applied.kernel, layers_changed=applied.layers_changed, apply_s=engine.apply_s)
     if engine.device.type == "cuda":
         info["cuda_index"] = engine.device.index
         info["torch_max_allocated_bytes"] = torch.cuda.max_memory_allocated(engine.device)
