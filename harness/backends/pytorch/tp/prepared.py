@@ -33,8 +33,6 @@ class TensorParallelPrepared:
         from harness.backends.pytorch.device import dtype_name
         from harness.backends.pytorch.device import compute_dtype, resolve_device
         from harness.corpus import load_corpus
-        from harness.models.loader import cached_model
-
         t0 = time.perf_counter()
         self.gpus, self.model_spec, self.variant_name, self.settings = settings.gpus, model_spec, variant.name, settings
         dev = resolve_device(settings.device)
@@ -53,7 +51,7 @@ class TensorParallelPrepared:
                or variant.unsupported_reason(dev.type, cc, profile))
         if why:
             raise CellSkip("unsupported", why)
-        self.loaded = cached_model(cache, model_spec, settings.trust_remote_code)
+        self.loaded = self._load(cache, model_spec, settings.trust_remote_code)
         self.shape = self.loaded.shape
         why = ("the model's shape is unknown: its heads cannot be split" if self.shape is None
                else tp_unsupported(self.shape_config(), self.gpus)
@@ -67,6 +65,23 @@ class TensorParallelPrepared:
         self.facts = {"load_s": self.loaded.load_s, "weights_note": self.loaded.weights_note,
                       "fused_projections": False, "tensor_parallel": self.gpus}
         self.prepare_s = time.perf_counter() - t0
+
+    @staticmethod
+    def _load(cache: dict, model_spec: str, trust_remote_code: bool):
+        """A checkpoint folder: its shape and tokenizer only (each rank reads its own slices of the
+        weights); anything else through the process's model cache."""
+        from harness.models.loader import cached_model
+        from harness.models.spec import parse_spec
+
+        spec = parse_spec(model_spec)
+        if spec.kind != "hf-dir":
+            return cached_model(cache, model_spec, trust_remote_code)
+        from harness.backends.pytorch.tp.checkpoint import light_model
+
+        key = ("tp-light", model_spec)
+        if key not in cache:
+            cache[key] = light_model(spec, trust_remote_code)
+        return cache[key]
 
     def shape_config(self):
         from types import SimpleNamespace
