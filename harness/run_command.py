@@ -57,22 +57,28 @@ class Progress:
     """The `[i/n]` of the run's lines, counted over the whole run whatever order cells start and finish
     in (groups run concurrently on several Ray nodes): a start line's i is how many cells have started
     (those a resumed run already has included), a record line's how many have finished; "k after this"
-    counts the cells not started yet. One executor at a time runs the callbacks, in the driver."""
+    counts the cells not started yet. One executor at a time runs the callbacks, in the driver.
+    `several_profiles`: cells of several profiles may run at once (--executor ray --profile a,b), so
+    each line names the cell's profile, and a record line its cell."""
 
-    def __init__(self, total: int, done_before: int):
-        self.total, self.before = total, done_before
+    def __init__(self, total: int, done_before: int, several_profiles: bool = False):
+        self.total, self.before, self.several = total, done_before, several_profiles
         self.started: set[int] = set()
         self.finished: set[int] = set()
+
+    def _label(self, cell) -> str:
+        return f"{cell.label()} on {cell.profile}" if self.several else cell.label()
 
     def start_line(self, cell) -> str:
         self.started.add(cell.index)
         left = self.total - self.before - len(self.started)
-        return f"[{self.before + len(self.started)}/{self.total}] {cell.label()} ... ({left} after this)"
+        return f"[{self.before + len(self.started)}/{self.total}] {self._label(cell)} ... ({left} after this)"
 
     def record_line(self, cell, status: str) -> str:
         self.started.add(cell.index)   # a cell recorded without a start (unsupported, a lost node's) counts too
         self.finished.add(cell.index)
-        return f"[{self.before + len(self.finished)}/{self.total}]   {status}"
+        what = f"{self._label(cell)}: " if self.several else ""
+        return f"[{self.before + len(self.finished)}/{self.total}]   {what}{status}"
 
 
 @dataclass
@@ -243,7 +249,7 @@ def run_plan(plan: Plan, echo: Callable[[str], None] = print) -> Outcome:
 
     jsonl = plan.out_dir / F.RECORDS
     total, todo = len(plan.cells), plan.todo
-    progress = Progress(total, total - len(todo))
+    progress = Progress(total, total - len(todo), len({c.profile for c in plan.cells}) > 1)
     what = f"{len(todo)} of {total} cells (resumed)" if plan.opts.resume else f"{total} cells"
     echo(f"run {plan.ctx.run_id}: {what} on profile {plan.ctx.profile.id} ({plan.meta['profile_reason']})")
     t_start = time.perf_counter()

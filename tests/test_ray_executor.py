@@ -131,27 +131,39 @@ def test_node_meters_say_what_the_local_path_says(cluster):
     assert gpu_meters_meta(ray_ctx) == gpu_meters_meta(local_ctx) == {"available": False, "reason": NO_GPU_METERS}
 
 
-def test_progress_counts_finished_cells_across_concurrent_groups(cluster, tmp_path):
+def test_progress_counts_finished_cells_across_concurrent_groups(cluster):
+    """harness run's progress lines (run_command.Progress) fed by a sweep whose two groups run at the
+    same time on the two nodes. Each cell times passes for at least 1.5 s, so that the groups overlap
+    although the nodes' workers start a second or two apart."""
+    from harness.options import MeterSettings
+    from harness.run_command import Progress
+
     c, _ = cluster
-    out = tmp_path / "two"
-    p = _cli(c, out, "--out", str(out), profile=f"{A},{B}", batches="1,8,9")
-    stdout, stderr = p.communicate(timeout=300)
-    assert p.returncode == 0, stderr
-    lines = [ln for ln in stdout.splitlines() if ln.startswith("[")]
+    cells = _stamp_profiles(fault_plugin.tiny_cells((1, 8, 9)), [A, B])
+    progress, lines = Progress(len(cells), 0, several_profiles=True), []
+    settings = fault_plugin.tiny_settings(executor="ray", ray_address=c.address,
+                                          meter=MeterSettings(warmup=0, min_repeats=1, min_seconds=1.5))
+    run_sweep(cells, settings, fault_plugin.tiny_context("ray"),
+              on_start=lambda cell, n: lines.append(progress.start_line(cell)),
+              on_record=lambda cell, r, n: lines.append(progress.record_line(cell, r.status)))
+    text = "\n".join(lines)
     started = [ln for ln in lines if " ... (" in ln]
     finished = [ln for ln in lines if " ... (" not in ln]
-    assert [ln.split("]")[0] for ln in started] == [f"[{i}/6" for i in range(1, 7)], stdout
-    assert [ln.split("]")[0] for ln in finished] == [f"[{i}/6" for i in range(1, 7)], stdout
-    assert started[-1].endswith("(0 after this)")
-    recs = load_records(out / "records.jsonl")
-    assert sorted((r.profile, r.batch_size) for r in recs) == sorted((p_, b) for p_ in (A, B) for b in (1, 8, 9))
-    assert {r.extra["node"]["ray_node_id"] for r in recs} == node_of(A) | node_of(B)
+    assert [ln.split("]")[0] for ln in started] == [f"[{i}/6" for i in range(1, 7)], text
+    assert [ln.split("]")[0] for ln in finished] == [f"[{i}/6" for i in range(1, 7)], text
+    assert started[-1].endswith("(0 after this)") and all(ln.endswith(": ok") for ln in finished), text
+    # the two groups ran at the same time: each one's first cell started before the other's last ended
+    # (cell order puts A's first: numbering by cell index would not have counted up)
+    at = {(kind, prof): [i for i, ln in enumerate(lines) if (" ... (" in ln) == (kind == "start")
+                         and f" on {prof}" in ln] for kind in ("start", "record") for prof in (A, B)}
+    assert all(len(v) == 3 for v in at.values()), text
+    assert at["start", A][0] < at["record", B][-1] and at["start", B][0] < at["record", A][-1], text
 
 
-def _cli(c, out: Path, *extra, profile=A, batches="1,6,8"):
+def _cli(c, out: Path, *extra):
     env = dict(os.environ, HARNESS_PLUGIN_PATH=str(TESTS))
     args = [sys.executable, "-m", "harness.cli", "run", "--executor", "ray", "--address", c.address,
-            "--profile", profile, "--model", "synthetic:tiny", "--variants", "fault-test", "--batch", batches,
+            "--profile", A, "--model", "synthetic:tiny", "--variants", "fault-test", "--batch", "1,6,8",
             "--prompt-tokens", "8", "--new-tokens", "4", "--warmup", "0", "--repeats", "1", "--min-seconds", "0",
             "--device", "cpu", "--cpu-power-w", "40", "--no-quality", "--cell-timeout-s", "8",
             "--plugins", "fault_plugin", *extra]

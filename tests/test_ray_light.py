@@ -57,6 +57,10 @@ def test_progress_counts_over_the_run_whatever_the_order():
     assert p.start_line(cell(2)) == "[5/5] cell2 ... (0 after this)"
     assert p.record_line(cell(3), "ok") == "[4/5]   ok"
     assert p.record_line(cell(2), "ok") == "[5/5]   ok"
+    several = Progress(total=2, done_before=0, several_profiles=True)
+    c = SimpleNamespace(index=0, label=lambda: "cell0", profile="h100-sxm")
+    assert several.start_line(c) == "[1/2] cell0 on h100-sxm ... (1 after this)"
+    assert several.record_line(c, "ok") == "[1/2]   cell0 on h100-sxm: ok"
 
 
 def test_driver_merges_each_nodes_gpu_run_meters_into_run_json():
