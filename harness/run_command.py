@@ -53,6 +53,34 @@ def _status_line(rec) -> str:
             f"TTFT {rec.ttft_s * 1e3:.1f} ms, {rec.repeats} passes")
 
 
+class Progress:
+    """The `[i/n]` of the run's lines, counted over the whole run whatever order cells start and finish
+    in (groups run concurrently on several Ray nodes): a start line's i is how many cells have started
+    (those a resumed run already has included), a record line's how many have finished; "k after this"
+    counts the cells not started yet. One executor at a time runs the callbacks, in the driver.
+    `several_profiles`: cells of several profiles may run at once (--executor ray --profile a,b), so
+    each line names the cell's profile, and a record line its cell."""
+
+    def __init__(self, total: int, done_before: int, several_profiles: bool = False):
+        self.total, self.before, self.several = total, done_before, several_profiles
+        self.started: set[int] = set()
+        self.finished: set[int] = set()
+
+    def _label(self, cell) -> str:
+        return f"{cell.label()} on {cell.profile}" if self.several else cell.label()
+
+    def start_line(self, cell) -> str:
+        self.started.add(cell.index)
+        left = self.total - self.before - len(self.started)
+        return f"[{self.before + len(self.started)}/{self.total}] {self._label(cell)} ... ({left} after this)"
+
+    def record_line(self, cell, status: str) -> str:
+        self.started.add(cell.index)   # a cell recorded without a start (unsupported, a lost node's) counts too
+        self.finished.add(cell.index)
+        what = f"{self._label(cell)}: " if self.several else ""
+        return f"[{self.before + len(self.finished)}/{self.total}]   {what}{status}"
+
+
 @dataclass
 class Plan:
     """A validated run, its folder locked, run.json written: what `run_plan` measures."""
@@ -222,7 +250,7 @@ def run_plan(plan: Plan, echo: Callable[[str], None] = print, progress=None) -> 
 
     jsonl = plan.out_dir / F.RECORDS
     total, todo = len(plan.cells), plan.todo
-    pos = {c.index: i for i, c in enumerate(todo)}
+    count = Progress(total, total - len(todo), len({c.profile for c in plan.cells}) > 1)
     what = f"{len(todo)} of {total} cells (resumed)" if plan.opts.resume else f"{total} cells"
     echo(f"run {plan.ctx.run_id}: {what} on profile {plan.ctx.profile.id} ({plan.meta['profile_reason']})")
     t_start = time.perf_counter()
@@ -232,12 +260,12 @@ def run_plan(plan: Plan, echo: Callable[[str], None] = print, progress=None) -> 
         progress = PlainProgress(echo)
 
     def on_start(cell, n):
-        head = f"[{cell.index + 1}/{total}]"
-        progress.start(head, f"{head} {cell.label()} ... ({n - pos[cell.index] - 1} after this)")
+        line = count.start_line(cell)
+        progress.start(line.split(" ")[0], line)
 
     def on_record(cell, rec, n):
         append_jsonl(jsonl, rec)
-        progress.done(f"[{cell.index + 1}/{total}]   {_status_line(rec)}")
+        progress.done(count.record_line(cell, _status_line(rec)))
 
     interrupted = None
     try:
@@ -276,6 +304,29 @@ def _write_views(done: list, meta: dict, out_dir: Path, echo) -> list[str]:
     return errors
 
 
+NO_GPU_METERS = ("unavailable: no cell ran on a CUDA device with meters on, so the GPU run meters (copy "
+                 "bandwidth, energy counter, idle power) were not opened")
+
+
+def _gpu_meters_dict(gpu) -> dict:
+    return {"copy_bandwidth_bytes_per_s": gpu.copy_bw.value_per_s, "copy_bandwidth_method": gpu.copy_bw.method,
+            "copy_bandwidth_samples": list(gpu.copy_bw.samples_per_s),
+            "energy_counter_update_period_s": getattr(gpu.meter, "update_period_s", None),
+            "energy_method": gpu.meter.method,
+            "idle_power": {k: {"power_w": v.power_w, "method": v.method} for k, v in gpu.idle_by_model.items()}}
+
+
+def gpu_meters_meta(ctx) -> dict:
+    """run.json's `gpu_meters`: the run-level GPU figures (from this process, its workers or, under
+    --executor ray, its nodes, each node's own under `by_node`), or why there are none."""
+    if ctx.gpu is None:
+        return {"available": False, "reason": NO_GPU_METERS}
+    out = {"available": True, **_gpu_meters_dict(ctx.gpu)}
+    if ctx.gpu_by_node:
+        out["by_node"] = {k: _gpu_meters_dict(v) for k, v in ctx.gpu_by_node.items()}
+    return out
+
+
 def _finish(plan: Plan, wall_s: float, echo) -> Outcome:
     meta, out_dir = plan.meta, plan.out_dir
     done = F.read_records(out_dir, echo)
@@ -283,14 +334,8 @@ def _finish(plan: Plan, wall_s: float, echo) -> Outcome:
     have = {F.cell_key(r): r.status for r in done if F.cell_key(r) in planned}
     meta["wall_s"] = meta.get("wall_s", 0.0) + wall_s
     meta["status_counts"] = {s: sum(r.status == s for r in done) for s in sorted({r.status for r in done})}
-    gpu = plan.ctx.gpu
-    if gpu is not None:
-        meta["gpu_meters"] = {
-            "copy_bandwidth_bytes_per_s": gpu.copy_bw.value_per_s, "copy_bandwidth_method": gpu.copy_bw.method,
-            "copy_bandwidth_samples": list(gpu.copy_bw.samples_per_s),
-            "energy_counter_update_period_s": getattr(gpu.meter, "update_period_s", None),
-            "energy_method": gpu.meter.method,
-            "idle_power": {k: {"power_w": v.power_w, "method": v.method} for k, v in gpu.idle_by_model.items()}}
+    if plan.ctx.gpu is not None or not meta.get("gpu_meters", {}).get("copy_bandwidth_method"):
+        meta["gpu_meters"] = gpu_meters_meta(plan.ctx)   # a resume that opened none keeps the first part's
     meta["missing_cells"] = len(planned) - len(have)
     errors = _write_views(done, meta, out_dir, echo)
     meta["view_errors"] = errors

@@ -3,7 +3,6 @@ process), one Record per cell. The data of a sweep lives in harness.sweep; one g
 by harness.pipeline.group."""
 from __future__ import annotations
 
-import gc
 from typing import Callable
 
 # The sweep's axes and the run's settings are declared with every other run option; the names
@@ -36,8 +35,10 @@ def run_sweep(cells: list[Cell], settings: RunSettings, ctx: RunContext,
         from harness.executor.local import run_supervised
 
         return run_supervised(list(cells), settings, ctx, on_record, on_start, on_phase)
+    from harness.executor.in_process import run_in_process
+
     if on_phase is None:
-        return run_interruptible(_run_in_process, list(cells), settings, ctx, on_record, on_start)
+        return run_interruptible(run_in_process, list(cells), settings, ctx, on_record, on_start)
     from harness.phases import listening
 
     n, in_flight = len(cells), [None]
@@ -48,36 +49,4 @@ def run_sweep(cells: list[Cell], settings: RunSettings, ctx: RunContext,
             on_start(cell, total)
 
     with listening(lambda name: on_phase(in_flight[0], name, n)):
-        return run_interruptible(_run_in_process, list(cells), settings, ctx, on_record, start)
-
-
-def _run_in_process(cells: list[Cell], settings: RunSettings, ctx: RunContext,
-                    on_record: Callable[[Cell, Record, int], None] | None = None,
-                    on_start: Callable[[Cell, int], None] | None = None) -> list[Record]:
-    """`--isolation none`: every group in this process, one model instance per spec."""
-    n = len(cells)
-    records: list[Record] = []
-    models: dict[str, object] = {}
-
-    def emit(cell: Cell, rec: Record) -> None:
-        records.append(rec)
-        if on_record:
-            on_record(cell, rec, n)
-
-    groups = group_cells(cells)
-    for gi, (model_spec, _v, _b, group) in enumerate(groups):
-        todo = group
-        while todo:
-            before = len(records)
-            try:
-                run_group(todo, settings, ctx, emit, (lambda c: on_start(c, n)) if on_start else None, models)
-                todo = []
-            except RetireWorker:
-                # in-process there is no fresh worker: the rest of the group goes on here (each of its
-                # cells reports its own error if the device stays unusable), so every cell gets its record
-                todo = todo[len(records) - before:]
-        # models are loaded once per spec; drop one when no later group needs it
-        if all(g[0] != model_spec for g in groups[gi + 1:]):
-            models.pop(model_spec, None)
-            gc.collect()
-    return records
+        return run_interruptible(run_in_process, list(cells), settings, ctx, on_record, start)

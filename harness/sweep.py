@@ -8,7 +8,7 @@ and it imports none of them.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 from harness.options import SweepAxes
@@ -72,6 +72,7 @@ class RunContext:
     profile: object                      # harness.profiles.Profile
     provenance: dict
     gpu: object | None = None            # GpuRunMeters, opened by the first CUDA cell of this process
+    gpu_by_node: dict = field(default_factory=dict)   # --executor ray: each node's GPU run meters
 
 
 def cell_record(cell: Cell, ctx: RunContext, **kw) -> Record:

@@ -81,3 +81,65 @@ def test_mbu_reference_is_the_summed_copy_bandwidth():
     bw = summed_copy_bandwidth([Throughput(4.0e12, (4.0e12,), "copy"), Throughput(3.8e12, (3.8e12,), "copy")])
     assert bw.value_per_s == pytest.approx(7.8e12) and bw.samples_per_s == (4.0e12, 3.8e12)
     assert bw.method.startswith("sum over 2 GPUs")
+
+
+def _scope(gpus: int):
+    from harness.meters.base import MeterScope
+    from harness.options import RunSettings
+
+    cell = SimpleNamespace(meters=True)
+    ctx = SimpleNamespace(gpu=None)
+    return MeterScope("cuda", 0, cell, RunSettings(device="cuda", gpus=gpus, energy_window_s=10.0), ctx)
+
+
+@pytest.fixture
+def pipeline_on_fake_gpus(two_gpus, monkeypatch):
+    """The cell pipeline's GPU run meters over the fake two-GPU NVML: torch's cuda:N -> NVML N, copy
+    bandwidths of 4.0 and 3.8 TB/s, the energy meter on the fake clock."""
+    from harness.meters import gpu_run
+
+    nv, f, clock = two_gpus(nvlinks=18)
+    monkeypatch.setattr(nvml_mod.Nvml, "device_for_cuda", lambda self, i: self.device(i))
+    bws = {"cuda:0": 4.0e12, "cuda:1": 3.8e12}
+    monkeypatch.setattr(gpu_run, "measure_copy_bandwidth", lambda dev: Throughput(bws[dev], (bws[dev],), "copy"))
+    opened = []
+
+    def energy(nvml, indices, sync, min_window_s, sample_hz):
+        opened.append(list(indices))
+        return GpuEnergyMeter(nvml.devices(indices), lambda: None, min_window_s=min_window_s, clock=clock,
+                              sleep=clock.sleep)
+    monkeypatch.setattr(gpu_run, "open_gpu_energy_meter", energy)
+    return f, clock, opened
+
+
+def test_pipeline_meters_a_two_gpu_cell_over_both_gpus(pipeline_on_fake_gpus):
+    from harness.pipeline.meters import open_cell_meters
+
+    f, clock, opened = pipeline_on_fake_gpus
+    scope = _scope(2)
+    meters = open_cell_meters(scope, None, pids=[111, 222])
+    assert opened == [[0, 1]]                                     # one energy window over both GPUs
+    assert scope.run_context.gpu.copy_bw.value_per_s == pytest.approx(7.8e12)   # the MBU reference: summed
+    names = [w.name for w in meters.windows]
+    assert "multi-gpu" in names and "vram" not in names and meters.vram is None
+    assert names.index("multi-gpu") < names.index("energy")       # ends after the energy window
+    for w in meters.windows:
+        w.begin()
+    clock.advance(12.0)
+    results = {w.name: w.end() for w in reversed(meters.windows)}
+    fields = next(w for w in meters.windows if w.name == "multi-gpu").record_fields(results["multi-gpu"])
+    assert results["energy"].energy_j == pytest.approx(6000.0)
+    assert [g["energy_j"] for g in fields["per_gpu"]] == pytest.approx([3600.0, 2400.0])
+    assert [g["peak_vram_bytes"] for g in fields["per_gpu"]] == [30 * GIB, 29 * GIB]
+    assert fields["peak_vram_bytes"] == 59 * GIB and fields["gpus"] == 2
+    assert fields["interconnect"]["kind"] == "NVLink"
+
+
+def test_pipeline_meters_a_one_gpu_cell_on_gpu_0_only(pipeline_on_fake_gpus):
+    from harness.pipeline.meters import open_cell_meters
+
+    _, _, opened = pipeline_on_fake_gpus
+    scope = _scope(1)
+    meters = open_cell_meters(scope, None)
+    assert opened == [[0]] and scope.run_context.gpu.copy_bw.value_per_s == pytest.approx(4.0e12)
+    assert meters.vram is not None and "multi-gpu" not in [w.name for w in meters.windows]

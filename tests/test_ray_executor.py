@@ -75,6 +75,7 @@ def test_placement_by_profile_and_streamed_records(cluster):
     assert all(r.status == "ok" and r.decode_tok_s > 0 for r in recs), [r.reason for r in recs]
     for r in recs:   # measured on a node advertising the record's profile, which provenance names
         assert {r.extra["node"]["ray_node_id"]} <= node_of(r.profile)
+        assert r.extra["worker"]["pid"] != r.extra["node"]["pid"]   # --isolation process: a spawned worker
         assert r.extra["node"]["host"] and r.provenance["node"]["ray_node_id"] == r.extra["node"]["ray_node_id"]
     got = [i for kind, i, _ in events if kind == "record"]
     assert sorted(got) == [c.index for c in cells]                      # each cell once, no duplicate
@@ -90,6 +91,73 @@ def test_profile_without_a_node_is_unsupported(cluster):
     assert [r.status for r in recs] == ["unsupported", "unsupported"]
     assert all(r.reason.startswith("no node with profile ray-test-nobody") for r in recs)
     assert time.monotonic() - t0 < 30
+
+
+def test_isolation_none_runs_the_cells_in_the_node_process(cluster):
+    c, _ = cluster
+    _, recs, _ = sweep(c, (1, 8), (A,), ray_node_timeout_s=60, isolation="none")
+    assert [r.status for r in recs] == ["ok", "ok"], [r.reason for r in recs]
+    assert all("worker" not in r.extra for r in recs)          # no spawned worker stamped them
+    assert {r.extra["node"]["isolation"] for r in recs} == {"none"}
+    assert len({r.extra["node"]["pid"] for r in recs}) == 1 and recs[0].extra["node"]["pid"] != os.getpid()
+
+
+METER_KEYS = ("energy_source", "energy_method", "energy_j", "power_mean_w", "idle_power_w", "mbu",
+              "peak_vram_bytes", "achieved_bandwidth_bytes_per_s")
+
+
+def _meter_view(r) -> dict:
+    """What a record says about its meters, less the figures that differ between two runs."""
+    d = r.to_dict()
+    view = {k: d.get(k) for k in METER_KEYS}
+    view["energy_j"] = view["energy_j"] is None
+    view["power_mean_w"] = view["power_mean_w"] is None
+    view["energy_method"] = (view["energy_method"] or "").split(";")[0]
+    view["rss"] = r.peak_rss_bytes is not None and r.peak_rss_bytes > 0
+    return view
+
+
+def test_node_meters_say_what_the_local_path_says(cluster):
+    from harness.run_command import NO_GPU_METERS, gpu_meters_meta
+
+    c, _ = cluster
+    cells = _stamp_profiles(fault_plugin.tiny_cells((1,)), [A])
+    local_ctx, ray_ctx = fault_plugin.tiny_context("local"), fault_plugin.tiny_context("ray")
+    local = run_sweep(cells, fault_plugin.tiny_settings(), local_ctx)
+    remote = run_sweep(cells, fault_plugin.tiny_settings(executor="ray", ray_address=c.address), ray_ctx)
+    assert [r.status for r in local + remote] == ["ok", "ok"], [r.reason for r in local + remote]
+    assert local[0].energy_source is not None and _meter_view(remote[0]) == _meter_view(local[0])
+    # CPU: the GPU run meters are unavailable, with the same reason on both paths, never missing
+    assert gpu_meters_meta(ray_ctx) == gpu_meters_meta(local_ctx) == {"available": False, "reason": NO_GPU_METERS}
+
+
+def test_progress_counts_finished_cells_across_concurrent_groups(cluster):
+    """harness run's progress lines (run_command.Progress) fed by a sweep whose two groups run at the
+    same time on the two nodes. Each cell times passes for at least 1.5 s, so that the groups overlap
+    although the nodes' workers start a second or two apart."""
+    from harness.options import MeterSettings
+    from harness.run_command import Progress
+
+    c, _ = cluster
+    cells = _stamp_profiles(fault_plugin.tiny_cells((1, 8, 9)), [A, B])
+    progress, lines = Progress(len(cells), 0, several_profiles=True), []
+    settings = fault_plugin.tiny_settings(executor="ray", ray_address=c.address,
+                                          meter=MeterSettings(warmup=0, min_repeats=1, min_seconds=1.5))
+    run_sweep(cells, settings, fault_plugin.tiny_context("ray"),
+              on_start=lambda cell, n: lines.append(progress.start_line(cell)),
+              on_record=lambda cell, r, n: lines.append(progress.record_line(cell, r.status)))
+    text = "\n".join(lines)
+    started = [ln for ln in lines if " ... (" in ln]
+    finished = [ln for ln in lines if " ... (" not in ln]
+    assert [ln.split("]")[0] for ln in started] == [f"[{i}/6" for i in range(1, 7)], text
+    assert [ln.split("]")[0] for ln in finished] == [f"[{i}/6" for i in range(1, 7)], text
+    assert started[-1].endswith("(0 after this)") and all(ln.endswith(": ok") for ln in finished), text
+    # the two groups ran at the same time: each one's first cell started before the other's last ended
+    # (cell order puts A's first: numbering by cell index would not have counted up)
+    at = {(kind, prof): [i for i, ln in enumerate(lines) if (" ... (" in ln) == (kind == "start")
+                         and f" on {prof}" in ln] for kind in ("start", "record") for prof in (A, B)}
+    assert all(len(v) == 3 for v in at.values()), text
+    assert at["start", A][0] < at["record", B][-1] and at["start", B][0] < at["record", A][-1], text
 
 
 def _cli(c, out: Path, *extra):

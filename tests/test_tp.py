@@ -97,12 +97,12 @@ def test_fewer_gpus_than_asked_is_unsupported_with_the_count(monkeypatch):
 
 
 def test_executor_workers_turn_multicast_off(monkeypatch):
-    from harness.executor.worker import _configure_device
+    from harness.executor.worker import configure_device
     from harness.options import RunSettings
 
     monkeypatch.setenv("NCCL_NVLS_ENABLE", "1")
     monkeypatch.setenv("TORCH_SYMM_MEM_DISABLE_MULTICAST", "0")
-    _configure_device(RunSettings(device="cpu"))       # the worker's first step after start-up
+    configure_device(RunSettings(device="cpu"))       # the worker's first step after start-up
     assert {k: os.environ[k] for k in NO_MULTICAST_ENV} == NO_MULTICAST_ENV
 
 
@@ -120,3 +120,51 @@ def test_per_shard_build_keeps_replicated_weights_identical_across_ranks():
     assert r0.model.layers[0].mlp.down_proj.linear.weight.shape == (256, 384)
     assert torch.equal(r0.model.rotary_emb.inv_freq, full.model.rotary_emb.inv_freq)
     assert torch.all(r0.model.norm.weight == 1.0) and r0.config.num_key_value_heads == 1
+
+
+@pytest.mark.parametrize("variant", ["int8-wo", "int4-wo"])
+def test_two_gloo_ranks_apply_the_variant_to_their_shards(variant):
+    """Each rank applies the registry's variant to its shard after sharding; the logits agree with the
+    one-process model with the same variant (int4 g128: the same groups exactly; int8-wo: the
+    row-parallel scales are per shard, so close, not equal), and so do the first greedy tokens."""
+    from harness.backends.pytorch.tp.engine import TensorParallelEngine
+    from harness.backends.pytorch.tp.rank import LeanLoopEngine, RankJob
+    from harness.models import load_model
+    from harness.variants import parse_variant
+
+    B, P, N = 2, 12, 6
+    loaded = load_model("synthetic:tiny")
+    ids, _ = loaded.prompt_ids("", "", B, P)
+    one = loaded.instantiate(torch.device("cpu"), torch.float32)
+    spec = parse_variant(variant)
+    applied = spec.apply(one, spec.context("cpu", torch.float32, None, loaded.shape.num_hidden_layers))
+    want = LeanLoopEngine(one, torch.device("cpu"), B, P, N).run_pass(ids, N, keep_logits=True)
+    dense = LeanLoopEngine(loaded.instantiate(torch.device("cpu"), torch.float32), torch.device("cpu"), B, P,
+                           N).run_pass(ids, N, keep_logits=True).extra["logits"]
+    eng = TensorParallelEngine(RankJob("synthetic:tiny", "cpu", "float32", B, P, N, variant=variant), 2,
+                               start_timeout_s=300)
+    try:
+        got = eng.run_pass(ids, N, keep_logits=True)
+    finally:
+        eng.close()
+    r0 = eng.ranks[0]
+    assert r0["kernel"].split(" (")[0] == applied.kernel.split(" (")[0]          # the same kernel on the shard
+    assert [r["layers_changed"] for r in eng.ranks] == [applied.layers_changed] * 2
+    g, w = got.extra["logits"], want.extra["logits"]
+    err, shift = (g - w).abs().max().item(), (dense - w).abs().max().item()
+    # int4: 0.009 x the quantization's own shift of the logits; int8-wo: 0.59 x (per-shard row scales)
+    assert shift > 0 and err < (0.75 if variant == "int8-wo" else 0.05) * shift, (err, shift)
+    assert torch.equal(got.tokens, want.tokens)                 # all N greedy tokens
+
+
+def test_variants_that_cannot_shard_are_refused_with_the_reason():
+    from harness.backends.pytorch.tp.variants import tp_variant_unsupported
+    from harness.models.presets import PRESETS
+
+    tiny = PRESETS["tiny"]
+    assert tp_variant_unsupported("baseline", tiny, 2) is None
+    assert tp_variant_unsupported("int8-wo@keep-attn", tiny, 2) is None
+    assert tp_variant_unsupported("int4-wo", tiny, 2) is None
+    why = tp_variant_unsupported("int4-wo", tiny, 4)      # o_proj: 256 inputs / 4 = 64, not a g128 group
+    assert why.startswith("int4-wo g128 across 4 GPUs: each rank's o_proj input slice (256 / 4 = 64)")
+    assert "int4-awq under tensor parallelism is not implemented" in tp_variant_unsupported("int4-awq", tiny, 2)

@@ -185,8 +185,23 @@ class _Driver:
             g.cells.remove(cell)
             g.in_flight = None
             self._emit(cell, rec)
+        elif kind == "gpu":
+            self.merge_gpu(msg[1], g.node)
         elif kind == "error":
             self._fail_rest(g, f"node supervisor failed: {msg[1]}")
+
+    def merge_gpu(self, snap, node: dict) -> None:
+        """A node's GPU run meters, as the local supervisor merges its workers' (run.json's gpu_meters:
+        the first node's copy bandwidth and counter period, idle power per model from all), and each
+        node's own under ctx.gpu_by_node (nodes of several profiles differ)."""
+        key = node.get("ray_node_id") or node.get("host") or "node"
+        self.ctx.gpu_by_node[key] = snap
+        if self.ctx.gpu is None:
+            self.ctx.gpu = SimpleNamespace(copy_bw=snap.copy_bw, meter=snap.meter,
+                                           idle_by_model=dict(snap.idle_by_model))
+        else:
+            for k, v in snap.idle_by_model.items():
+                self.ctx.gpu.idle_by_model.setdefault(k, v)
 
     def _lost(self, g: _Group, e: BaseException) -> None:
         why = f"node lost: {type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"

@@ -9,6 +9,13 @@ one machine, and yields its messages to the driver as they happen (a Ray streami
     ("start", cell_index)             before each cell
     ("phase", cell_index, name)       the cell enters a phase (harness.phases)
     ("record", cell_index, envelope)  its Record (harness.records.to_envelope)
+    ("gpu", snapshot)                 last, where a CUDA cell opened the GPU run meters on this node:
+                                      their run-level figures (harness.executor.worker.gpu_snapshot),
+                                      which the driver writes to run.json as the local executor does
+
+`settings.isolation` is honoured as on one machine: `process` runs each model in a spawned worker
+under the local supervisor; `none` runs the cells in the Ray worker process itself (harness.runner's
+in-process loop), for debugging.
 
 The node writes no file of the run: the driver appends each record. Imported by Ray workers only
 (and by `harness worker` for the resource names); importing it does not import ray.
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import queue
 import re
 import socket
@@ -44,7 +52,8 @@ def node_info() -> dict:
     from harness.profiles.detection import read_nvml
     from harness.provenance import cpu_name
 
-    info = {"host": socket.gethostname(), "cpu": cpu_name(), "gpu": None, "gpu_count": 0, "gpu_driver": None}
+    info = {"host": socket.gethostname(), "pid": os.getpid(), "cpu": cpu_name(), "gpu": None, "gpu_count": 0,
+            "gpu_driver": None}
     try:
         import ray
 
@@ -78,11 +87,10 @@ def node_profile(profile_id: str, profiles_dir: str | None, cpu_power_w: float |
 
 
 def run_group_on_node(cells: list, settings, run_id: str, provenance: dict, profiles_dir: str | None):
-    """Generator body of the Ray task (see the module docstring). The supervisor runs in a thread so
-    that it installs no signal handler in the Ray worker (SignalWatch watches nothing off the main
-    thread); a driver that goes away takes the Ray worker with it, and the spawned cell worker dies
-    with its parent (PR_SET_PDEATHSIG)."""
-    from harness.executor.local import run_supervised
+    """Generator body of the Ray task (see the module docstring). The cells run in a thread so that
+    nothing installs a signal handler in the Ray worker (SignalWatch and run_interruptible watch
+    nothing off the main thread); a driver that goes away takes the Ray worker with it, and a spawned
+    cell worker dies with its parent (PR_SET_PDEATHSIG)."""
     from harness.executor.plugins import load_plugins
     from harness.records import to_envelope
     from harness.sweep import RunContext
@@ -91,6 +99,7 @@ def run_group_on_node(cells: list, settings, run_id: str, provenance: dict, prof
     info = node_info()
     profile, how = node_profile(cells[0].profile, profiles_dir, settings.cpu_power_w)
     info["profile_reason"] = how
+    info["isolation"] = settings.isolation
     yield ("node", info)
     ctx = RunContext(run_id=run_id, profile=profile, provenance={**provenance, "node": info})
     local = dataclasses.replace(settings, executor="local")
@@ -102,8 +111,12 @@ def run_group_on_node(cells: list, settings, run_id: str, provenance: dict, prof
 
     def body():
         try:
-            run_supervised(cells, local, ctx, on_record, lambda cell, _n: q.put(("start", cell.index)),
-                           lambda cell, name, _n: q.put(("phase", cell.index, name)))
+            _run_cells(cells, local, ctx, on_record, lambda cell, _n: q.put(("start", cell.index)),
+                       lambda cell, name, _n: q.put(("phase", cell.index, name)))
+            if ctx.gpu is not None:
+                from harness.executor.worker import gpu_snapshot
+
+                q.put(("gpu", gpu_snapshot(ctx.gpu)))
         except BaseException as e:  # noqa: BLE001  (reported to the driver, which records the cells)
             q.put(("error", f"{type(e).__name__}: {e}"[:500]))
         finally:
@@ -117,3 +130,25 @@ def run_group_on_node(cells: list, settings, run_id: str, provenance: dict, prof
             break
         yield msg
     t.join()
+
+
+def _run_cells(cells: list, settings, ctx, on_record, on_start, on_phase) -> None:
+    """The local executor's two ways, as `harness run --isolation` picks them on one machine."""
+    if settings.isolation == "none":
+        from harness.executor.in_process import run_in_process
+        from harness.executor.worker import configure_device
+        from harness.phases import listening
+
+        configure_device(settings)   # what a spawned worker does first: multicast off, CUDA allocator
+        in_flight = [None]
+
+        def start(cell, n: int) -> None:
+            in_flight[0] = cell
+            on_start(cell, n)
+
+        with listening(lambda name: on_phase(in_flight[0], name, len(cells))):
+            run_in_process(cells, settings, ctx, on_record, start)
+    else:
+        from harness.executor.local import run_supervised
+
+        run_supervised(cells, settings, ctx, on_record, on_start, on_phase)

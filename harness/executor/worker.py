@@ -66,7 +66,7 @@ def worker_main(conn, cells: list, settings, ctx, stderr_path: str) -> None:
         from harness.sweep import group_cells
 
         load_plugins(settings.plugins)
-        _configure_device(settings)
+        configure_device(settings)
         _warm_imports()
 
         def emit(cell, rec) -> None:
@@ -115,7 +115,7 @@ def _warm_imports() -> None:
         pass
 
 
-def _configure_device(settings) -> None:
+def configure_device(settings) -> None:
     """The parent configured the CUDA allocator in its own process only; spawn starts afresh. NVLink
     multicast off here too, whatever environment the worker was started with (issue 18)."""
     from harness.backends.pytorch.tp.env import disable_multicast

@@ -87,7 +87,8 @@ class GroupPipeline:
         p.reset_peaks()
         phase("compile")   # engine set-up: a CUDA graph capture, torch.compile (30-300 s on a GPU)
         choice = p.engine(cell)
-        meters = open_cell_meters(scope, s.cpu_power_w or getattr(self.ctx.profile, "power_w", None))
+        pids = [r.get("pid") for r in getattr(choice.engine, "ranks", ())]   # tensor-parallel ranks
+        meters = open_cell_meters(scope, s.cpu_power_w or getattr(self.ctx.profile, "power_w", None), pids)
         # a meters-off repetition beside meters-on ones runs as long as their energy window, so that
         # the two differ in nothing but the meters
         hold_s = s.energy_window_s if (s.meters and not cell.meters and p.device_type == "cuda") else 0.0

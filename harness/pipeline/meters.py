@@ -97,8 +97,13 @@ def gpu_run_meters(scope: MeterScope):
     if ctx.gpu is None:
         from harness.meters.gpu_run import GpuRunMeters
 
-        ctx.gpu = GpuRunMeters(scope.device_index or 0, s.energy_window_s)
+        ctx.gpu = GpuRunMeters(scope.device_index or 0, s.energy_window_s, gpus=_gpus(scope))
     return ctx.gpu
+
+
+def _gpus(scope: MeterScope) -> int:
+    """How many GPUs a CUDA cell runs on: --gpus (a tensor-parallel cell's ranks), else 1."""
+    return max(1, int(getattr(scope.settings, "gpus", 1) or 1))
 
 
 def open_energy(scope: MeterScope, cpu_power_w: float | None) -> EnergyMeter | None:
@@ -113,13 +118,19 @@ def open_energy(scope: MeterScope, cpu_power_w: float | None) -> EnergyMeter | N
     return None
 
 
-def open_cell_meters(scope: MeterScope, cpu_power_w: float | None) -> CellMeters:
+def open_cell_meters(scope: MeterScope, cpu_power_w: float | None, pids=()) -> CellMeters:
+    """The cell's windows. A CUDA cell on several GPUs (`pids`: its rank processes) gets the
+    multi-GPU window (per-GPU and summed VRAM, per-GPU energy) in place of GPU 0's VRAM window."""
     energy = open_energy(scope, cpu_power_w)
-    vram = None
+    vram = multi = None
     if energy is not None and scope.device_type == "cuda":
-        vram = VramWindowMeter(gpu_run_meters(scope).vram_meter(), energy)
+        if _gpus(scope) > 1:
+            multi = gpu_run_meters(scope).multi_gpu_meter(list(pids), energy)
+        else:
+            vram = VramWindowMeter(gpu_run_meters(scope).vram_meter(), energy)
     others = meters_for(scope)   # host RSS and any registered meter
-    windows = others + ([vram] if vram else []) + ([energy] if energy else [])
+    # begun before the energy window, ended after it (reverse order): the VRAM windows read its result
+    windows = others + [w for w in (vram, multi) if w] + ([energy] if energy else [])
     return CellMeters(windows, energy, vram)
 
 
@@ -135,9 +146,7 @@ def _foreign_load_factory(scope: MeterScope):
 
     devices = []
     if scope.device_type == "cuda" and scope.settings.meters:
-        gpu = gpu_run_meters(scope)
-        if gpu.nvml_index is not None:
-            devices = gpu.nvml.devices([gpu.nvml_index])
+        devices = gpu_run_meters(scope).devices()
     return ForeignLoadMeter(devices)
 
 

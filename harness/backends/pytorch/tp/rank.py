@@ -29,6 +29,7 @@ class RankJob:
     tune: bool | None = None
     compile_mode: str = "default"
     trust_remote_code: bool = False
+    variant: str = "baseline"   # applied by each rank to its shard (tp.variants)
 
 
 class LeanLoopEngine:
@@ -76,10 +77,32 @@ class LeanLoopEngine:
         return self.dec.kv_cache_bytes()
 
 
-def build_rank_engine(job: RankJob, rank: int, world: int):
+def build_shard(job: RankJob, rank: int, world: int, device: torch.device, dtype: torch.dtype):
+    """This rank's sharded model, how it was built, and what it read of a checkpoint (or None)."""
     from harness.backends.pytorch.tp.materialize import fits_one_device, synthetic_shard
     from harness.backends.pytorch.tp.shard import shard_model
     from harness.models import load_model
+    from harness.models.spec import parse_spec
+
+    spec = parse_spec(job.model_spec)
+    if spec.kind == "hf-dir":
+        # a real checkpoint: each rank reads only its slices of the safetensors files (tp.checkpoint)
+        from harness.backends.pytorch.tp.checkpoint import load_shard
+
+        model, read = load_shard(spec.path, rank, world, device, dtype, job.trust_remote_code)
+        return model, "its slices read from the safetensors checkpoint (safe_open + get_slice)", read
+    loaded = load_model(spec, job.trust_remote_code)
+    if device.type == "cuda" and spec.kind == "synthetic" and not fits_one_device(loaded, dtype, device):
+        # larger than one GPU: built shard by shard (random weights of its own seed, see materialize)
+        return synthetic_shard(loaded, rank, world, device, dtype), "per-shard random weights (synthetic, " \
+            "larger than one GPU)", None
+    # a synthetic model that fits, or a GGUF file (dequantized whole by its reader): the full model is
+    # built on the rank's device, then sliced
+    return shard_model(loaded.instantiate(device, dtype), rank, world), "sliced from the full model", None
+
+
+def build_rank_engine(job: RankJob, rank: int, world: int):
+    from harness.backends.pytorch.tp.variants import apply_on_shard
 
     if job.device_type == "cuda":
         torch.cuda.set_device(rank)
@@ -87,16 +110,10 @@ def build_rank_engine(job: RankJob, rank: int, world: int):
     else:
         device = torch.device("cpu")
     dtype = getattr(torch, job.dtype)
-    loaded = load_model(job.model_spec, job.trust_remote_code)
-    if device.type == "cuda" and loaded.spec.kind == "synthetic" and not fits_one_device(loaded, dtype, device):
-        # larger than one GPU: built shard by shard (random weights of its own seed, see materialize)
-        model = synthetic_shard(loaded, rank, world, device, dtype)
-        build = "per-shard random weights (synthetic, larger than one GPU)"
-    else:
-        # the full model is built on the rank's device, then sliced: it must fit one device during
-        # set-up (real checkpoints larger than one GPU need per-shard loading: not implemented)
-        model = shard_model(loaded.instantiate(device, dtype), rank, world)
-        build = "sliced from the full model"
+    model, build, read = build_shard(job, rank, world, device, dtype)
+    t0 = time.perf_counter()
+    applied = apply_on_shard(model, job.variant, device.type, dtype, getattr(model.config, "num_hidden_layers", None))
+    apply_s = time.perf_counter() - t0
     if device.type == "cuda":
         import gc
 
@@ -108,7 +125,8 @@ def build_rank_engine(job: RankJob, rank: int, world: int):
                               compile_step=job.compile_step, tune=job.tune, compile_mode=job.compile_mode)
     else:
         eng = LeanLoopEngine(model, device, job.batch, job.prompt_tokens, job.new_tokens)
-    eng.shard_build = build
+    eng.shard_build, eng.checkpoint_read = build, read
+    eng.applied, eng.apply_s = applied, apply_s
     return eng
 
 
@@ -124,7 +142,11 @@ def rank_info(engine, rank: int) -> dict:
     info = {"rank": rank, "engine": engine.name, "timing_source": engine.timing_source, "setup_s": engine.setup_s,
             "kv_cache_bytes": engine.kv_cache_bytes(), "tuned": getattr(engine, "tuned", None),
             "weight_bytes": tensor_bytes(engine.dec.hf), "pid": os.getpid(),
-            "shard_build": getattr(engine, "shard_build", None)}
+            "shard_build": getattr(engine, "shard_build", None),
+            "checkpoint_read": getattr(engine, "checkpoint_read", None)}
+    applied = getattr(engine, "applied", None)
+    if applied is not None:
+        info.update(kernel=applied.kernel, layers_changed=applied.layers_changed, apply_s=engine.apply_s)
     if engine.device.type == "cuda":
         info["cuda_index"] = engine.device.index
         info["torch_max_allocated_bytes"] = torch.cuda.max_memory_allocated(engine.device)
