@@ -12,8 +12,8 @@ run() {  # $1: the command after "harness "
   echo "$rc"
   echo '```'
 }
-Q1A="advise --model smollm2-135m --records /work/runs/makerun-20261201 --max-kl 0.05 --tpot-p90-ms 30 --profiles cpu-amd-epyc"
-Q1B="advise --model smollm2-135m --records /work/runs/makerun-20261201 --max-kl 0.05 --tpot-p90-ms 30 --profiles cpu-amd-epyc,edge --batch 1 --top 8"
+Q1A="advise --model smollm2-135m --records results/reference/cpu/makerun-20261201 --max-kl 0.05 --tpot-p90-ms 30 --profiles cpu-amd-epyc"
+Q1B="advise --model smollm2-135m --records results/reference/cpu/makerun-20261201 --max-kl 0.05 --tpot-p90-ms 30 --profiles cpu-amd-epyc,edge --batch 1 --top 8"
 Q2="advise --model synthetic:llama-3.1-8b --records results/reference/h100 --records results/reference/h200 --slo mlperf-interactive --profiles enterprise --max-gpus 1 --top 10"
 Q3="advise --model synthetic:llama-3.1-70b --records results/reference/h100 --records results/reference/h200 --context 8192 --batch 8 --slo mlperf-server --prices examples/prices.example.yaml --profiles enterprise --top 10"
 {
@@ -39,7 +39,7 @@ its one figure stands for every percentile (the row says so).
 EOF
 echo; echo "## 1. SmolLM2 with KL <= 0.05 and TPOT p90 <= 30 ms: which precision and backend on this CPU, and which edge profiles would meet it?"; echo
 cat <<'EOF'
-Evidence: the run `/work/runs/makerun-20261201` (the embedded SmolLM2-135M, real weights dequantized from
+Evidence: the run `results/reference/cpu/makerun-20261201` (the embedded SmolLM2-135M, real weights dequantized from
 the GGUF file to fp32; six variants, batch 1, prompt 128 + 32 new tokens, backend pytorch only: no other
 backend was measured in that run, so none can be recommended). The machine is a shared 2-core VM: its
 figures describe this machine at that moment (the foreign-load meter flagged nothing), not the EPYC part.
