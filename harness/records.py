@@ -197,6 +197,19 @@ def _upgrade_2_to_3(d: dict[str, Any]) -> dict[str, Any]:
 _UPGRADES = {0: _upgrade_0_to_1, 1: _upgrade_1_to_2, 2: _upgrade_2_to_3}
 
 
+# The GPU decode paths that measure the hardware; anything else on a GPU (eager, transformers' generate
+# inside the pytorch backend) is a fallback that measures Python as much as the device.
+FAST_GPU_PATHS = ("compiled+cuda-graph",)
+
+
+def slow_path(r: Record) -> str | None:
+    """The decode path of a GPU record of the pytorch backend that fell back from the compiled CUDA
+    graph (the report's main table says so; calibration skips it), else None."""
+    if r.status != "ok" or r.backend != "pytorch" or not str(r.device or "").startswith("cuda"):
+        return None
+    return None if r.decode_path in FAST_GPU_PATHS or not r.decode_path else r.decode_path
+
+
 def primary(records: Iterable[Record]) -> list[Record]:
     """The records that views showing one figure per cell use: of each cell, its first repetition
     measured with meters on (or its first repetition, in a run with meters off). The other

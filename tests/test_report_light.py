@@ -52,3 +52,24 @@ def test_quality_package_keeps_its_names():
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
                          text=True, timeout=120)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_a_gpu_fallback_says_so_in_the_main_table_and_is_not_calibrated():
+    """issue 13: a GPU cell that fell back from the compiled CUDA graph says which path ran, and the
+    planner's calibration skips it."""
+    from harness.plan.calibrate import calibrate
+    from harness.profiles import load_profiles
+    from harness.records import Record, slow_path
+    from harness.report.markdown import render_report
+
+    def rec(path, tok):
+        return Record(model="synthetic:llama-3.1-8b", variant="baseline", backend="pytorch", profile="h100-sxm-80gb",
+                      batch_size=1, prompt_tokens=128, new_tokens=64, status="ok", device="cuda:0", dtype="bfloat16",
+                      decode_path=path, decode_tok_s=tok, prefill_tok_s=9000.0, weight_bytes=16_060_000_000)
+    fast, slow = rec("compiled+cuda-graph", 160.0), rec("eager", 25.9)
+    assert slow_path(fast) is None and slow_path(slow) == "eager"
+    text = render_report([slow], {})
+    assert "| ok (eager fallback) |" in text
+    cal = calibrate([fast, slow], load_profiles())
+    assert any("decode path eager (a fallback" in s for s in cal.skipped)
+    assert sum("decode path" in s for s in cal.skipped) == 1   # the compiled one is kept

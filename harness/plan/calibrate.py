@@ -17,7 +17,7 @@ from harness.models.spec import ModelSpecError, shape_of
 from harness.variants import VariantError, parse_variant
 from harness.plan.roofline import PlanRow, Workload, project
 from harness.profiles.schema import Profile
-from harness.records import Record, load_records, primary
+from harness.records import Record, load_records, primary, slow_path
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,9 @@ def calibrate(records: Iterable[Record], profiles: Mapping[str, Profile], backen
             continue
         if r.backend != backend:
             cal.skipped.append(f"{where}: backend {r.backend} (calibrating {backend})")
+            continue
+        if slow_path(r):
+            cal.skipped.append(f"{where}: decode path {slow_path(r)} (a fallback, not the compiled CUDA graph)")
             continue
         p = profiles.get(r.profile)
         if p is None:

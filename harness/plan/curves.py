@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from harness.profiles.schema import Profile
-from harness.records import Record, primary
+from harness.records import Record, primary, slow_path
 
 FORMAT_VERSION = 1
 PHASES = ("decode", "prefill", "kernel")   # kernel: one linear layer (harness import-microbench records)
@@ -195,6 +195,9 @@ def fit_device(records: Iterable[Record], profile: Profile, *, backend: str = "p
         where = f"{r.model} / {r.variant} / batch {r.batch_size} / prompt {r.prompt_tokens}"
         if id(r) not in mine_ids:
             skipped.append(f"{where}: status {r.status}, backend {r.backend}, profile {r.profile}")
+            continue
+        if slow_path(r):
+            skipped.append(f"{where}: decode path {slow_path(r)} (a fallback, not the compiled CUDA graph)")
             continue
         key = (r.variant, kernel_id(r.kernel))
         kernel = r.backend == MICROBENCH     # one layer call: M = its rows, no KV (the run's copy bandwidth stands in)

@@ -3,9 +3,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.records import Record, cell_key, primary, write_view
+from harness.records import Record, cell_key, primary, slow_path, write_view
 from harness.report import claims, repeats
 from harness.report.fmt import NA, mb, md, ms, num, sig
+
+
+def _path_note(r) -> str:
+    """' (eager fallback)' on a GPU cell that did not run the compiled CUDA graph."""
+    p = slow_path(r)
+    return f" ({md(p)} fallback)" if p else ""
 
 
 def _baseline_for(r: Record, records: list[Record]) -> Record | None:
@@ -55,7 +61,7 @@ def render_report(records: list[Record], run: dict) -> str:
         sd = f" ± {r.decode_tok_s_stdev:.1f}" if r.decode_tok_s_stdev is not None else ""
         lines.append(
             f"| {md(r.model)} | {md(r.variant)} | {md(r.backend)} | {r.batch_size} | {r.prompt_tokens} | "
-            f"{r.new_tokens} | {md(r.status)} | {num(r.decode_tok_s)}{sd if r.decode_tok_s is not None else ''} | "
+            f"{r.new_tokens} | {md(r.status)}{_path_note(r)} | {num(r.decode_tok_s)}{sd if r.decode_tok_s is not None else ''} | "
             f"{_ratio(r.decode_tok_s, b.decode_tok_s if b else None)} | {num(r.prefill_tok_s)} | {ms(r.ttft_s)} | "
             f"{ms(r.tpot_p50_s)} / {ms(r.tpot_p99_s)} | {mb(r.weight_bytes)} ({mb(r.planned_weight_bytes)}) | "
             f"{_ratio(r.weight_bytes, b.weight_bytes if b else None)} | {mb(r.peak_rss_bytes)} | {_energy(r)} | "
