@@ -138,21 +138,32 @@ class TorchPrepared:
     def _load_and_apply(self, variant, cache: dict) -> None:
         self.loaded = cached_model(cache, self.model_spec, self.settings.trust_remote_code)
         self.shape = self.loaded.shape
-        self._check_fit()
-        self.model = self.loaded.instantiate(self.torch_device, self.torch_dtype)
-        self.use_lean = (self.backend.lean_engine and self.device_type == "cuda"
-                         and lean.supports(self.model) is None)
-        if self.use_lean and variant.entry.fusable:
-            lean.fuse_projections(self.model)   # before the variant: per-row numerics unchanged
-            self.fused = True
+        self.layerwise, self._weights_need = False, None
+        try:
+            self._check_fit()
+        except CellSkip:
+            if not self._layerwise_possible(variant):
+                raise
+            # the bf16 instance does not fit; the variant's weights plus one bf16 layer may
+            from harness.backends.pytorch import layerwise
+            from harness.pipeline.assemble import planned_weight_bytes
+
+            planned = planned_weight_bytes(self.shape, variant.name, self.dtype)
+            if planned is None:
+                raise
+            self._weights_need = planned + layerwise.transient_bytes(self.shape, self.dtype_bytes)
+            self._fit_what = (f"{variant.name} weights as planned + one {self.torch_dtype} layer (or lm_head) "
+                              f"while building layer by layer")
+            self._check_fit()
+            self.layerwise = True
         self.corpus_name, self.corpus_text = load_corpus(self.settings.corpus)
         calib, _ = self.loaded.prompt_ids(self.corpus_name, self.corpus_text, CALIBRATION_SEQS,
                                           CALIBRATION_TOKENS, seed=CALIBRATION_SEED, from_end=True)
-        phase("apply")
-        t_apply = time.perf_counter()
         ctx = variant.context(self.device_type, self.torch_dtype, calib.to(self.torch_device),
                               self.shape.num_hidden_layers if self.shape else None)
-        applied = variant.apply(self.model, ctx)
+        phase("apply")
+        t_apply = time.perf_counter()
+        applied = self._build_layerwise(variant, ctx) if self.layerwise else self._instantiate_and_apply(variant, ctx)
         apply_s = time.perf_counter() - t_apply
         if self.device_type == "cuda":
             # the unquantized weights a variant replaced sit in the caching allocator; NVML's
@@ -160,6 +171,8 @@ class TorchPrepared:
             gc.collect()
             torch.cuda.empty_cache()
         self.weight_bytes = tensor_bytes(self.model)
+        if self.layerwise:
+            self._weights_need = self.weight_bytes   # the cells' fit checks use what is resident now
         ops = ops_that_ran(self.model, self.torch_dtype)
         self.kernel = f"{applied.kernel}; aten ops: {ops}" if ops else applied.kernel
         self.facts = {"apply_s": apply_s, "load_s": self.loaded.load_s, "calibration_s": applied.calibration_s,
@@ -167,6 +180,35 @@ class TorchPrepared:
                       "calibration_tokens": CALIBRATION_SEQS * CALIBRATION_TOKENS, "fused_projections": self.fused,
                       "weights_note": self.loaded.weights_note}
         self._quality = self._evaluate_quality() if self.backend.evaluates_quality else None
+
+    def _layerwise_possible(self, variant) -> bool:
+        from harness.backends.pytorch import layerwise
+
+        return (self.device_type == "cuda" and self.loaded.spec.kind == "synthetic" and self.shape is not None
+                and self.backend.lean_engine and layerwise.eligible(variant))
+
+    def _instantiate_and_apply(self, variant, ctx):
+        self.model = self.loaded.instantiate(self.torch_device, self.torch_dtype)
+        self.use_lean = (self.backend.lean_engine and self.device_type == "cuda"
+                         and lean.supports(self.model) is None)
+        if self.use_lean and variant.entry.fusable:
+            lean.fuse_projections(self.model)   # before the variant: per-row numerics unchanged
+            self.fused = True
+        return variant.apply(self.model, ctx)
+
+    def _build_layerwise(self, variant, ctx):
+        """Big models on one card (layerwise.py): built and quantized one decoder layer at a time."""
+        from transformers import AutoConfig
+
+        from harness.backends.pytorch import layerwise
+
+        cfg_dict = self.shape.to_hf_config_dict()
+        cfg = AutoConfig.for_model(cfg_dict.pop("model_type"), **cfg_dict)
+        self.use_lean = lean.supports(type("M", (), {"config": cfg})()) is None
+        self.fused = self.use_lean and variant.entry.fusable
+        built = layerwise.build(cfg, self.torch_device, self.torch_dtype, variant, ctx, fuse=self.fused)
+        self.model = built.model
+        return built.result
 
     def _evaluate_quality(self):
         """Quality of this variant instance against the baseline reference (built once per model),
@@ -194,14 +236,22 @@ class TorchPrepared:
     def _check_fit(self, extra_bytes: int = 0, what: str = "") -> None:
         if self.shape is None:
             return
-        need = self.shape.param_count() * self.dtype_bytes + extra_bytes
+        weights = self._weights_need if getattr(self, "_weights_need", None) is not None else \
+            self.shape.param_count() * self.dtype_bytes
+        need = weights + extra_bytes
         free = free_memory_bytes(self.torch_device) + (tensor_bytes(self.model) if self.model is not None else 0)
         headroom = self.settings.memory_headroom
         if need > free * (1 - headroom):
             raise CellSkip("does-not-fit",
-                           f"{self.model_spec} needs {need / 1e9:.2f} GB ({self.torch_dtype} weights{what}; variants are "
-                           f"applied to a full-precision instance); "
+                           f"{self.model_spec} needs {need / 1e9:.2f} GB ({self._fit_basis()}{what}); "
                            f"{self.torch_device} has {free / 1e9:.2f} GB ({headroom:.0%} kept as headroom)")
+
+    def _fit_basis(self) -> str:
+        if getattr(self, "_weights_need", None) is None:
+            return f"{self.torch_dtype} weights; variants are applied to a full-precision instance"
+        if self.model is not None:
+            return "the variant's weights, as resident"
+        return self._fit_what
 
     def check_cell(self, cell) -> int | None:
         if self.shape is None:

@@ -1,0 +1,163 @@
+"""Big models on one card: a synthetic model built and quantized one decoder layer at a time on the
+device, so that peak memory is the variant's weights plus about one full-precision layer, not the
+bf16 instance the whole-model path quantizes (Llama-3.1-70B: 141 GB in bf16, about 40 GB at int4).
+
+The model's structure is built on the meta device (no memory); embeddings, final norm and rotary tables
+are materialized on the device; then each decoder layer is materialized with random weights (normal,
+std = the config's initializer_range, as transformers initializes a new model; norms at 1, biases at
+0), its projections fused where the engine fuses them, and the variant applied to it alone, with the
+policy seeing the layer's full module names (`model.layers.7.self_attn.q_proj`), before the next layer
+exists. lm_head goes last. The weights are random as in the whole-model path, but not the same random
+values (a different order of draws): speed, memory and energy only, as for every synthetic model.
+
+Only variants whose apply needs nothing but the linears take this path (no calibration pass through
+the whole model): LAYERWISE below. The pipeline uses it for synthetic models on CUDA when the bf16
+instance does not fit but the variant's planned bytes plus one bf16 layer do (backend.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import time
+
+import torch
+from torch import nn
+
+from harness.variants.registry import ApplyContext, ApplyResult, NothingApplied
+
+LAYERWISE = ("int8-wo", "int8-dq", "int4-wo", "fp8-wo", "fp8-dq", "w4a8")
+
+
+def eligible(variant) -> bool:
+    """`variant`: a VariantSpec. Explicit kernels of an eligible format (`int4-wo[cutlass]`) are too."""
+    e = variant.entry
+    return e.changes_weights and (e.name in LAYERWISE or e.kernel_of in LAYERWISE)
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefixedContext(ApplyContext):
+    """The cell's ApplyContext for one submodule: the policy sees `prefix + fqn`, the name the module has
+    in the whole model."""
+    prefix: str = ""
+
+    def keeps(self, fqn: str) -> bool:
+        return super().keeps(self.prefix + fqn)
+
+
+def _materialize(module: nn.Module, device: torch.device, std: float) -> None:
+    module.to_empty(device=device, recurse=True)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                m.weight.normal_(0.0, std)
+                if getattr(m, "bias", None) is not None:
+                    m.bias.zero_()
+            else:
+                w = getattr(m, "weight", None)
+                if isinstance(w, nn.Parameter) and not list(m.children()):
+                    w.fill_(1.0)       # RMSNorm / LayerNorm scales
+                b = getattr(m, "bias", None)
+                if isinstance(b, nn.Parameter) and not list(m.children()):
+                    b.zero_()
+
+
+def _resident_bytes(model: nn.Module) -> int:
+    """Bytes of the materialized tensors (meta tensors hold no memory)."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_meta:
+            continue
+        from harness.variants.inspect import _leaf_tensors
+
+        for leaf in _leaf_tensors(t):
+            key = (leaf.untyped_storage().data_ptr(), leaf.untyped_storage().nbytes())
+            if key not in seen:
+                seen.add(key)
+                total += key[1]
+    return total
+
+
+@dataclasses.dataclass
+class LayerwiseBuild:
+    model: nn.Module
+    result: ApplyResult
+    peak_bytes: int          # measured: the CUDA allocator's peak over the build, or (CPU) the resident tensor bytes
+    peak_source: str
+    seconds: float
+
+
+def build(config, device: torch.device, dtype: torch.dtype, variant, ctx: ApplyContext, fuse: bool,
+          seed: int = 0) -> LayerwiseBuild:
+    """The model of `config` with `variant` applied, one decoder layer at a time (see the module doc)."""
+    from transformers import AutoModelForCausalLM
+
+    from harness.backends.pytorch import lean
+
+    t0 = time.perf_counter()
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.eval().requires_grad_(False)
+    if fuse:
+        lean.fuse_projections(model)
+    torch.manual_seed(seed)
+    std = float(getattr(config, "initializer_range", 0.02))
+    inner = model.model
+    _materialize(inner.embed_tokens, device, std)
+    _materialize(inner.norm, device, std)
+    with torch.device(device):   # its inv_freq buffer is computed at construction, not a weight
+        inner.rotary_emb = type(inner.rotary_emb)(config=config)
+    peak_cpu = _resident_bytes(model)
+    results: list[ApplyResult] = []
+
+    def apply_to(module: nn.Module, prefix: str) -> None:
+        sub = PrefixedContext(ctx.device_type, ctx.dtype, ctx.calibration_ids, ctx.policy, prefix=prefix)
+        try:
+            results.append(variant.apply(module, sub))
+        except NothingApplied:
+            pass  # the policy keeps this module; the whole model is checked below
+
+    for i, layer in enumerate(inner.layers):
+        _materialize(layer, device, std)
+        peak_cpu = max(peak_cpu, _resident_bytes(model))
+        apply_to(layer, f"model.layers.{i}.")
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+    if getattr(config, "tie_word_embeddings", False):
+        model.lm_head.weight = inner.embed_tokens.weight
+    else:
+        _materialize(model.lm_head, device, std)
+        peak_cpu = max(peak_cpu, _resident_bytes(model))
+        holder = nn.Module()
+        holder.lm_head = model.lm_head
+        apply_to(holder, "")
+        model.lm_head = holder.lm_head
+    changed = sum(r.layers_changed for r in results)
+    if changed == 0:
+        raise NothingApplied(f"{variant.name} transformed no layer of the layer-by-layer build")
+    peak_cpu = max(peak_cpu, _resident_bytes(model))
+    if cuda:
+        torch.cuda.synchronize(device)
+        peak, source = torch.cuda.max_memory_allocated(device), "CUDA allocator peak over the build"
+    else:
+        peak, source = peak_cpu, "largest resident tensor bytes after each layer was materialized"
+    first = results[0]
+    res = ApplyResult(kernel=first.kernel, layers_changed=changed,
+                      notes=((first.notes + "; ") if first.notes else "")
+                      + f"built layer by layer on {device}: peak {peak / 1e9:.2f} GB ({source})")
+    return LayerwiseBuild(model, res, peak, source, time.perf_counter() - t0)
+
+
+def transient_bytes(shape, dtype_bytes: int) -> int:
+    """What the layer-by-layer build holds beyond the quantized weights: the larger of one
+    full-precision decoder layer and the full-precision lm_head, each quantized before the next exists."""
+    h, i = shape.hidden_size, shape.intermediate_size
+    hd = getattr(shape, "head_dim_", None) or h // shape.num_attention_heads
+    attn = h * hd * (shape.num_attention_heads * 2 + shape.num_key_value_heads * 2)
+    layer = attn + 3 * h * i + 2 * h
+    head = 0 if shape.tie_word_embeddings else h * shape.vocab_size
+    return int(max(layer, head) * dtype_bytes)
