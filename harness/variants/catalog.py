@@ -75,3 +75,18 @@ register(Variant("sparse-2:4+int8-dq", "2:4 magnitude sparsity + int8 per-row we
                                        "activations (cuSPARSELt int8 via torch._cslt_sparse_mm)",
                  Requirements(**_GPU_24, needs_torchao=True), _S + "apply_int8_24", probe=_S + "probe_int8_24",
                  no_kernel_note=NO_GPU_NOTE, layout=L.SPARSE_24_INT8_DQ))
+
+# -- llama.cpp GGUF types (harness/backends/llamacpp) ------------------------------------------------------
+# Registered here so that the names parse and plan like any other; only the llama.cpp backend has a
+# recipe for them. On the torch backends they are `unsupported` rows that say where they run.
+_GGUF = Requirements(devices=("llama.cpp",))
+_GGUF_ONLY = "harness.variants.builtin:apply_gguf_only"
+_GGUF_NOTE = "a llama.cpp GGUF type: run it with --backends llama.cpp"
+for _name, _desc, _layout in (
+        ("gguf-native", "the model's own GGUF file run natively by llama.cpp, in its own tensor types "
+                        "(the embedded SmolLM2: Q4_1)", L.GGUF_Q4_1),
+        ("q8_0", "llama.cpp Q8_0: int8 blocks of 32 with an fp16 scale (llama_model_quantize)", L.GGUF_Q8_0),
+        ("q4_0", "llama.cpp Q4_0: int4 blocks of 32 with an fp16 scale (llama_model_quantize)", L.GGUF_Q4_0),
+        ("q4_k_m", "llama.cpp Q4_K_M: Q4_K super-blocks of 256, some tensors Q6_K (llama_model_quantize)",
+         L.GGUF_Q4_K_M)):
+    register(Variant(_name, _desc, _GGUF, _GGUF_ONLY, no_kernel_note=_GGUF_NOTE, layout=_layout))

@@ -91,3 +91,22 @@ SPARSE_24_FP8_DQ = Layout("2:4 + fp8 e4m3 values (2-bit index per kept value) + 
 SPARSE_24_INT8_DQ = Layout("2:4 + int8 values (2-bit index per kept value) + int8 activations",
                            compute_format="int8", requires=("sparse_2to4", "int8"), note=_SPARSE_NOTE,
                            **_INT8_PC, **_2TO4)
+
+# llama.cpp GGUF types (harness/backends/llamacpp): block scales are fp16; ggml's CPU dot products
+# quantize the activation row to Q8_0 / Q8_1 / Q8_K, so the matmul is int8 x int8 (compute "int8"; no
+# profile feature is required: ggml has a scalar path). The planner counts the linears at the type;
+# llama.cpp also quantizes the embedding and may fall back to another type for a tensor whose rows are
+# not a multiple of the block (the record's weights note lists the file's real types).
+_GGUF_NOTE = "llama.cpp GGUF type: runs on --backends llama.cpp only"
+GGUF_Q8_0 = Layout("GGUF Q8_0: int8 values, fp16 scale per block of 32; x Q8_0 activations", 8, "int8",
+                   group_size=32, scale_bytes_per_group=2.0, note=_GGUF_NOTE)
+GGUF_Q4_0 = Layout("GGUF Q4_0: int4 values, fp16 scale per block of 32; x Q8_0 activations", 4, "int8",
+                   group_size=32, scale_bytes_per_group=2.0, note=_GGUF_NOTE)
+GGUF_Q4_1 = Layout("GGUF Q4_1: int4 values, fp16 scale + fp16 min per block of 32; x Q8_1 activations", 4, "int8",
+                   group_size=32, scale_bytes_per_group=4.0, note=_GGUF_NOTE + "; projected as Q4_1 (the embedded "
+                   "default's own type), other files keep theirs")
+# Q4_K: super-blocks of 256 = 8 sub-blocks of 32 with 6-bit scales and mins (12 bytes) + fp16 d, dmin
+# (4 bytes): 144 bytes per 256 weights, 4.5 bits; Q4_K_M keeps about half of attn_v / ffn_down in Q6_K.
+GGUF_Q4_K_M = Layout("GGUF Q4_K_M: Q4_K super-blocks of 256 (16 bytes of scales/mins each), some tensors Q6_K; "
+                     "x Q8_K activations", 4, "int8", group_size=256, scale_bytes_per_group=16.0,
+                     note=_GGUF_NOTE + "; projected as Q4_K throughout (the Q6_K share is not counted)")
