@@ -26,6 +26,12 @@ def test_planner_bytes_of_the_gguf_types():
     assert parse_variant("q4_0").layout.linear_bytes(32, 1, "fp32") == 18
     assert parse_variant("gguf-native").layout.linear_bytes(32, 1, "fp32") == 20   # Q4_1: + fp16 min
     assert parse_variant("q4_k_m").layout.linear_bytes(256, 1, "fp32") == 144
+    from harness.models.presets import SMOLLM2_135M as S
+    from harness.plan.roofline import weight_bytes
+
+    # llama-quantize stores the embedding at the type too; the torch variants keep it in the baseline format
+    assert weight_bytes(S, parse_variant("q8_0"), "fp32").embedding == S.vocab_size * S.hidden_size * 34 / 32
+    assert weight_bytes(S, parse_variant("int8-wo"), "fp32").embedding == S.vocab_size * S.hidden_size * 4
 
 
 def test_torch_names_are_unsupported_with_the_nearest_type(monkeypatch):

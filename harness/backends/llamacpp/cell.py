@@ -121,7 +121,7 @@ class LlamaCppPrepared:
         if cell.batch_size != 1:
             raise CellSkip("unsupported", f"batch {cell.batch_size}: the llama.cpp backend runs one sequence per "
                                           "pass (llama-cpp-python's Llama decodes a single sequence)",
-                           kernel=self.kernel, weight_bytes=self.weight_bytes)
+                           weight_bytes=self.weight_bytes)
         if self.shape is None:
             return None
         return int(self.shape.kv_bytes_per_token(KV_BYTES_PER_VALUE) * (cell.prompt_tokens + cell.new_tokens))

@@ -13,16 +13,19 @@ the same fp32 values the torch baseline runs, as `llama-quantize model-f32.gguf 
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.backends.llamacpp import gguf_io
 from harness.backends.llamacpp.recipes import Recipe
-from harness.backends.ort import cache as entry_cache   # the generic entry format, no ORT import in it
+from harness.backends.ort import cache as entry_cache   # the generic entry format (imports no onnxruntime)
 
 FORMAT = 1            # bump when a recipe's meaning or the entry layout changes
 GGUF_NAME = "model.gguf"
+QUANTIZE_LOG = "quantize.log"   # llama.cpp's quantizer output, kept in the entry
 LOGGER = "llama-cpp-python"   # the binding's logger; its level gates llama.cpp's log callback
 
 
@@ -133,6 +136,24 @@ def quantize(src: Path, dst: Path, ftype_name: str, threads: int | None = None) 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, ftype_name)
     params.nthread = threads or 0          # <= 0: std::thread::hardware_concurrency()
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    log = dst.parent / QUANTIZE_LOG
+    with _stderr_to(log):                  # its per-tensor fallback warnings are written to stderr directly
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0 or not dst.is_file():
-        raise RuntimeError(f"llama_model_quantize {ftype_name} {src.name} -> {dst.name} returned {rc}")
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
+        raise RuntimeError(f"llama_model_quantize {ftype_name} {src.name} -> {dst.name} returned {rc}"
+                           + (f": {tail[0]}" if tail else ""))
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path):
+    """File descriptor 2 (where llama.cpp's C++ code writes) redirected to `path` for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
