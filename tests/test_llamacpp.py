@@ -124,5 +124,10 @@ def test_cache_hit_and_a_damaged_entry_is_rebuilt(embedded_f32, tmp_path, monkey
     assert fixed.cache_hit is False and made[2:] == ["LLAMA_FTYPE_MOSTLY_Q4_0"]     # F32 entry still valid
     assert "rebuilt" in fixed.notes[0] and "sha256" in fixed.notes[0]
     assert cache.ensure(loaded, recipes.RECIPES["q4_0"]).cache_hit is True
+    real = files.versions()
+    monkeypatch.setattr(files, "versions", lambda: {**real, "llama-cpp-python": "0.0.1"})   # another llama.cpp
+    other = cache.ensure(loaded, recipes.RECIPES["q4_0"])
+    assert other.cache_hit is False and other.path != first.path and made[3:] == ["LLAMA_FTYPE_MOSTLY_Q4_0"]
+    assert cache.ensure(loaded, recipes.RECIPES["baseline"]).cache_hit is True    # the F32 copy is not llama.cpp's
     native = cache.ensure(loaded, recipes.RECIPES["gguf-native"])
     assert native.cache_hit is None and native.census["Q4_1"] == 210
