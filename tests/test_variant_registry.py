@@ -55,8 +55,10 @@ def test_every_entry_has_a_layout_and_the_planner_lists_the_runtime_names():
             assert entry.compute_format(base) in ("fp8", "int8", base), name
     # activations in fp8/int8 use those tensor cores; weight-only and pruned variants compute in the baseline
     low = {n: REGISTRY[n].compute_format("bf16") for n in REGISTRY if REGISTRY[n].compute_format("bf16") != "bf16"}
+    # (the llama.cpp GGUF types: ggml quantizes activations to Q8 blocks and multiplies int8 x int8)
     assert low == {"fp8-dq": "fp8", "w4a8": "fp8", "int8-dq": "int8", "sparse-2:4+fp8-dq": "fp8",
-                   "sparse-2:4+int8-dq": "int8"}
+                   "sparse-2:4+int8-dq": "int8", "gguf-native": "int8", "q8_0": "int8", "q4_0": "int8",
+                   "q4_k_m": "int8"}
 
 
 def test_the_meters_take_the_mfu_format_from_the_entry():

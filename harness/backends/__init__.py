@@ -1,4 +1,4 @@
-"""Backends: one folder each (pytorch/, generate/), registered here by name. Imports no torch: a
+"""Backends: one folder each (pytorch/, generate/, ort/, llamacpp/), registered here by name. Imports no torch: a
 backend module is imported only when a sweep uses it.
 
 `register_backend(name, "module:Class")` (or a factory callable) adds one, also from a plugin module
@@ -18,6 +18,8 @@ _BACKENDS: dict[str, str | Callable[[], Backend]] = {
     "transformers-generate": "harness.backends.generate.backend:GenerateBackend",
     # ONNX Runtime through onnxruntime-genai (the `ort` extra); the EP comes from the profile
     "ort": "harness.backends.ort.cell:OrtCellBackend",
+    # GGUF files through llama-cpp-python (the `llama` extra), in their own quantization types
+    "llama.cpp": "harness.backends.llamacpp.cell:LlamaCppCellBackend",
 }
 
 

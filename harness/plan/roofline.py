@@ -148,7 +148,10 @@ def weight_bytes(shape: ArchShape, v: VariantSpec, base: str) -> Bytes:
     other = n * 2 * h + h
     if shape.attention_bias:
         other += n * (shape.num_attention_heads + 2 * shape.num_key_value_heads) * shape.head_dim_
-    return Bytes(linear, head, shape.embedding_params() * _bytes_per(base), other * _bytes_per(base))
+    lay = v.layout
+    embedding = (lay.dense().linear_bytes(shape.hidden_size, shape.vocab_size, base) if lay.quantizes_embedding
+                 else shape.embedding_params() * _bytes_per(base))
+    return Bytes(linear, head, embedding, other * _bytes_per(base))
 
 
 def kv_cache_bytes(shape: ArchShape, context: int, batch: int, base: str) -> int:

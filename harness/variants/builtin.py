@@ -10,3 +10,9 @@ from harness.variants.registry import ApplyContext, ApplyResult
 def apply_baseline(model: nn.Module, ctx: ApplyContext) -> ApplyResult:
     dtype = str(ctx.dtype).replace("torch.", "")
     return ApplyResult(kernel=f"aten.linear {dtype} (dense)", layers_changed=0)
+
+
+def apply_gguf_only(model: nn.Module, ctx: ApplyContext) -> ApplyResult:
+    """The llama.cpp GGUF types have no torch implementation; their requirements keep them off the torch
+    backends (`unsupported`), so reaching this is a caller's bug."""
+    raise NotImplementedError("a llama.cpp GGUF type has no torch implementation: run it with --backends llama.cpp")

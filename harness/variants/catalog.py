@@ -87,3 +87,18 @@ for _fmt, _layout, _req, _kernels in (("int4-wo", L.INT4_WO, Requirements(device
         register(Variant(f"{_fmt}[{_k}]", f"{_fmt} through the {_k} kernel only (harness.variants.gpu_kernels)",
                          _req, f"{_K}apply_{_fmt.replace('-', '_')}_{_k}", probe=f"{_K}probe_{_fmt.replace('-', '_')}_{_k}",
                          layout=_layout, kernel_of=_fmt))
+
+# -- llama.cpp GGUF types (harness/backends/llamacpp) ------------------------------------------------------
+# Registered here so that the names parse and plan like any other; only the llama.cpp backend has a
+# recipe for them. On the torch backends they are `unsupported` rows that say where they run.
+_GGUF = Requirements(devices=("llama.cpp",))
+_GGUF_ONLY = "harness.variants.builtin:apply_gguf_only"
+_GGUF_NOTE = "a llama.cpp GGUF type: run it with --backends llama.cpp"
+for _name, _desc, _layout in (
+        ("gguf-native", "the model's own GGUF file run natively by llama.cpp, in its own tensor types "
+                        "(the embedded SmolLM2: Q4_1)", L.GGUF_Q4_1),
+        ("q8_0", "llama.cpp Q8_0: int8 blocks of 32 with an fp16 scale (llama_model_quantize)", L.GGUF_Q8_0),
+        ("q4_0", "llama.cpp Q4_0: int4 blocks of 32 with an fp16 scale (llama_model_quantize)", L.GGUF_Q4_0),
+        ("q4_k_m", "llama.cpp Q4_K_M: Q4_K super-blocks of 256, some tensors Q6_K (llama_model_quantize)",
+         L.GGUF_Q4_K_M)):
+    register(Variant(_name, _desc, _GGUF, _GGUF_ONLY, no_kernel_note=_GGUF_NOTE, layout=_layout))

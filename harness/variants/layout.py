@@ -19,7 +19,8 @@ Bytes of one quantized linear weight of shape (out_features, in_features):
   bytes = in * out / 2 * (value_bits + 2) / 8 = 0.5625 x dense at bf16, 0.3125 x bf16 at fp8/int8.
 - unstructured-50: dense storage, dense kernels; no memory or speed gain is projected.
 
-Never quantized: the embedding table (a lookup; it stays in the baseline format) and norms/biases.
+Never quantized, except by the llama.cpp GGUF types (quantizes_embedding): the embedding table (a
+lookup; it stays in the baseline format) and norms/biases.
 The lm_head takes the variant's quantization (never its sparsity) unless it is tied to the embedding
 or a policy keeps it. Layers a policy keeps stay in the baseline format (2 bytes on GPU).
 """
@@ -42,6 +43,7 @@ class Layout:
     kept_fraction: float = 1.0
     meta_bits_per_kept: float = 0.0
     sparse_kernels: bool = False    # prefill may use the hardware's 2:4 sparse rate
+    quantizes_embedding: bool = False   # the embedding table is stored at this type too (llama.cpp's GGUF types)
     note: str = ""
 
     def value_bits_for(self, baseline_format: str) -> int:
@@ -91,3 +93,25 @@ SPARSE_24_FP8_DQ = Layout("2:4 + fp8 e4m3 values (2-bit index per kept value) + 
 SPARSE_24_INT8_DQ = Layout("2:4 + int8 values (2-bit index per kept value) + int8 activations",
                            compute_format="int8", requires=("sparse_2to4", "int8"), note=_SPARSE_NOTE,
                            **_INT8_PC, **_2TO4)
+
+# llama.cpp GGUF types (harness/backends/llamacpp): block scales are fp16, and the embedding table is
+# quantized like the linears (llama-quantize does, unlike the torch variants); ggml's CPU dot products
+# quantize the activation row to Q8_0 / Q8_1 / Q8_K, so the matmul is int8 x int8 (compute "int8"; no
+# profile feature is required: ggml has a scalar path). The planner counts the linears at the type;
+# llama.cpp also quantizes the embedding and may fall back to another type for a tensor whose rows are
+# not a multiple of the block (the record's weights note lists the file's real types).
+_GGUF_NOTE = "llama.cpp GGUF type: runs on --backends llama.cpp only"
+GGUF_Q8_0 = Layout("GGUF Q8_0: int8 values, fp16 scale per block of 32; x Q8_0 activations", 8, "int8",
+                   group_size=32, scale_bytes_per_group=2.0, quantizes_embedding=True, note=_GGUF_NOTE)
+GGUF_Q4_0 = Layout("GGUF Q4_0: int4 values, fp16 scale per block of 32; x Q8_0 activations", 4, "int8",
+                   group_size=32, scale_bytes_per_group=2.0, quantizes_embedding=True, note=_GGUF_NOTE)
+GGUF_Q4_1 = Layout("GGUF Q4_1: int4 values, fp16 scale + fp16 min per block of 32; x Q8_1 activations", 4, "int8",
+                   group_size=32, scale_bytes_per_group=4.0, quantizes_embedding=True,
+                   note=_GGUF_NOTE + "; projected as Q4_1 (the embedded "
+                   "default's own type), other files keep theirs")
+# Q4_K: super-blocks of 256 = 8 sub-blocks of 32 with 6-bit scales and mins (12 bytes) + fp16 d, dmin
+# (4 bytes): 144 bytes per 256 weights, 4.5 bits; Q4_K_M keeps about half of attn_v / ffn_down in Q6_K.
+GGUF_Q4_K_M = Layout("GGUF Q4_K_M: Q4_K super-blocks of 256 (16 bytes of scales/mins each), some tensors Q6_K; "
+                     "x Q8_K activations", 4, "int8", group_size=256, scale_bytes_per_group=16.0,
+                     quantizes_embedding=True,
+                     note=_GGUF_NOTE + "; projected as Q4_K throughout (the Q6_K share is not counted)")
