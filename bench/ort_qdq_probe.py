@@ -70,31 +70,25 @@ def _matmuls(model_path: Path) -> dict[str, str]:
     return {n.name: n.input[0] for n in g.node if n.op_type == "MatMul"}
 
 
-def ranges(fp32: Path, calib: np.ndarray, kv, top: int = 8) -> list[str]:
-    """The MinMax range of each MatMul's activation input, widest first."""
-    import tempfile
+def ranges(model_path: Path, cache: Path, top: int = 8) -> list[str]:
+    """The calibrated MinMax range of each MatMul's activation input (from quantize_static's
+    calibration cache), widest first."""
+    from onnxruntime.quantization.calibrate import load_tensors_data
 
-    from onnxruntime.quantization import CalibrationMethod, create_calibrator
-
-    from harness.backends.ort.export import _calibration_reader, input_names
-
-    with tempfile.TemporaryDirectory() as tmp:
-        cal = create_calibrator(str(fp32 / "model.onnx"), ["MatMul"], augmented_model_path=f"{tmp}/aug.onnx",
-                                calibrate_method=CalibrationMethod.MinMax, use_external_data_format=True)
-        cal.collect_data(_calibration_reader(calib, kv, input_names(fp32 / "model.onnx")))
-        data = cal.compute_data()
-    acts = set(_matmuls(fp32 / "model.onnx").values())
+    data = load_tensors_data(cache)
     rows = []
-    for name in acts:
-        lo, hi = (float(np.asarray(v)) for v in data[name].range_value)
+    for name in set(_matmuls(model_path).values()):
+        lo, hi = (float(np.asarray(v).reshape(-1)[0]) for v in data[name].range_value)
         rows.append((hi - lo, name, lo, hi))
     rows.sort(reverse=True)
-    out = [f"{len(rows)} MatMul activation inputs; median range {np.median([r[0] for r in rows]):.3g}"]
+    out = [f"{len(rows)} MatMul activation inputs; median MinMax range {np.median([r[0] for r in rows]):.3g}"]
     out += [f"  {name}: [{lo:.4g}, {hi:.4g}] -> u8 step {(hi - lo) / 255:.3g}" for _, name, lo, hi in rows[:top]]
     return out
 
 
-def quantize(fp32: Path, out: Path, config: str, calib: np.ndarray, kv) -> None:
+def quantize(fp32: Path, out: Path, config: str, calib: np.ndarray, kv) -> Path:
+    """The quantized model of `config` in `out`; returns the calibration cache used (shared by the
+    configs of one calibration method, beside `out`)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from harness.backends.ort.export import _calibration_reader, _quiet_root_logger, input_names
@@ -111,13 +105,15 @@ def quantize(fp32: Path, out: Path, config: str, calib: np.ndarray, kv) -> None:
     if config == "a16w8":
         act, extra["UseQDQContribOps"] = QuantType.QUInt16, True
     out.mkdir(parents=True, exist_ok=True)
+    cache = out.parent / f"calibration-{method.name.lower()}.json"
     with _quiet_root_logger():
         quantize_static(str(fp32 / "model.onnx"), str(out / "model.onnx"),
                         _calibration_reader(calib, kv, input_names(fp32 / "model.onnx")),
                         quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"], per_channel=True,
                         weight_type=QuantType.QInt8, activation_type=act, calibrate_method=method,
                         nodes_to_exclude=exclude, use_external_data_format=True, extra_options=extra,
-                        calibration_providers=["CPUExecutionProvider"])
+                        calibration_providers=["CPUExecutionProvider"], calibration_cache_path=cache)
+    return cache
 
 
 def main(argv: list[str]) -> int:
@@ -136,12 +132,13 @@ def main(argv: list[str]) -> int:
     kv = kv_layout(fp32)
     calib = _ids(True, CALIBRATION_SEQS, CALIBRATION_TOKENS)
     evalx = _ids(False, 2, 128)
-    print("\n".join(ranges(fp32, calib, kv)), flush=True)
     ref = _logits(fp32 / "model.onnx", evalx, kv)
     results = {}
     for config in configs:
         t0 = time.perf_counter()
-        quantize(fp32, root / config, config, calib, kv)
+        cache = quantize(fp32, root / config, config, calib, kv)
+        if config == configs[0]:
+            print("\n".join(ranges(fp32 / "model.onnx", cache)), flush=True)
         kl, top1 = _score(ref, _logits(root / config / "model.onnx", evalx, kv))
         results[config] = {"kl_mean": kl, "top1": top1}
         print(f"{config}: mean KL {kl:.4g} nats, top-1 {top1:.1%} ({time.perf_counter() - t0:.0f} s)", flush=True)
