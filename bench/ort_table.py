@@ -46,7 +46,7 @@ def table(records) -> list[str]:
         busy = sum(bool((r.extra.get("foreign_load") or {}).get("flags")) for r in recs)
         out.append(f"| {key[0]} | {key[1]} | {len(recs)} | {num(med[key])} ({num(min(tok))}-{num(max(tok))}) | {ratio} | "
                    f"{sig(q.kl_mean)} | {NA if q.top1_agreement is None else f'{q.top1_agreement:.1%}'} | "
-                   f"{q.quality_verdict or NA} | {busy} | {q.kernel} |")
+                   f"{q.quality_verdict or NA} | {busy} | {q.kernel.split('; aten ops')[0]} |")
     a, b, c = med.get(("ort", "int4-wo")), med.get(("ort", "baseline")), med.get(("pytorch", "int4-wo"))
     if a and b:
         out.append(f"\nORT int4 / ORT fp32 decode tok/s: {a / b:.2f}x")
