@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 RUN_ARGS ?=
 
-.PHONY: run test install microbench nightly browser clean
+.PHONY: run test install microbench nightly browser bench-ort clean
 
 $(BIN)/python:
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
@@ -48,8 +48,13 @@ NIGHTLY_STORE ?= results/history
 NIGHTLY_FAIL_ON ?= decode_tok_s:-5%
 nightly: $(VENV)/.installed
 	@out=results/nightly/$$(date -u +%Y%m%dT%H%M%SZ); \
-	$(BIN)/harness run --quick --variants baseline,int8-wo --out $$out; \
+	$(BIN)/harness run --quick --variants baseline,int8-wo --backends pytorch --out $$out; \
 	$(BIN)/harness history add $$out --store $(NIGHTLY_STORE) --compare --fail-on "$(NIGHTLY_FAIL_ON)"
+
+# ORT int4 vs ORT fp32 vs torch int4 on SmolLM2, CPU, one run of 3 repetitions (README "ONNX Runtime
+# benchmark"); results/bench-ort-<date>/ and the table on stdout. RUN_ARGS are passed to harness run.
+bench-ort: $(VENV)/.installed
+	PYTHON=$(BIN)/python bench/ort_cpu.sh $(RUN_ARGS)
 
 microbench: $(VENV)/.installed
 	$(BIN)/python -m pytest -q tests/microbench --benchmark-only --benchmark-json=results/microbench.json

@@ -43,6 +43,12 @@ DEFAULT_CELL_TIMEOUT_S = 1800.0
 # Variants of the default sweep: every variant with a CPU kernel on the stack the Makefile installs
 # (fp8, w4a8 and the 2:4 variants have none; `--variants all` shows them as unsupported).
 DEFAULT_VARIANTS = ("baseline", "int8-wo", "int8-dq", "int4-wo", "int4-awq", "unstructured-50")
+# --backends auto (the default): resolved by harness run before the sweep is expanded (harness.backends.defaults).
+AUTO_BACKENDS = "auto"
+# The ORT rows --backends auto adds on CPU: fp32, dynamic int8 and int4 MatMulNBits, the builder's three modes
+# (harness/backends/ort/recipes.py); int8-wo is the same int8 weights with fp32 activations, int8-static destroys
+# quality on SmolLM2 (see recipes.py).
+ORT_DEFAULT_VARIANTS = ("baseline", "int8-dq", "int4-wo")
 # Meters during the timed loop: on, off, or alternate (the overhead benchmark: every repetition is
 # measured once with and once without, in ABBA order so that a slow drift cancels).
 METER_MODES = ("on", "off", "alternate")
@@ -93,10 +99,18 @@ class SweepAxes:
     batch_sizes: tuple[int, ...] = opt((1,), "Batch sizes, comma list.", flag="--batch", min=1)
     prompt_tokens: tuple[int, ...] = opt((128,), "Prompt lengths, comma list.", min=1)
     new_tokens: tuple[int, ...] = opt((32,), "Generated tokens per pass, comma list.", min=1)
-    backends: tuple[str, ...] = opt(("pytorch",), "pytorch (the harness engine: eager on CPU, a compiled step "
-                                    "in a CUDA graph on GPU), transformers-generate (transformers' eager "
-                                    "generate(), what users get by default, for comparison), ort (ONNX Runtime) "
-                                    "and/or llama.cpp (GGUF files through llama-cpp-python); plugins add more.")
+    backends: tuple[str, ...] = opt((AUTO_BACKENDS,), "pytorch (the harness engine: eager on CPU, a compiled step "
+                                    "in a CUDA graph on GPU), transformers-generate (transformers' eager generate(), "
+                                    "what users get by default, for comparison), ort (ONNX Runtime through "
+                                    "onnxruntime-genai, the [ort] extra) and/or llama.cpp (GGUF files through "
+                                    "llama-cpp-python, the [llama] extra); plugins add more. auto: pytorch, plus ort "
+                                    f"for {'/'.join(ORT_DEFAULT_VARIANTS)} on a local CPU run of the embedded default "
+                                    "model when onnxruntime-genai imports (harness.backends.defaults; one line says "
+                                    "why when it does not).")
+    backend_variants: tuple[str, ...] = opt((), "Comma list of backend=variant pairs (ort=baseline,ort=int4-wo): a "
+                                            "backend named here runs only the variants paired with it, the others "
+                                            "are left out of the sweep (no record); a backend not named runs every "
+                                            "variant. --backends auto sets it for ort when it adds ort.")
     repetitions: int = opt(1, "Measure each cell this many times on the same prepared engine (one record each; "
                            "the report gives their coefficient of variation).", min=1)
     meters: str = opt("on", choices=METER_MODES, flags=(
@@ -112,9 +126,15 @@ class SweepAxes:
             raise ValueError(f"meters must be one of {', '.join(METER_MODES)}, got {self.meters!r}")
         from harness.backends import backend_names   # the backend registry (torch-free)
 
-        unknown = [b for b in self.backends if b not in backend_names()]
+        if AUTO_BACKENDS in self.backends and len(self.backends) > 1:
+            raise ValueError(f"--backends {AUTO_BACKENDS} stands alone, got {','.join(self.backends)}")
+        unknown = [b for b in self.backends if b not in backend_names() and b != AUTO_BACKENDS]
         if unknown:
-            raise ValueError(f"unknown backend(s) {unknown}; valid backends: {', '.join(backend_names())}")
+            raise ValueError(f"unknown backend(s) {unknown}; valid backends: {AUTO_BACKENDS}, {', '.join(backend_names())}")
+        stray = sorted(set(self.variants_by_backend()) - set(self.backends))
+        if stray and self.backends != (AUTO_BACKENDS,):      # auto: checked once it is resolved
+            raise ValueError(f"--backend-variants names backend(s) {stray} that are not in --backends "
+                             f"{','.join(self.backends)}")
         for name in ("models", "variants", "backends", "batch_sizes", "prompt_tokens", "new_tokens"):
             if not getattr(self, name):
                 raise ValueError(f"sweep axis {name} is empty")
@@ -122,6 +142,16 @@ class SweepAxes:
             bad = [v for v in getattr(self, name) if v < 1]
             if bad:
                 raise ValueError(f"sweep axis {name} needs positive integers, got {bad}")
+
+    def variants_by_backend(self) -> dict[str, tuple[str, ...]]:
+        """--backend-variants as {backend: its variants, in the order given}."""
+        out: dict[str, tuple[str, ...]] = {}
+        for pair in self.backend_variants:
+            backend, sep, variant = pair.partition("=")
+            if not sep or not backend.strip() or not variant.strip():
+                raise ValueError(f"--backend-variants takes backend=variant pairs, got {pair!r}")
+            out[backend.strip()] = out.get(backend.strip(), ()) + (variant.strip(),)
+        return out
 
 
 ISOLATION_HELP = ("process: each model group runs in a spawned worker process supervised by the parent, a crash "

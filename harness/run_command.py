@@ -124,6 +124,8 @@ def _normalize(opts: RunOptions) -> RunOptions:
     from harness.variants import parse_variant_list
 
     variants = tuple(parse_variant_list(",".join(opts.axes.variants)))   # 'all' -> names; unknown -> error
+    for names in opts.axes.variants_by_backend().values():
+        parse_variant_list(",".join(names))                               # unknown -> error
     return replace(opts, axes=replace(opts.axes, variants=variants))
 
 
@@ -173,6 +175,12 @@ def prepare(opts: RunOptions, given: set[tuple[str, ...]] = frozenset(), echo: C
     _check_models(opts)
     corpus_name, _ = load_corpus(Path(opts.settings.corpus) if opts.settings.corpus else None)
     device = _check_device(opts.settings.device)
+    from harness.backends.defaults import resolve_backends
+
+    axes, backends_note = resolve_backends(opts.axes, device.type, opts.settings.executor)
+    opts = replace(opts, axes=axes)
+    if backends_note:
+        echo(backends_note)
     if opts.settings.executor == "ray":
         from harness.executor.ray_executor import fleet_profile
 
@@ -200,6 +208,8 @@ def prepare(opts: RunOptions, given: set[tuple[str, ...]] = frozenset(), echo: C
             allocator = configure_cuda_allocator()
         prov = provenance.collect(profile.id)
         meta = _meta(opts, run_id, profile, why, corpus_name, prov, allocator, len(cells), meta_old, len(todo))
+        if meta_old is None:
+            meta["backends_note"] = backends_note
         F.write_run_json(out_dir, meta)
     except BaseException:
         lock.release()

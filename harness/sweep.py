@@ -11,7 +11,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from harness.options import SweepAxes
+from harness.options import AUTO_BACKENDS, SweepAxes
 from harness.records import Record
 
 
@@ -47,11 +47,18 @@ def _meter_settings(mode: str, repetition: int) -> tuple[bool, ...]:
 
 def expand(axes: SweepAxes) -> list[Cell]:
     """Deterministic order: model, variant, backend, then batch, prompt length, new tokens (each axis
-    in the order given), then repetitions and meter settings, innermost."""
+    in the order given), then repetitions and meter settings, innermost. A backend named in
+    --backend-variants gets only its paired variants."""
+    if AUTO_BACKENDS in axes.backends:
+        raise ValueError("--backends auto is resolved by harness run (harness.backends.defaults) before the sweep "
+                         "is expanded; name the backends")
+    only = axes.variants_by_backend()
     combos = itertools.product(axes.models, axes.variants, axes.backends, axes.batch_sizes, axes.prompt_tokens,
                                axes.new_tokens)
     cells: list[Cell] = []
     for c in combos:
+        if c[2] in only and c[1] not in only[c[2]]:
+            continue
         for rep in range(axes.repetitions):
             for on in _meter_settings(axes.meters, rep):
                 cells.append(Cell(len(cells), *c, repetition=rep, meters=on))

@@ -89,7 +89,7 @@ def tiny_context(run_id: str = "faults"):
 def tiny_cells(batches, variants=(NAME,)):
     from harness.runner import SweepAxes, expand
 
-    return expand(SweepAxes(("synthetic:tiny",), tuple(variants), tuple(batches), (8,), (4,)))
+    return expand(SweepAxes(("synthetic:tiny",), tuple(variants), tuple(batches), (8,), (4,), backends=("pytorch",)))
 
 
 def worker_pid(rec) -> int | None:

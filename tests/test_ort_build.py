@@ -76,6 +76,10 @@ def test_static_qdq_quantizes_every_matmul(built):
     assert matmuls and all(set(n.input) <= dq_out for n in matmuls)   # both operands dequantized
     int8 = [t for t in g.initializer if t.data_type == onnx.TensorProto.INT8]
     assert int8 and p.weight_bytes < 0.5 * built["baseline"].weight_bytes
+    # its measured quality problem rides on every prepared model (and so on every record)
+    from harness.backends.ort.recipes import QDQ_STATIC_CAVEAT
+
+    assert p.notes[0] == QDQ_STATIC_CAVEAT and QDQ_STATIC_CAVEAT not in built["baseline"].notes
 
 
 @pytest.mark.parametrize("variant", ["baseline", "int4-wo", "int8-dq", "int8-static"])

@@ -1,9 +1,15 @@
 """The compression claims the harness exists to test, checked against a run's own Records.
 
 Each claim compares a variant with the baseline of the same cell (every cell axis but the variant:
-model, backend, profile, batch, prompt, new tokens) in the same run. A claim with no matching pair
-of ok records is "not measured in this run", never a pass. Quality verdicts ride along: a speed-up whose variant failed the quality guard
-is reported as such.
+model, backend, profile, batch, prompt, new tokens) in the same run, so an ORT int4 row is read
+against the ORT fp32 baseline and a torch int4 row against the torch one. A claim with no matching
+pair of ok records is "not measured in this run", never a pass. Quality verdicts ride along: a
+speed-up whose variant failed the quality guard is reported as such.
+
+Across backends: each ok record of another backend beside the ok pytorch record of the same cell
+and variant (every axis but the backend) gives one line, e.g. ORT int4 vs torch int4: decode tok/s
+ratio and each side's KL against the torch baseline's log-probs (both backends are scored on the same
+positions against the same reference).
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from harness.records import Record, cell_axes, cell_key
-from harness.report.fmt import md
+from harness.report.fmt import NA, md, num
 
 
 @dataclass(frozen=True)
@@ -87,10 +93,60 @@ def check(records: list[Record]) -> tuple[list[Finding], list[str]]:
     return findings, missing
 
 
+REFERENCE_BACKEND = "pytorch"
+BACKEND_AXES = cell_axes(without=("backend",))   # what a row shares with the same variant on another backend
+
+
+@dataclass(frozen=True)
+class CrossBackend:
+    backend: str
+    cell: tuple                          # in BACKEND_AXES order (variant included)
+    decode_ratio: float | None           # backend / pytorch decode tok/s
+    this: Record
+    torch: Record
+
+
+def across_backends(records: list[Record]) -> list[CrossBackend]:
+    """One entry per ok record of a non-pytorch backend with an ok pytorch record of the same cell."""
+    torch = {cell_key(r, without=("backend",)): r for r in records
+             if r.status == "ok" and r.backend == REFERENCE_BACKEND}
+    out = []
+    for r in records:
+        key = cell_key(r, without=("backend",))
+        t = torch.get(key)
+        if r.status != "ok" or r.backend == REFERENCE_BACKEND or t is None:
+            continue
+        ratio = r.decode_tok_s / t.decode_tok_s if r.decode_tok_s is not None and t.decode_tok_s else None
+        out.append(CrossBackend(r.backend, key, ratio, r, t))
+    return out
+
+
+def _kl(r: Record) -> str:
+    return f"{r.kl_mean:.3g} ({md(r.quality_verdict or 'not measured')})" if r.kl_mean is not None else \
+        md(r.quality_verdict or "not measured")
+
+
+def _render_across(records: list[Record]) -> list[str]:
+    rows = across_backends(records)
+    if not rows:
+        return []
+    out = ["", f"Same variant on another backend, against {REFERENCE_BACKEND} (e.g. ORT int4 vs torch int4; mean KL "
+           f"against the {REFERENCE_BACKEND} baseline's log-probs, same positions):", "",
+           "| variant | backend vs pytorch | model / batch / prompt | decode tok/s | ratio | mean KL (verdict) |",
+           "|---|---|---|---|---|---|"]
+    for x in rows:
+        c = dict(zip(BACKEND_AXES, x.cell))
+        ratio = NA if x.decode_ratio is None else f"{x.decode_ratio:.2f}x"
+        out.append(f"| {md(c['variant'])} | {md(x.backend)} vs {REFERENCE_BACKEND} | {md(c['model'])} / "
+                   f"{c['batch_size']} / {c['prompt_tokens']} | {num(x.this.decode_tok_s)} vs {num(x.torch.decode_tok_s)} | "
+                   f"{ratio} | {_kl(x.this)} vs {_kl(x.torch)} |")
+    return out
+
+
 def render(records: list[Record]) -> list[str]:
     findings, missing = check(records)
     if not findings and not missing:
-        return []
+        return _render_across(records)
     out = ["", "## Claims checked against this run", "",
            "| claim | variant | model / backend / batch / prompt | measured | held? | quality |", "|---|---|---|---|---|---|"]
     for f in findings:
@@ -100,4 +156,4 @@ def render(records: list[Record]) -> list[str]:
     if missing:
         out += ["", "Not measured in this run (no ok record of such a variant beside an ok baseline of the same cell): "
                 + "; ".join(missing) + "."]
-    return out
+    return out + _render_across(records)

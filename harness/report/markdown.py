@@ -49,6 +49,7 @@ def render_report(records: list[Record], run: dict) -> str:
              f"torchao {v.get('torchao')}"),
         f"- started {md(prov.get('utc_time'))} UTC; corpus: {md(run.get('corpus', '?'))}",
         f"- meter settings: {md(run.get('meter', {}))}",
+    ] + ([f"- backends: {md(run['backends_note'])}"] if run.get("backends_note") else []) + [
         "",
         "## Results",
         "",
@@ -96,19 +97,22 @@ def render_report(records: list[Record], run: dict) -> str:
 
 
 def _quality_table(records: list[Record]) -> list[str]:
-    """Speed beside quality: one row per (model, variant) of the pytorch backend."""
+    """Speed beside quality: one row per (model, variant, backend). Every backend is scored against the
+    torch fp32 (CPU) or compute-dtype (GPU) baseline's log-probs, so an ORT baseline row shows how far
+    the exported graph is from torch."""
     seen, rows = set(), []
     for r in records:
-        if r.status == "ok" and r.quality_verdict and (r.model, r.variant) not in seen:
-            seen.add((r.model, r.variant))
+        if r.status == "ok" and r.quality_verdict and (r.model, r.variant, r.backend) not in seen:
+            seen.add((r.model, r.variant, r.backend))
             rows.append(r)
     if not rows:
         return []
     out = ["", "## Quality against the baseline", "",
-           "| model | variant | decode tok/s (first cell) | perplexity | mean KL | p99 KL | top-1 agreement | verdict | why |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| model | variant | backend | decode tok/s (first cell) | perplexity | mean KL | p99 KL | top-1 agreement | "
+           "verdict | why |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {md(r.model)} | {md(r.variant)} | {num(r.decode_tok_s)} | {num(r.perplexity, 3)} | "
+        out.append(f"| {md(r.model)} | {md(r.variant)} | {md(r.backend)} | {num(r.decode_tok_s)} | {num(r.perplexity, 3)} | "
                    f"{sig(r.kl_mean)} | {sig(r.kl_p99)} | {_pct(r.top1_agreement)} | **{md(r.quality_verdict)}** | "
                    f"{md(r.quality.reason or None)} |")
     q = rows[0].quality

@@ -137,7 +137,7 @@ class OrtBackend:
         recipe, k, ep_name, why = self.resolve(variant_name, profile, ep, kernel)
         if why:
             raise OrtUnsupported(why)
-        notes: list[str] = []
+        notes: list[str] = [recipe.caveat] if recipe.caveat else []
         try:
             entry, hit = self._ensure(loaded, recipe, k, ep_name, calibration_ids, notes)
         except BuildError as e:

@@ -84,7 +84,9 @@ class OrtCellPrepared:
         return self.loaded.prompt_ids(self.corpus_name, self.corpus_text, cell.batch_size, cell.prompt_tokens)
 
     def engine(self, cell) -> EngineChoice:
-        return EngineChoice(self.ort.engine(), facts={"ort_ep": self.ort.ep, "ort_kernel": self.ort.kernel_name})
+        # the export's notes (a cache entry rebuilt, a variant's caveat) go to the record's engine.notes
+        return EngineChoice(self.ort.engine(), notes=tuple(self.ort.notes),
+                            facts={"ort_ep": self.ort.ep, "ort_kernel": self.ort.kernel_name})
 
     def reset_peaks(self) -> None:
         pass
