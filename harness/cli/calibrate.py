@@ -56,18 +56,49 @@ def _measure(device: str, sweep_dir: Path, extra: dict[str, str]) -> float:
     return copy
 
 
+def _from_kernels(path: Path, profs: dict, profile_id: str | None, copy_bw: float | None, copy_source: str,
+                  step_profiles: tuple[Path, ...]):
+    from harness.plan.kernel_log import calibration_from_kernels
+    from harness.plan.sources import harness_commit
+
+    if profile_id is None or profile_id not in profs:
+        raise click.BadParameter(f"{profile_id!r}: give the profile of the device the kernels ran on",
+                                 param_hint="--profile")
+    if not copy_bw or copy_bw <= 0:
+        raise click.BadParameter("the device's measured copy bandwidth in bytes/s is needed", param_hint="--copy-bandwidth")
+    try:
+        cal, notes = calibration_from_kernels(path, profs[profile_id], copy_bw, copy_source,
+                                              list(step_profiles), harness_commit())
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    for n in notes:
+        click.echo(f"calibrate: left out {n}", err=True)
+    return cal
+
+
 @click.command("calibrate")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Calibration file to write. Default: results/calibration-<profile>-<UTC>.json.")
 @click.option("--from-records", "from_records", type=click.Path(exists=True, file_okay=False, path_type=Path),
               multiple=True, help="Fit from these run folders (repeatable) instead of measuring.")
+@click.option("--from-kernels", "from_kernels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Fit from a bench/kernels_gpu.py log or --out JSON instead (needs --profile, the "
+                                 "device it ran on, and --copy-bandwidth).")
+@click.option("--copy-bandwidth", "copy_bw", type=float, default=None,
+              help="With --from-kernels: that device's measured copy bandwidth, bytes/s.")
+@click.option("--copy-source", default="given on the command line", show_default=True,
+              help="With --from-kernels: where the copy bandwidth was measured (written to the provenance).")
+@click.option("--step-profile", "step_profiles", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              multiple=True, help="With --from-kernels: bench/profile_step.py JSON (repeatable): fits the non-GEMM "
+                                  "step cost. Without it the file states none (kernel curves only: optimistic).")
 @click.option("--profile", "profile_id", default=None, help="Keep only this profile's calibration.")
 @click.option("--device", default="auto", show_default=True, help="Device to measure on: auto (cuda if present), cpu, cuda:N.")
 @click.option("--model", default=None, help=f"Sweep model (default {SWEEP['model']}).")
 @click.option("--variants", default=None, help=f"Sweep variants (default {SWEEP['variants']}).")
 @click.option("--batch", default=None, help=f"Sweep batch sizes, M of the decode curve (default {SWEEP['batch']}).")
 @profiles_dir_option
-def calibrate(out: Path | None, from_records: tuple[Path, ...], profile_id: str | None, device: str,
+def calibrate(out: Path | None, from_records: tuple[Path, ...], from_kernels: Path | None, copy_bw: float | None,
+              copy_source: str, step_profiles: tuple[Path, ...], profile_id: str | None, device: str,
               model: str | None, variants: str | None, batch: str | None, profiles_dir: Path | None) -> None:
     """Measure kernel efficiency curves on this machine (or fit them from run folders) and write a
     calibration file for `harness plan --calibrate-with`.
@@ -81,6 +112,10 @@ def calibrate(out: Path | None, from_records: tuple[Path, ...], profile_id: str 
     from harness.records import load_records
 
     profs = _load(profiles_dir)
+    if from_kernels is not None:
+        for p in _write([_from_kernels(from_kernels, profs, profile_id, copy_bw, copy_source, step_profiles)], out, None):
+            click.echo(str(p))
+        return
     copy, folders = None, list(from_records)
     if not folders:
         if device == "auto":
@@ -111,9 +146,16 @@ def calibrate(out: Path | None, from_records: tuple[Path, ...], profile_id: str 
 @click.option("--note", "note_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Markdown file whose text goes under the title (what the figures mean, what is missing).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Markdown file to write.")
+@click.option("--phase", type=click.Choice(["decode", "prefill"]), default=None, help="Only cells of this phase.")
+@click.option("--within", type=float, default=0.25, show_default=True, help="Error bar per cell (fraction).")
+@click.option("--median-bar", type=float, default=0.15, show_default=True, help="Bar on the median |error|; 0: none.")
+@click.option("--same-device", is_flag=True, default=False,
+              help="Also project from calibrations of the cell's own device (kernel curves measured there; "
+                   "they must not have been fitted on these cells).")
 @profiles_dir_option
 def validate_plan(measured: tuple[Path, ...], calibrate_with: tuple[Path, ...], title: str, note_file: Path | None,
-                  out: Path | None, profiles_dir: Path | None) -> None:
+                  out: Path | None, phase: str | None, within: float, median_bar: float, same_device: bool,
+                  profiles_dir: Path | None) -> None:
     """Every measured cell beside its projection from calibrations that exclude that cell's device:
     error, interval, and whether the measurement falls inside it (Markdown)."""
     from harness.plan.sources import CalibrationFileError, load_sources
@@ -131,9 +173,11 @@ def validate_plan(measured: tuple[Path, ...], calibrate_with: tuple[Path, ...], 
             cells += cells_from_records(load_records(m), str(m)) if m.is_dir() else cells_from_reference(m)
         except (FileNotFoundError, ValueError, KeyError) as e:
             raise click.BadParameter(f"{m}: {e}", param_hint="--measured") from e
+    cells = [c for c in cells if phase is None or c.phase == phase]
     for c in cells:
-        c.projection = project_cell(c, cals, profs)
-    text = to_markdown(cells, cals, title, note_file.read_text(encoding="utf-8") if note_file else "")
+        c.projection = project_cell(c, cals, profs, same_device)
+    text = to_markdown(cells, cals, title, note_file.read_text(encoding="utf-8") if note_file else "",
+                       within, median_bar or None, same_device)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text, encoding="utf-8")

@@ -5,6 +5,7 @@ roofline.py  datasheet projection          curves.py    calibration file: per-ke
 calibrate.py per-variant efficiencies       transfer.py  curves onto a profile, with an interval
 sources.py   run folders / files -> curves  validate.py  measured cells beside projections
 multigpu.py  GPUs needed, tensor-parallel decode (interconnect.yaml)
+kernel_log.py bench/kernels_gpu.py timings -> records, curves   step_cost.py non-GEMM step cost from profiles
 """
 from harness.plan.roofline import PLAN_STATUSES, PlanRow, Workload, plan, project, weight_bytes
 from harness.variants import (POLICIES, Layout, Policy, VariantError, VariantSpec, parse_variant, parse_variants,

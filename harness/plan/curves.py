@@ -27,7 +27,11 @@ curve (the planner says so rather than extrapolate). File format (JSON), `FORMAT
 value/low/high: other(M), median, min and max over the records at that M. Phase "kernel": one linear
 layer from `harness import-microbench` records (M = its rows); a variant with a kernel curve and no
 decode curve gets one derived: its kernel other(M) + the baseline's non-GEMM share (baseline decode
-other(M) - baseline kernel other(M)).
+other(M) - baseline kernel other(M)). A file built from kernel timings alone (`harness calibrate
+--from-kernels`, harness/plan/kernel_log.py) has no decode records; it carries a "step_cost" entry instead
+(harness/plan/step_cost.py: non-GEMM seconds per decode step, or an explicit none) and its decode curve is
+the kernel curve on the model's GEMM bytes plus that cost (harness/plan/transfer.py). Without either, a
+kernel curve gives no decode projection.
 """
 from __future__ import annotations
 
@@ -46,6 +50,7 @@ from harness.records import Record, primary, slow_path
 FORMAT_VERSION = 1
 PHASES = ("decode", "prefill", "kernel")   # kernel: one linear layer (harness import-microbench records)
 MICROBENCH = "microbench"
+KERNEL_PLUS_STEP = "microbench kernel + non-GEMM step cost"   # decode curve derived from a kernel curve alone
 
 
 class CalibrationFileError(ValueError):
@@ -99,13 +104,22 @@ class DeviceCalibration:
     curves: list[Curve] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
     path: str = ""
+    step_cost: dict | None = None          # non-GEMM seconds per decode step (harness/plan/step_cost.py)
 
     def curves_for(self, variant: str, phase: str) -> list[Curve]:
         found = [c for c in self.curves if c.variant == variant and c.phase == phase]
         if not found and phase == "decode":
-            derived = self.derived_decode(variant)
+            derived = self.derived_decode(variant) or self.kernel_decode(variant)
             found = [derived] if derived else []
         return found
+
+    def kernel_decode(self, variant: str) -> Curve | None:
+        """Where the file states a non-GEMM step cost (even 0): the variant's kernel curve as its decode
+        curve; harness/plan/transfer.py then applies it to the GEMM bytes only and adds the step cost."""
+        kv = [c for c in self.curves if c.variant == variant and c.phase == "kernel"]
+        if self.step_cost is None or not kv:
+            return None
+        return Curve(variant, kv[0].kernel, "decode", KERNEL_PLUS_STEP, kv[0].points)
 
     def derived_decode(self, variant: str) -> Curve | None:
         """A decode curve for a variant measured only as a kernel: its kernel other(M) plus the non-GEMM
@@ -125,7 +139,8 @@ class DeviceCalibration:
     def to_json(self) -> str:
         dev = {k: getattr(self, k) for k in ("profile", "arch", "datasheet_bandwidth_bytes_per_s",
                                                "copy_fraction", "bf16_peak_flops")}
-        return json.dumps({"format": FORMAT_VERSION, "device": dev, "provenance": self.provenance,
+        extra = {} if self.step_cost is None else {"step_cost": self.step_cost}
+        return json.dumps({"format": FORMAT_VERSION, "device": dev, "provenance": self.provenance, **extra,
                            "curves": [asdict(c) for c in self.curves]}, indent=1) + "\n"
 
 
@@ -143,7 +158,7 @@ def load_calibration(path: str | Path) -> DeviceCalibration:
                 raise CalibrationFileError(f"{path}: curve {c.variant}/{c.phase}: bad phase or no points")
         return DeviceCalibration(dev["profile"], str(dev["arch"]), float(dev["datasheet_bandwidth_bytes_per_s"]),
                                  float(dev["copy_fraction"]), dev.get("bf16_peak_flops"), curves,
-                                 d.get("provenance", {}), str(path))
+                                 d.get("provenance", {}), str(path), d.get("step_cost"))
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise CalibrationFileError(f"{path}: not a calibration file ({type(e).__name__}: {e})") from None
 

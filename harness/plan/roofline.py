@@ -64,6 +64,8 @@ class PlanRow:
     reason: str
     basis: str = "projected"           # projected | calibrated
     weight_bytes: int = 0
+    gemm_weight_bytes: int = 0         # the part a decode step reads through matrix products (no embedding table)
+    layers: int = 0                    # transformer blocks (the per-layer step cost of kernel curves scales with it)
     kv_cache_bytes: int = 0
     workspace_bytes: int = 0
     memory_need_bytes: int = 0
@@ -154,6 +156,12 @@ def weight_bytes(shape: ArchShape, v: VariantSpec, base: str) -> Bytes:
     return Bytes(linear, head, embedding, other * _bytes_per(base))
 
 
+def gemm_bytes(shape: ArchShape, b: Bytes) -> int:
+    """Weight bytes a decode step reads through GEMMs: the block linears and the lm_head (the embedding
+    table when tied to it); an untied embedding table is gathered one row per token, not read whole."""
+    return round(b.linear + (b.embedding if shape.tie_word_embeddings else b.lm_head))
+
+
 def kv_cache_bytes(shape: ArchShape, context: int, batch: int, base: str) -> int:
     return round(shape.kv_bytes_per_token(_bytes_per(base)) * context * batch)
 
@@ -224,7 +232,8 @@ def project(p: Profile, v: VariantSpec, w: Workload) -> PlanRow:
     fits = None if usable is None else need <= usable
     power = max(p.power_range_w) if p.power_range_w else p.power_w
     row = PlanRow(profile=p.id, profile_class=p.class_, variant=v.name, model=w.model, context_tokens=N,
-                  batch_size=B, status="ok", reason="", weight_bytes=wb.total, kv_cache_bytes=kv,
+                  batch_size=B, status="ok", reason="", weight_bytes=wb.total,
+                  gemm_weight_bytes=gemm_bytes(shape, wb), layers=shape.num_hidden_layers, kv_cache_bytes=kv,
                   workspace_bytes=ws, memory_need_bytes=need, memory_usable_bytes=usable, headroom=w.headroom,
                   fits=fits, power_w=power, compute_format=v.compute_format(base))
     problems = _requirement_problems(p, v)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.plan.curves import Curve, DeviceCalibration
+from harness.plan.curves import KERNEL_PLUS_STEP, Curve, DeviceCalibration
 from harness.profiles.schema import Profile
 
 DEFAULT_TRANSFER_ERROR = 0.10   # used where a calibration file states none; see the module doc
@@ -68,15 +68,46 @@ def _err(cal: DeviceCalibration, target: Profile) -> float:
     return 0.0 if cal.profile == target.id else float(cal.provenance.get("transfer_error", DEFAULT_TRANSFER_ERROR))
 
 
+def _kernel_step(cal: DeviceCalibration, cv: Curve, target: Profile, m: int, gemm_bytes: float, kv_bytes: float,
+                 layers: int | None) -> Projection:
+    """A decode step from a kernel curve: KV / copy + the GEMM bytes through the kernel's other(M) +
+    the calibration's non-GEMM step cost (harness/plan/step_cost.py), scaled by layers / its model's
+    layers and, on another device, by the compute peaks. Interval: the step cost's low..high and the
+    GEMM term x (1 -/+ kernel_error), widened by transfer_error off the calibrated device."""
+    other, lo, hi = cv.at(m)
+    sc = cal.step_cost
+    copy_s = cal.datasheet_bandwidth_bytes_per_s * cal.copy_fraction
+    copy_t = target.bandwidth_bytes_per_s * cal.copy_fraction
+    peak_t = target.peak("bf16")
+    scale = cal.bf16_peak_flops / peak_t if cal.bf16_peak_flops and peak_t else 1.0
+    per = (layers / sc["layers"] if layers and sc.get("layers") else 1.0) * scale
+    ke = float(sc.get("kernel_error") or 0.0)
+
+    def step(o: float, copy: float, ng: float, k: float) -> float:
+        gemm = gemm_bytes / copy + o * gemm_bytes / copy_s * scale
+        return kv_bytes / copy + gemm * k + ng * per
+
+    e = _err(cal, target)
+    fast = step(lo, max(copy_s, copy_t), float(sc["low_s"]), 1 - ke)
+    slow = step(hi, min(copy_s, copy_t), float(sc["high_s"]), 1 + ke)
+    label = f"{_label(cal, cv, target)}, non-GEMM {float(sc['non_gemm_s']) * per * 1e3:.3f} ms/step"
+    return Projection(m / step(other, copy_t, float(sc["non_gemm_s"]), 1.0), m / slow / (1 + e), m / fast * (1 + e),
+                      label)
+
+
 def project_step(cals: list[DeviceCalibration], target: Profile, variant: str, phase: str, m: int,
-                 weight_bytes: float, kv_bytes: float) -> Projection:
-    """Tokens/s of one step of M tokens (decode: M = batch; prefill: M = batch x prompt)."""
+                 weight_bytes: float, kv_bytes: float, gemm_bytes: float | None = None,
+                 layers: int | None = None) -> Projection:
+    """Tokens/s of one step of M tokens (decode: M = batch; prefill: M = batch x prompt). gemm_bytes and
+    layers are used by decode curves derived from kernel curves (the others fold them into other(M))."""
     if not target.bandwidth_bytes_per_s:
         return Projection(None, None, None, f"{target.id}: bandwidth not published")
     got = _pick(cals, target, variant, phase, m)
     if isinstance(got, str):
         return Projection(None, None, None, got)
     cal, cv = got
+    if cv.source == KERNEL_PLUS_STEP and cal.step_cost is not None:
+        return _kernel_step(cal, cv, target, m, gemm_bytes or weight_bytes, kv_bytes, layers)
     other, lo, hi = cv.at(m)
     copy_s = cal.datasheet_bandwidth_bytes_per_s * cal.copy_fraction
     copy_t = target.bandwidth_bytes_per_s * cal.copy_fraction
@@ -92,8 +123,9 @@ def project_step(cals: list[DeviceCalibration], target: Profile, variant: str, p
 
 
 def project_decode(cals: list[DeviceCalibration], target: Profile, variant: str, batch: int,
-                   weight_bytes: float, kv_bytes: float) -> Projection:
-    return project_step(cals, target, variant, "decode", batch, weight_bytes, kv_bytes)
+                   weight_bytes: float, kv_bytes: float, gemm_bytes: float | None = None,
+                   layers: int | None = None) -> Projection:
+    return project_step(cals, target, variant, "decode", batch, weight_bytes, kv_bytes, gemm_bytes, layers)
 
 
 def project_prefill(cals: list[DeviceCalibration], target: Profile, variant: str, tokens: int,
@@ -108,7 +140,8 @@ def apply_curves(rows, cals: list[DeviceCalibration], profiles: dict[str, Profil
         p = profiles.get(row.profile)
         if p is None or row.status == "unsupported" or not cals:
             continue
-        d = project_decode(cals, p, row.variant, row.batch_size, row.weight_bytes, row.kv_cache_bytes)
+        d = project_decode(cals, p, row.variant, row.batch_size, row.weight_bytes, row.kv_cache_bytes,
+                           row.gemm_weight_bytes or None, row.layers or None)
         q = project_prefill(cals, p, row.variant, row.batch_size * row.context_tokens, row.weight_bytes,
                             row.kv_cache_bytes)
         row.curve_decode_tok_s, row.curve_decode_low, row.curve_decode_high = d.tok_s, d.low, d.high

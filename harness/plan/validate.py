@@ -67,24 +67,28 @@ def cells_from_reference(path: str | Path) -> list[Cell]:
     return out
 
 
-def project_cell(c: Cell, cals: list[DeviceCalibration], profiles: Mapping[str, Profile]) -> Projection:
+def project_cell(c: Cell, cals: list[DeviceCalibration], profiles: Mapping[str, Profile],
+                 same_device: bool = False) -> Projection:
+    """same_device: also use calibrations of the cell's own device (kernel curves measured there: the
+    cells themselves must not be among their sources)."""
     p = profiles.get(c.profile)
     if p is None:
         return Projection(None, None, None, f"profile {c.profile} not loaded")
-    others = [k for k in cals if k.profile != c.profile]
+    others = list(cals) if same_device else [k for k in cals if k.profile != c.profile]
     v, shape = parse_variant(c.variant), shape_of(c.model)
     if c.phase == "decode":
         row = project(p, v, Workload(c.model, shape, c.prompt_tokens + c.new_tokens, c.batch))
-        return project_decode(others, p, c.variant, c.batch, row.weight_bytes, row.kv_cache_bytes)
+        return project_decode(others, p, c.variant, c.batch, row.weight_bytes, row.kv_cache_bytes,
+                              row.gemm_weight_bytes, row.layers)
     row = project(p, v, Workload(c.model, shape, c.prompt_tokens, c.batch))
     return project_prefill(others, p, c.variant, c.batch * c.prompt_tokens, row.weight_bytes, row.kv_cache_bytes)
 
 
-def summary(cells: list[Cell]) -> dict:
+def summary(cells: list[Cell], within: float = 0.25) -> dict:
     proj = [c for c in cells if c.error is not None]
     errs = [abs(c.error) for c in proj]
     return {"cells": len(cells), "projected": len(proj), "no_curve": len(cells) - len(proj),
-            "within_25": sum(e <= 0.25 for e in errs), "median_abs_error": statistics.median(errs) if errs else None,
+            "within": sum(e <= within for e in errs), "median_abs_error": statistics.median(errs) if errs else None,
             "max_abs_error": max(errs) if errs else None,
             "inside_interval": sum(c.projection.contains(c.median) for c in proj)}
 
@@ -98,20 +102,24 @@ def _measured(c: Cell) -> str:
     return _fmt(c.median) if lo == hi else f"{_fmt(c.median)} ({_fmt(lo)}-{_fmt(hi)}, n={len(c.measured)})"
 
 
-def to_markdown(cells: list[Cell], cals: list[DeviceCalibration], title: str, note: str = "") -> str:
-    s = summary(cells)
+def to_markdown(cells: list[Cell], cals: list[DeviceCalibration], title: str, note: str = "",
+                within: float = 0.25, median_bar: float | None = 0.15, same_device: bool = False) -> str:
+    s = summary(cells, within)
     pct = lambda x: "-" if x is None else f"{x:.1%}"   # noqa: E731
     inside_share = s["inside_interval"] / s["projected"] if s["projected"] else None
-    med_ok = s["median_abs_error"] is not None and s["median_abs_error"] <= 0.15
-    all25 = s["projected"] == s["cells"] and s["within_25"] == s["cells"]
+    med_ok = s["median_abs_error"] is not None and median_bar is not None and s["median_abs_error"] <= median_bar
+    all_in = s["projected"] == s["cells"] and s["within"] == s["cells"]
+    whose = ("each cell is projected from these calibrations, its own device's included: none of them was fitted "
+             "on the cells below" if same_device else "each cell is projected only from calibrations of other devices")
+    med = f" (bar: {median_bar:.0%}; {'met' if med_ok else 'NOT met'})" if median_bar is not None else ""
     lines = [f"# {title}", ""] + ([note.strip(), ""] if note.strip() else []) + [
-             "Calibrations used (each cell is projected only from calibrations of other devices): "
+             f"Calibrations used ({whose}): "
              + "; ".join(f"{k.profile} (arch {k.arch}, from {', '.join(k.provenance.get('sources', [])) or k.path}, "
                          f"harness {k.provenance.get('harness_commit') or '?'})" for k in cals) + ".", "",
              f"- cells: {s['cells']}; projected: {s['projected']}; no curve: {s['no_curve']}",
-             f"- within 25% of the measurement: {s['within_25']} of {s['projected']} projected "
-             f"(bar: every cell; {'met' if all25 else 'NOT met'})",
-             f"- median |error|: {pct(s['median_abs_error'])} (bar: 15%; {'met' if med_ok else 'NOT met'}); "
+             f"- within {within:.0%} of the measurement: {s['within']} of {s['projected']} projected "
+             f"(bar: every cell; {'met' if all_in else 'NOT met'})",
+             f"- median |error|: {pct(s['median_abs_error'])}{med}; "
              f"max |error|: {pct(s['max_abs_error'])}",
              f"- measured median inside the interval: {s['inside_interval']} of {s['projected']} ({pct(inside_share)}; "
              f"bar: 90%; {'met' if inside_share is not None and inside_share >= 0.9 else 'NOT met'})", "",
@@ -121,7 +129,7 @@ def to_markdown(cells: list[Cell], cals: list[DeviceCalibration], title: str, no
         p = c.projection
         proj = "-" if p is None or not p.ok else f"{_fmt(p.tok_s)} [{_fmt(p.low)}, {_fmt(p.high)}]"
         inside = "-" if p is None or not p.ok else ("yes" if p.contains(c.median) else "**no**")
-        err = "-" if c.error is None else (f"{c.error:+.1%}" if abs(c.error) <= 0.25 else f"**{c.error:+.1%}**")
+        err = "-" if c.error is None else (f"{c.error:+.1%}" if abs(c.error) <= within else f"**{c.error:+.1%}**")
         lines.append(f"| {c.profile} | {c.model} | {c.variant} | {c.batch} | {c.prompt_tokens}+{c.new_tokens} | "
                      f"{c.phase} | {_measured(c)} | {proj} | {err} | {inside} | "
                      f"{(p.source if p else '-').replace('|', '/')} | {c.source} |")

@@ -1,0 +1,168 @@
+"""Kernel timings of bench/kernels_gpu.py (its text log or its --out JSON) -> microbenchmark Records and
+kernel curves of the variants that run those kernels.
+
+bench/kernels_gpu.py times one linear layer per call (best of 5 replays of a CUDA graph of 20 calls,
+CUDA events) at the four linear shapes of a Llama-3.1-8B block (its SHAPES: qkv 6144x4096, o
+4096x4096, gate_up 28672x4096, down 4096x14336; N x K) and M activation rows. A log line reads
+
+    <kernel name>   <shape>  M=<M>  <us> us  <GB/s> GB/s  <TFLOP/s> TFLOP/s
+
+(GB/s: weight bytes read per call / time, so weight bytes = GB/s x us x 1e3, good to the log's rounding,
+about 0.5%); the JSON has the same fields per row and the exact weight bytes. Failed kernels print
+`<kernel> <shape> <M> failed: ...` / `<kernel> <shape> build failed: ...` and become failed Records.
+
+Records: backend "microbench", model "llama-3.1-8b:<shape>", batch_size M, decode_tok_s = M / seconds per
+call (the convention of harness/microbench.py), one Record per variant the kernel stands for
+(`KERNEL_VARIANTS`). Curves: phase "kernel", other(M) of one whole block's linears (the four shapes'
+seconds and bytes summed at each M; all layers of the model are alike, so this is the model's GEMM
+other(M)); an M where a shape is missing gets no point.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from harness.plan.curves import MICROBENCH, Curve, Point
+from harness.records import Record
+
+PRESET = "llama-3.1-8b"   # bench/kernels_gpu.py SHAPES are this model's
+SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+
+# kernel name prefix in bench/kernels_gpu.py -> the registry variants that run it (harness/variants/catalog.py,
+# kernel_of). int4-wo chooses its kernel by measurement at M=1 and chose tinygemm on the H200; fp8-wo runs
+# GemLite's A16W8 where gemlite imports (the H200 stack of 2026-12-01). int8 GemLite has no variant.
+KERNEL_VARIANTS = (
+    ("bf16 cuBLAS", ("baseline",)),
+    ("int4 tinygemm", ("int4-wo[tinygemm]", "int4-wo")),
+    ("int4 CUTLASS", ("int4-wo[cutlass]",)),
+    ("int4 GemLite", ("int4-wo[gemlite]",)),
+    ("fp8 GemLite", ("fp8-wo[gemlite]", "fp8-wo")),
+    ("fp8 torchao", ("fp8-wo[torchao]",)),
+)
+
+_OK = re.compile(r"^(?P<kernel>\S.*?)\s+(?P<shape>qkv|o|gate_up|down)\s+M=\s*(?P<m>\d+)\s+(?P<us>[\d.]+) us\s+"
+                 r"(?P<gbps>[\d.]+) GB/s\s+(?P<tflops>[\d.]+) TFLOP/s\s*$")
+_FAIL = re.compile(r"^(?P<kernel>\S.*?) (?P<shape>qkv|o|gate_up|down) (?:(?P<m>\d+) )?(?:build )?failed: (?P<error>.*)$")
+
+
+def variants_of(kernel: str) -> tuple[str, ...]:
+    return next((vs for prefix, vs in KERNEL_VARIANTS if kernel.startswith(prefix)), ())
+
+
+def rows_from_log(text: str) -> list[dict]:
+    """Rows in the JSON's shape ({kernel, shape, N, K, M, us, weight_bytes} or {kernel, shape, M?, error})."""
+    rows = []
+    for line in text.splitlines():
+        if (g := _OK.match(line.strip())) is not None:
+            n, k = SHAPES[g["shape"]]
+            us = float(g["us"])
+            rows.append({"kernel": g["kernel"].strip(), "shape": g["shape"], "N": n, "K": k, "M": int(g["m"]),
+                         "us": us, "weight_bytes": round(float(g["gbps"]) * us * 1e3), "bytes_from": "log GB/s x us"})
+        elif (g := _FAIL.match(line.strip())) is not None:
+            rows.append({"kernel": g["kernel"].strip(), "shape": g["shape"], "error": g["error"],
+                         **({"M": int(g["m"])} if g["m"] else {})})
+    return rows
+
+
+def read_rows(path: str | Path) -> tuple[list[dict], dict]:
+    """(rows, header) of a kernels_gpu.py log or JSON; header: device, torch, gemlite notes where known."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ValueError(f"{p}: not readable: {e}") from None
+    if p.suffix == ".json":
+        try:
+            doc = json.loads(text)
+            return list(doc["rows"]), {k: doc.get(k) for k in ("device", "torch", "gemlite_configs")}
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{p}: not bench/kernels_gpu.py --out JSON ({type(e).__name__}: {e})") from None
+    rows = rows_from_log(text)
+    if not any("us" in r for r in rows):
+        raise ValueError(f"{p}: no kernel timing lines (not a bench/kernels_gpu.py log?)")
+    first = text.splitlines()[0] if text else ""
+    return rows, {"device": None, "gemlite_configs": first if "gemlite" in first else None}
+
+
+def records_from_rows(rows: list[dict], profile: str, source: str) -> tuple[list[Record], list[str]]:
+    """One Record per (row, variant of its kernel); returns the records and the rows skipped, with why."""
+    out, skipped = [], []
+    for r in rows:
+        variants = variants_of(r["kernel"])
+        if not variants:
+            skipped.append(f"{r['kernel']} {r['shape']}: no registry variant runs this kernel")
+            continue
+        m = int(r.get("M") or 0)
+        for v in variants:
+            common = dict(model=f"{PRESET}:{r['shape']}", variant=v, backend=MICROBENCH, profile=profile,
+                          batch_size=m, prompt_tokens=0, new_tokens=0, device="cuda", dtype="bfloat16",
+                          kernel=r["kernel"], decode_path="cuda-graph", prompt_source="random activations (torch.randn)",
+                          timing_source="cuda_events", run_id=f"kernels-{Path(source).name}",
+                          provenance={"source": source, "method": "bench/kernels_gpu.py: best of 5 replays of a "
+                                      "CUDA graph of 20 calls (5 at M >= 1024), CUDA events"})
+            if "error" in r:
+                out.append(Record(status="failed", reason=r["error"], **common))
+                continue
+            s = float(r["us"]) * 1e-6
+            out.append(Record(decode_tok_s=m / s, weight_bytes=int(r["weight_bytes"]), decode_s_samples=[s],
+                              repeats=1, extra={"shape": r["shape"], "in_features": r["K"], "out_features": r["N"],
+                                                "s_per_call": s, "weight_bytes_from": r.get("bytes_from", "json")},
+                              **common))
+    return out, skipped
+
+
+def block_curves(records: list[Record], copy_bytes_per_s: float) -> tuple[list[Curve], list[str]]:
+    """Phase-"kernel" curves of one block's four linears summed, per (variant, kernel); M with a shape
+    missing or failed is left out (named in the returned notes)."""
+    at: dict[tuple[str, str], dict[int, dict[str, tuple[float, int]]]] = {}
+    for r in records:
+        if r.backend == MICROBENCH and r.status == "ok" and r.weight_bytes and r.decode_tok_s:
+            shape = r.model.split(":", 1)[1]
+            at.setdefault((r.variant, r.kernel), {}).setdefault(r.batch_size, {})[shape] = (
+                r.batch_size / r.decode_tok_s, r.weight_bytes)
+    curves, notes = [], []
+    for (variant, kernel), by_m in at.items():
+        pts = []
+        for m, shapes in sorted(by_m.items()):
+            if set(shapes) != set(SHAPES):
+                notes.append(f"{variant} ({kernel}) M={m}: shapes {', '.join(sorted(set(SHAPES) - set(shapes)))} "
+                             "not measured: no point")
+                continue
+            s, wb = sum(t for t, _ in shapes.values()), sum(b for _, b in shapes.values())
+            other = max(0.0, s - wb / copy_bytes_per_s) / (wb / copy_bytes_per_s)
+            pts.append(Point(m, other, other, other, len(shapes)))
+        if pts:
+            curves.append(Curve(variant, kernel, "kernel", MICROBENCH, pts))
+    return curves, notes
+
+
+def calibration_from_kernels(path: str | Path, profile, copy_bytes_per_s: float, copy_source: str,
+                             step_profiles: list[str | Path] = (), commit: str = ""):
+    """A DeviceCalibration of `profile` (the device the kernels ran on) from one kernels_gpu.py log or
+    JSON, with the non-GEMM step cost fitted from `step_profiles` (harness/plan/step_cost.py), or stated
+    as none when there are none. Returns (calibration, notes on what was left out)."""
+    from datetime import datetime, timezone
+
+    from harness.plan import step_cost
+    from harness.plan.curves import DeviceCalibration
+
+    rows, header = read_rows(path)
+    records, notes = records_from_rows(rows, profile.id, str(path))
+    notes += [f"{r.variant} {r.model} M={r.batch_size}: failed: {r.reason}" for r in records if r.status != "ok"]
+    curves, more = block_curves(records, copy_bytes_per_s)
+    if not curves:
+        raise ValueError(f"{path}: no kernel of a registry variant measured at every shape")
+    datasheet = profile.bandwidth_bytes_per_s or copy_bytes_per_s
+    prov = {"sources": [str(path)], "device_measured_on": f"{profile.id} ({profile.name})",
+            "kernels_header": header, "harness_commit": commit, "backend": MICROBENCH,
+            "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "copy_bandwidth_bytes_per_s": copy_bytes_per_s, "copy_bandwidth_source": copy_source,
+            "method": "phase kernel: other(M) = (s - w / copy) / (w / copy), s and w the seconds and weight bytes "
+                      "of one block's four linears (qkv, o, gate_up, down) summed at M; decode = that curve "
+                      "on the model's GEMM bytes + step_cost (non-GEMM seconds per step)",
+            "variants_of_kernels": {p: list(v) for p, v in KERNEL_VARIANTS}, "left_out": notes + more}
+    cal = DeviceCalibration(profile.id, profile.compute_capability or profile.id, datasheet,
+                            copy_bytes_per_s / datasheet, profile.peak("bf16"), curves, prov)
+    cal.step_cost = step_cost.fit(list(step_profiles), cal) if step_profiles else step_cost.none()
+    return cal, notes + more

@@ -1,0 +1,162 @@
+"""Kernel-curve calibrations: bench/kernels_gpu.py log/JSON -> records and block curves, the non-GEMM
+step cost from step profiles, projection through them, and the CLI (`calibrate --from-kernels`,
+`validate-plan --same-device`). No GPU: the inputs are crafted here."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from harness.cli.calibrate import calibrate as calibrate_cli, validate_plan
+from harness.models.spec import shape_of
+from harness.plan import step_cost
+from harness.plan.curves import load_calibration
+from harness.plan.kernel_log import block_curves, calibration_from_kernels, read_rows, records_from_rows, rows_from_log
+from harness.plan.roofline import gemm_bytes, weight_bytes
+from harness.plan.transfer import project_decode
+from harness.profiles import load_profiles
+from harness.variants import parse_variant
+
+COPY = 4.0e12
+SH = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+US = {"qkv": 16.0, "o": 10.0, "gate_up": 60.0, "down": 32.0}   # bf16 at M=1, microseconds per call
+
+
+def line(kernel, shape, m, us, wb):
+    return f"{kernel:45s} {shape:8s} M={m:5d} {us:9.1f} us {wb / us / 1e3:8.0f} GB/s {2 * m * 1e-6:7.1f} TFLOP/s"
+
+
+def bf16_bytes(shape):
+    n, k = SH[shape]
+    return 2 * n * k
+
+
+@pytest.fixture(scope="module")
+def P():
+    return load_profiles()
+
+
+@pytest.fixture
+def log(tmp_path):
+    lines = ["gemlite's H100 config (configs/h100.json) on NVIDIA H200"]
+    for m, slow in ((1, 1.0), (8, 1.1)):
+        lines += [line("bf16 cuBLAS", s, m, US[s] * slow, bf16_bytes(s)) for s in SH]
+        lines += [line("int4 tinygemm (torchao tile_packed_to_4d)", s, m, US[s] * slow, bf16_bytes(s) // 4) for s in SH]
+    lines += [line("int8 GemLite A16W8", "qkv", 1, 9.0, 25e6), "fp8 GemLite A16W8 down 32 failed: RuntimeError: boom"]
+    p = tmp_path / "kernels.log"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def test_log_rows_records_and_variants(log):
+    rows, header = read_rows(log)
+    assert "H100 config" in header["gemlite_configs"]
+    ok = [r for r in rows if "us" in r]
+    assert len(ok) == 17 and [r for r in rows if "error" in r][0]["M"] == 32
+    gu = next(r for r in ok if r["kernel"] == "bf16 cuBLAS" and r["shape"] == "gate_up" and r["M"] == 1)
+    assert (gu["N"], gu["K"]) == SH["gate_up"] and gu["weight_bytes"] == pytest.approx(bf16_bytes("gate_up"), rel=0.01)
+    recs, skipped = records_from_rows(rows, "h200-sxm-141gb", str(log))
+    assert any("int8 GemLite" in s for s in skipped)               # no registry variant runs it
+    tiny = {r.variant for r in recs if r.kernel.startswith("int4 tinygemm")}
+    assert tiny == {"int4-wo[tinygemm]", "int4-wo"}
+    failed = [r for r in recs if r.status == "failed"]
+    assert {r.variant for r in failed} == {"fp8-wo[gemlite]", "fp8-wo"} and "boom" in failed[0].reason
+    r = next(r for r in recs if r.variant == "baseline" and r.model == "llama-3.1-8b:o" and r.batch_size == 8)
+    assert r.backend == "microbench" and r.decode_tok_s == pytest.approx(8 / 11e-6)
+
+
+def test_json_input_matches_the_log(log, tmp_path):
+    rows, _ = read_rows(log)
+    doc = {"device": "NVIDIA H200", "torch": "2.11", "rows": rows}
+    j = tmp_path / "k.json"
+    j.write_text(json.dumps(doc))
+    rows_j, header = read_rows(j)
+    assert rows_j == rows and header["device"] == "NVIDIA H200"
+    assert rows_from_log("hello") == []
+    empty = tmp_path / "empty.log"
+    empty.write_text("hello\n")
+    with pytest.raises(ValueError, match="no kernel timing lines"):
+        read_rows(empty)
+    j.write_text("{}")
+    with pytest.raises(ValueError, match="not bench/kernels_gpu.py --out JSON"):
+        read_rows(j)
+
+
+def test_block_curve_sums_the_four_shapes_and_drops_incomplete_m(log):
+    recs, _ = records_from_rows(read_rows(log)[0], "h200-sxm-141gb", str(log))
+    curves, notes = block_curves(recs, COPY)
+    base = next(c for c in curves if c.variant == "baseline")
+    s, wb = sum(US.values()) * 1e-6, sum(bf16_bytes(x) for x in SH)
+    p1 = base.points[0]
+    assert p1.m == 1 and p1.value == pytest.approx((s - wb / COPY) / (wb / COPY), rel=0.01) and p1.n == 4
+    dropped = [r for r in recs if not (r.model.endswith(":down") and r.batch_size == 8 and r.variant == "baseline")]
+    curves, notes = block_curves(dropped, COPY)
+    assert [p.m for p in next(c for c in curves if c.variant == "baseline").points] == [1]
+    assert any("baseline" in n and "M=8" in n and "down" in n for n in notes)
+
+
+def _profile(tmp_path, name, variant, step_ms, gemm_ms):
+    p = tmp_path / name
+    p.write_text(json.dumps({"model": "synthetic:llama-3.1-8b", "variant": variant, "batch": 1, "prompt": 128,
+                             "step_wall_ms_cuda_events": step_ms,
+                             "groups": {step_cost.GEMM_GROUP: {"ms_per_step": gemm_ms}}}))
+    return p
+
+
+def test_step_cost_from_profiles_and_projection_by_hand(P, log, tmp_path):
+    h200 = P["h200-sxm-141gb"]
+    cal0, _ = calibration_from_kernels(log, h200, COPY, "test")
+    assert cal0.step_cost["non_gemm_s"] == 0.0 and "optimistic" in cal0.step_cost["method"]
+    a = _profile(tmp_path, "a.json", "baseline", 4.7, 3.9)
+    b = _profile(tmp_path, "b.json", "int4-wo", 3.0, 2.3)
+    cal, _ = calibration_from_kernels(log, h200, COPY, "test", [a, b])
+    sc = cal.step_cost
+    assert (sc["low_s"], sc["non_gemm_s"], sc["high_s"]) == pytest.approx((0.7e-3, 0.75e-3, 0.8e-3))
+    shape = shape_of("synthetic:llama-3.1-8b")
+    wbytes = weight_bytes(shape, parse_variant("baseline"), "bf16")
+    gb = gemm_bytes(shape, wbytes)
+    assert gb == pytest.approx(wbytes.total - wbytes.embedding - wbytes.other, rel=1e-6)   # untied embedding not read
+    curve_ms = gb * sum(US.values()) * 1e-6 / sum(bf16_bytes(x) for x in SH) * 1e3
+    dev = {r["variant"]: r["gemm_vs_curve"] for r in sc["by_profile"]}
+    assert dev["baseline"] == pytest.approx(3.9 / curve_ms - 1, rel=0.01)
+    assert sc["kernel_error"] == pytest.approx(max(abs(d) for d in dev.values()))
+    kv = 25e6
+    p = project_decode([cal], h200, "baseline", 1, wbytes.total, kv, gb, 32)
+    assert p.tok_s == pytest.approx(1 / (kv / COPY + curve_ms * 1e-3 + 0.75e-3), rel=0.01)
+    assert p.low < p.tok_s < p.high and "non-GEMM 0.750 ms/step" in p.source
+    p0 = project_decode([cal0], h200, "baseline", 1, wbytes.total, kv, gb, 32)
+    assert p0.tok_s > p.tok_s and p0.low == pytest.approx(p0.high)          # kernel only: faster, no spread
+    p16 = project_decode([cal], h200, "baseline", 1, wbytes.total, kv, gb, 16)
+    assert 1 / p16.tok_s == pytest.approx(1 / p.tok_s - 0.375e-3, rel=0.01)  # the step cost scales with layers
+    cal.step_cost = None                                                       # no stated cost: no projection
+    assert "no decode curve" in project_decode([cal], h200, "baseline", 1, wbytes.total, kv, gb, 32).source
+    with pytest.raises(ValueError, match="not a bench/profile_step.py profile"):
+        step_cost.read_profile(log)
+
+
+def test_cli_from_kernels_and_validate_same_device(P, log, tmp_path):
+    out = tmp_path / "cal.json"
+    a = _profile(tmp_path, "a.json", "baseline", 4.7, 3.9)
+    args = ["--from-kernels", str(log), "--profile", "h200-sxm-141gb", "--out", str(out)]
+    res = CliRunner().invoke(calibrate_cli, args)
+    assert res.exit_code == 2 and "--copy-bandwidth" in res.output
+    res = CliRunner().invoke(calibrate_cli, args + ["--copy-bandwidth", str(COPY), "--copy-source", "run X",
+                                                    "--step-profile", str(a)])
+    assert res.exit_code == 0, res.output
+    cal = load_calibration(out)
+    assert cal.step_cost["sources"] == [str(a)] and cal.provenance["sources"] == [str(log)]
+    assert cal.provenance["copy_bandwidth_source"] == "run X" and "h200" in cal.provenance["device_measured_on"]
+    ref = tmp_path / "m.json"
+    ref.write_text(json.dumps([{"profile": "h200-sxm-141gb", "model": "synthetic:llama-3.1-8b", "variant": v,
+                                "batch": 1, "prompt_tokens": 128, "new_tokens": 64, "phase": ph,
+                                "measured_tok_s": [x]} for v, ph, x in
+                               (("baseline", "decode", 210.0), ("int4-wo", "decode", 330.0),
+                                ("baseline", "prefill", 14000.0))]))
+    base = ["--measured", str(ref), "--calibrate-with", str(out), "--phase", "decode", "--within", "0.10",
+            "--median-bar", "0"]
+    res = CliRunner().invoke(validate_plan, base)
+    assert res.exit_code == 0 and "projected: 0" in res.output          # own device's calibration excluded
+    res = CliRunner().invoke(validate_plan, base + ["--same-device"])
+    assert res.exit_code == 0, res.output
+    assert "cells: 2; projected: 2" in res.output and "within 10%" in res.output and "prefill" not in res.output
