@@ -16,7 +16,8 @@ from harness.report.fmt import NA, num, sig
 from harness.run_folder import read_records
 
 ROWS = [("ort", "baseline"), ("ort", "int8-dq"), ("ort", "int4-wo"),
-        ("pytorch", "baseline"), ("pytorch", "int8-dq"), ("pytorch", "int4-wo")]
+        ("pytorch", "baseline"), ("pytorch", "int8-dq"), ("pytorch", "int4-wo"),
+        ("llama.cpp", "baseline"), ("llama.cpp", "q4_k_m")]
 
 
 def _median(recs, attr):
@@ -36,6 +37,8 @@ def table(records) -> list[str]:
         recs = by.get(key, [])
         if not recs:
             bad = [r for r in records if (r.backend, r.variant) == key]
+            if key[0] == "llama.cpp" and not bad:
+                continue   # a run without the llama.cpp backend (bench/ort_cpu.sh without llama-cpp-python)
             out.append(f"| {key[0]} | {key[1]} | 0 | {bad[0].status + ': ' + bad[0].reason[:80] if bad else 'not in run'}"
                        " | | | | | | |")
             continue
@@ -52,6 +55,9 @@ def table(records) -> list[str]:
         out.append(f"\nORT int4 / ORT fp32 decode tok/s: {a / b:.2f}x")
     if a and c:
         out.append(f"ORT int4 / torch int4 decode tok/s: {a / c:.2f}x")
+    d = med.get(("llama.cpp", "q4_k_m"))
+    if d and c:
+        out.append(f"llama.cpp Q4_K_M / torch int4 decode tok/s: {d / c:.2f}x")
     return out
 
 
