@@ -16,23 +16,27 @@ from typing import Callable
 
 
 class PlainProgress:
+    """`key` names the cell (its index): cells of groups running at once on several Ray nodes each keep
+    their own head and phase clock."""
+
     def __init__(self, echo: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic):
         self.echo, self.clock = echo, clock
-        self.head, self.current, self.since = "", None, 0.0
+        self.cells: dict = {}          # key -> [head, current phase, since]
 
-    def start(self, head: str, line: str) -> None:
+    def start(self, head: str, line: str, key=None) -> None:
         """head: "[3/12]" (the cell's place); line: the start line as printed without a display."""
-        self.head, self.current, self.since = head, None, self.clock()
+        self.cells[key] = [head, None, self.clock()]
         self.echo(line)
 
-    def phase(self, name: str) -> None:
+    def phase(self, name: str, key=None) -> None:
+        head, current, since = self.cells.setdefault(key, ["", None, self.clock()])
         now = self.clock()
-        after = f" (after {self.current}: {now - self.since:.1f} s)" if self.current else ""
-        self.current, self.since = name, now
-        self.echo(f"{self.head}   phase {name}{after}")
+        after = f" (after {current}: {now - since:.1f} s)" if current else ""
+        self.cells[key] = [head, name, now]
+        self.echo(f"{head}   phase {name}{after}")
 
-    def done(self, line: str) -> None:
-        self.current = None
+    def done(self, line: str, key=None) -> None:
+        self.cells.pop(key, None)
         self.echo(line)
 
     def close(self) -> None:
@@ -60,24 +64,25 @@ class LiveProgress:
                                  PhaseElapsed(), BarColumn(bar_width=16), MofNCompleteColumn(), TimeElapsedColumn(),
                                  console=self.console, transient=True)
         self.task = self.progress.add_task("sweep", total=total, phase_t0=None)
-        self.head = ""
+        self.heads: dict = {}          # key (cell index) -> "[3/12] model variant ..."
         self.progress.start()
 
     def _print(self, line: str) -> None:
         self.progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
-    def _show(self, what: str) -> None:
-        self.progress.update(self.task, description=f"{self.head} · {what}", phase_t0=time.monotonic())
+    def _show(self, key, what: str) -> None:
+        self.progress.update(self.task, description=f"{self.heads.get(key, '')} · {what}", phase_t0=time.monotonic())
 
-    def start(self, head: str, line: str) -> None:
-        self.head = line.split(" ... ")[0]
+    def start(self, head: str, line: str, key=None) -> None:
+        self.heads[key] = line.split(" ... ")[0]
         self._print(line)
-        self._show("starting")
+        self._show(key, "starting")
 
-    def phase(self, name: str) -> None:
-        self._show(name)
+    def phase(self, name: str, key=None) -> None:
+        self._show(key, name)
 
-    def done(self, line: str) -> None:
+    def done(self, line: str, key=None) -> None:
+        self.heads.pop(key, None)
         self._print(line)
         self.progress.update(self.task, advance=1, description="sweep", phase_t0=None)
 

@@ -271,17 +271,17 @@ def run_plan(plan: Plan, echo: Callable[[str], None] = print, progress=None) -> 
 
     def on_start(cell, n):
         line = count.start_line(cell)
-        progress.start(line.split(" ")[0], line)
+        progress.start(line.split(" ")[0], line, key=cell.index)
 
     def on_record(cell, rec, n):
         append_jsonl(jsonl, rec)
-        progress.done(count.record_line(cell, _status_line(rec)))
+        progress.done(count.record_line(cell, _status_line(rec)), key=cell.index)
 
     interrupted = None
     try:
         if todo:
             run_sweep(todo, plan.opts.settings, plan.ctx, on_record=on_record, on_start=on_start,
-                      on_phase=lambda cell, name, n: progress.phase(name))
+                      on_phase=lambda cell, name, n: progress.phase(name, key=cell.index))
     except Interrupted as e:   # the cell in flight is already a failed record; the views still get written
         interrupted = e
         plan.meta["interrupted_by"] = e.signame

@@ -149,3 +149,21 @@ def test_the_ray_driver_relays_phases_of_the_cell_in_flight_only():
     d._handle(g, ("phase", 0, "compile"))
     d._handle(g, ("phase", 1, "measure"))  # not the cell in flight: dropped
     assert heard == [(0, "compile", 2)]
+
+
+def test_plain_lines_keep_each_concurrent_cell_apart():
+    """Two groups on two Ray nodes: each cell's phase lines carry its own head and its own clock."""
+    from harness.progress import PlainProgress
+
+    lines, t = [], [0.0]
+    p = PlainProgress(lines.append, clock=lambda: t[0])
+    p.start("[1/2]", "[1/2] a ... (1 after this)", key=7)
+    p.start("[2/2]", "[2/2] b ... (0 after this)", key=3)
+    t[0] = 1.0
+    p.phase("load", key=7)
+    t[0] = 4.0
+    p.phase("load", key=3)
+    t[0] = 6.0
+    p.phase("compile", key=7)
+    p.done("[1/2]   ok", key=3)
+    assert lines[2:5] == ["[1/2]   phase load", "[2/2]   phase load", "[1/2]   phase compile (after load: 5.0 s)"]
