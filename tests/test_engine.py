@@ -136,6 +136,7 @@ def test_lean_lm_gives_transformers_logits_for_fused_models(tiny_loaded):
     ("mistral", {"sliding_window": 8}),      # window shorter than the context: masked beyond it
     ("mistral", {"sliding_window": 4096}),   # window longer than the context: full attention
     ("qwen2", {}),                           # q/k/v biases
+    ("qwen3", {"head_dim": 32}),             # RMSNorm per head on q and k
 ])
 def test_lean_decoder_equals_transformers_for_each_family(model_type, extra):
     """Greedy tokens of the lean decoder equal transformers' forward on CPU in fp32, for every family
