@@ -27,23 +27,17 @@ def torchao_linear(lin: nn.Linear, cfg) -> nn.Module:
     return m
 
 
-def gemlite_int4(lin: nn.Linear, group: int = 128) -> nn.Module:
-    from gemlite.helper import A16W4_HQQ_INT
-    w = lin.weight.float()
-    N, K = w.shape
-    g = w.view(N, K // group, group)
-    lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
-    scale = ((hi - lo) / 15).clamp_min(1e-8)
-    zero = (-lo / scale).round()
-    q = (g / scale + zero).round().clamp(0, 15).to(torch.uint8).view(N, K)
-    return A16W4_HQQ_INT(device="cuda", dtype=torch.bfloat16).from_weights(
-        q, scale.view(N, -1).to(torch.bfloat16), zero.view(N, -1).to(torch.bfloat16))
+def gemlite_int4(lin: nn.Linear) -> nn.Module:
+    from harness.variants.gpu_kernels import int4_gemlite_linear
+    return int4_gemlite_linear(lin)
 
 
 def gemlite_w8(lin: nn.Linear, fp8: bool) -> nn.Module:
-    from gemlite.helper import A16W8_FP8, A16W8_INT8
-    cls = A16W8_FP8 if fp8 else A16W8_INT8
-    return cls(device="cuda", dtype=torch.bfloat16).from_linear(lin, del_orig=False)
+    from gemlite.helper import A16W8_INT8
+
+    from harness.variants.gpu_kernels import fp8_gemlite_linear
+    return fp8_gemlite_linear(lin) if fp8 else A16W8_INT8(device="cuda", dtype=torch.bfloat16).from_linear(
+        lin, del_orig=False)
 
 
 def weight_bytes(mod: nn.Module) -> int:
@@ -61,27 +55,8 @@ def weight_bytes(mod: nn.Module) -> int:
 
 
 def time_call(fn, x, calls: int) -> float:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn(x)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn(x)
-    g.replay()
-    torch.cuda.synchronize()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    best = float("inf")
-    for _ in range(5):
-        a.record()
-        g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        best = min(best, a.elapsed_time(b) / calls)
-    return best * 1e3  # us per call
+    from harness.variants.gpu_kernels import time_call as timed
+    return timed(fn, x, calls)
 
 
 def kernels():
@@ -115,17 +90,8 @@ def compile_check() -> str:
 
 
 def gemlite_configs() -> str:
-    """GemLite ships tuned kernel configs per GPU (configs/*.json) and none for the H200: use its H100
-    file (same sm_90 SM) rather than autotuning every shape here (minutes per shape and M)."""
-    import os
-
-    import gemlite
-    from gemlite.core import GemLiteLinear, get_default_cache_config
-    if get_default_cache_config():
-        return f"gemlite's own config for {torch.cuda.get_device_name()}"
-    path = os.path.join(os.path.dirname(gemlite.__file__), "configs", "h100.json")
-    GemLiteLinear.load_config(path)
-    return f"gemlite's H100 config (configs/h100.json) on {torch.cuda.get_device_name()}"
+    from harness.variants.gpu_kernels import gemlite_configs as configs
+    return configs()
 
 
 def main() -> None:

@@ -126,7 +126,7 @@ def gemlite_configs() -> str:
     return f"none (GemLite autotunes on {name})"
 
 
-def _int4_gemlite_linear(lin: nn.Linear) -> nn.Module:
+def int4_gemlite_linear(lin: nn.Linear) -> nn.Module:
     """Round-to-nearest asymmetric int4, group 128 (as tinygemm's), packed by GemLite."""
     from gemlite.helper import A16W4_HQQ_INT
 
@@ -144,7 +144,7 @@ def _int4_gemlite_linear(lin: nn.Linear) -> nn.Module:
     return out
 
 
-def _fp8_gemlite_linear(lin: nn.Linear) -> nn.Module:
+def fp8_gemlite_linear(lin: nn.Linear) -> nn.Module:
     from gemlite.helper import A16W8_FP8
 
     return A16W8_FP8(device=str(lin.weight.device), dtype=lin.weight.dtype).from_linear(lin, del_orig=False)
@@ -165,12 +165,12 @@ KERNELS: dict[str, dict[str, tuple[Callable, str, str]]] = {
                                 "aten._weight_int4pack_mm (tinygemm)", "torchao"),
         "cutlass": (_cutlass, "torchao Int4WeightOnlyConfig(group_size=128, preshuffled): mslk CUTLASS "
                               "bf16 x int4", "mslk"),
-        "gemlite": (_gemlite(_int4_gemlite_linear), "GemLite A16W4 group 128 (Triton GEMV / split-K / GEMM by M)",
+        "gemlite": (_gemlite(int4_gemlite_linear), "GemLite A16W4 group 128 (Triton GEMV / split-K / GEMM by M)",
                     "gemlite"),
     },
     "fp8-wo": {
         "torchao": (_fp8_torchao, "torchao Float8WeightOnlyConfig (dequantize to bf16, then mm)", "torchao"),
-        "gemlite": (_gemlite(_fp8_gemlite_linear), "GemLite A16W8 fp8 e4m3 per-channel (Triton, reads fp8 bytes)",
+        "gemlite": (_gemlite(fp8_gemlite_linear), "GemLite A16W8 fp8 e4m3 per-channel (Triton, reads fp8 bytes)",
                     "gemlite"),
     },
 }
@@ -207,19 +207,19 @@ def probe(fmt: str, kernel: str, device_type: str) -> str | None:
     return None
 
 
-def _time_us(mod: nn.Module, m: int, k: int, calls: int = 20) -> float:
-    """Best of 5 replays of a CUDA graph of `calls` back-to-back calls, microseconds per call."""
-    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+def time_call(fn, x: torch.Tensor, calls: int = 20) -> float:
+    """Microseconds per call of fn(x): best of 5 replays of a CUDA graph of `calls` back-to-back calls
+    (CUDA events), after 3 warm-up calls on a side stream (autotuning, workspace allocation)."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s), torch.inference_mode():
         for _ in range(3):
-            mod(x)
+            fn(x)
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g), torch.inference_mode():
         for _ in range(calls):
-            mod(x)
+            fn(x)
     a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     best = float("inf")
     for _ in range(5):
@@ -229,6 +229,10 @@ def _time_us(mod: nn.Module, m: int, k: int, calls: int = 20) -> float:
         torch.cuda.synchronize()
         best = min(best, a.elapsed_time(b) * 1e3 / calls)
     return best
+
+
+def _time_us(mod: nn.Module, m: int, k: int, calls: int = 20) -> float:
+    return time_call(mod, torch.randn(m, k, device="cuda", dtype=torch.bfloat16), calls)
 
 
 def measure(fmt: str, kernel: str, shapes: Counter) -> dict[str, float]:
