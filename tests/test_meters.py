@@ -9,13 +9,17 @@ from harness.meters.memory import RssSampler
 
 
 def test_rss_sampler_sees_a_deliberate_allocation_released_before_the_end():
+    import mmap
+
     s = RssSampler(interval_s=0.002)
     s.begin()
-    buf = bytearray(300 * 2**20)          # 300 MiB, touched so the pages are resident
+    # 300 MiB of fresh anonymous pages, touched so they are resident: a mapping of its own, so neither the
+    # allocator's free lists (a heap grown by earlier tests) can serve it nor can it stay resident after close()
+    buf = mmap.mmap(-1, 300 * 2**20)
     for i in range(0, len(buf), 4096):
         buf[i] = 1
     time.sleep(0.05)
-    del buf
+    buf.close()
     time.sleep(0.02)
     w = s.end()
     assert w.samples >= 5
