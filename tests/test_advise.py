@@ -222,3 +222,13 @@ def test_verdict_pass_keeps_out_the_failed_variant(tmp_path):
 def test_unknown_profile_is_bad_input(tmp_path):
     res = run(tmp_path, "--model", REAL, "--profiles", "gpu-a,gpu-zz")
     assert res.exit_code == 2 and "gpu-zz" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_report_option_writes_the_advice_into_the_runs_report_html(tmp_path):
+    rd = quality_run(tmp_path / "run")
+    res = run(tmp_path, "--model", REAL, "--records", rd, "--profiles", "gpu-a", "--max-kl", "0.05",
+              "--report", rd, profiles=None)
+    assert res.exit_code in (0, 1), res.output
+    page = (rd / "report.html").read_text(encoding="utf-8")
+    assert page.count('<section class="advice">') == 1
+    assert (rd / "charts").is_dir()          # the rest of the report is rebuilt from the records as well

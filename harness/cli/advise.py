@@ -97,10 +97,12 @@ def _fail(msg: str) -> None:
               help="More calibration (run folder or calibration file) for the projections only; repeatable.")
 @click.option("--format", "fmt", type=click.Choice(["md", "json", "html"]), default="md", show_default=True)
 @click.option("--top", type=click.IntRange(min=1), default=15, show_default=True, help="Rows shown in md/html.")
+@click.option("--report", "report_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Also re-render this run folder's report.html from its records with the advice as a section.")
 @profiles_dir_option
 def advise(model, records, profile_spec, variants, batch, context, max_kl, min_top1, verdict, ttft_p90, ttft_p99,
            tpot_p90, tpot_p99, slo, tokens_per_s, users, max_devices, max_gpus, headroom, objective, prices,
-           calibrate_with, fmt, top, profiles_dir) -> None:
+           calibrate_with, fmt, top, report_dir, profiles_dir) -> None:
     """Which deployment meets the constraints at the best J/token (or cost, or tokens/s per device).
 
     \b
@@ -136,7 +138,21 @@ def advise(model, records, profile_spec, variants, batch, context, max_kl, min_t
     if ids is not None and not advice.ranked and not advice.others:
         _fail(f"--profiles {profile_spec}: no deployment on these profiles (unknown ids, or nothing measured or projectable)")
     click.echo(render(advice, ctx, fmt, top), nl=False)
+    if report_dir is not None:
+        _into_report(report_dir, render(advice, ctx, "html", top))
     sys.exit(0 if advice.choice is not None else 1)
+
+
+def _into_report(run_dir: Path, section: str) -> None:
+    """report.html of `run_dir`, re-rendered from its records (charts included) with the advice section."""
+    from harness.records import RecordsWriteError, load_records
+    from harness.report import write_charts
+
+    try:
+        write_charts(load_records(run_dir), run_dir, sections=(section,))
+    except (OSError, ValueError, RecordsWriteError) as e:
+        _fail(f"--report {run_dir}: {e}")
+    click.echo(f"advice added to {run_dir / 'report.html'}", err=True)
 
 
 __all__ = ["advise", "PERCENTILES"]

@@ -44,8 +44,10 @@ def build_charts(records: list[Record], projections: list = ()) -> list[Chart]:
     return out
 
 
-def write_charts(records: list[Record], out_dir: Path, html: bool = True, projections: list = ()) -> list[Path]:
-    """charts/*.png and charts/*.svg, and report.html beside report.md with the PNGs embedded (base64)."""
+def write_charts(records: list[Record], out_dir: Path, html: bool = True, projections: list = (),
+                 sections: tuple[str, ...] = ()) -> list[Path]:
+    """charts/*.png and charts/*.svg, and report.html beside report.md with the PNGs embedded (base64);
+    `sections`: HTML fragments appended to report.html (harness advise --report)."""
     charts_dir = Path(out_dir) / "charts"
     charts_dir.mkdir(parents=True, exist_ok=True)
     paths, images = [], []
@@ -61,5 +63,5 @@ def write_charts(records: list[Record], out_dir: Path, html: bool = True, projec
     if html:
         from harness.report.html import write_html
 
-        paths.append(write_html(records, out_dir, images, projections))
+        paths.append(write_html(records, out_dir, images, projections, sections))
     return paths

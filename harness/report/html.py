@@ -117,6 +117,7 @@ def render_html(records: list[Record], images: list[tuple] = (), title: str = ""
         sections=[Markup(x) for x in sections])
 
 
-def write_html(records: list[Record], out_dir: Path, images: list[tuple] = (), projections: list = ()) -> Path:
-    text = render_html(records, images, projections=projections)
+def write_html(records: list[Record], out_dir: Path, images: list[tuple] = (), projections: list = (),
+               sections: tuple[str, ...] = ()) -> Path:
+    text = render_html(records, images, projections=projections, sections=tuple(sections))
     return write_view(Path(out_dir) / "report.html", lambda p: p.write_text(text, encoding="utf-8"), "the HTML report")
