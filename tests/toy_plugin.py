@@ -110,4 +110,4 @@ class ToyWindowMeter:
 
 
 register_backend("toy", ToyBackend)
-register_meter("toy-window", lambda scope: ToyWindowMeter() if scope.cell.backend == "toy" else None)
+register_meter("toy-window", lambda scope: ToyWindowMeter() if getattr(scope.cell, "backend", None) == "toy" else None)
