@@ -22,7 +22,7 @@ import types
 from harness.quality.settings import QualitySettings, SensitivitySettings
 
 _FROM_EVALUATE = ("QualityReference", "QualityResult", "evaluate", "not_meaningful", "record_detail",
-                  "record_fields", "reference_for", "skipped", "verdict")
+                  "record_fields", "reference_for", "cached_reference", "skipped", "verdict")
 
 __all__ = ["QualitySettings", "SensitivitySettings", *_FROM_EVALUATE]
 

@@ -212,6 +212,16 @@ def reference_for(loaded, corpus_name: str, corpus_text: str, device: torch.devi
 
 # -- internals ---------------------------------------------------------------------------------------
 
+
+def cached_reference(loaded, corpus_name: str, corpus_text: str, device: torch.device, dtype: torch.dtype,
+                     settings: QualitySettings) -> QualityReference | None:
+    """reference_for, built once per (device, dtype, settings) and kept on the LoadedModel: every backend
+    (torch, ORT, llama.cpp) of a model scores against the same reference."""
+    key = (str(device), str(dtype).replace("torch.", ""), settings)
+    if key not in loaded.quality_refs:
+        loaded.quality_refs[key] = reference_for(loaded, corpus_name, corpus_text, device, dtype, settings)
+    return loaded.quality_refs[key]
+
 def _as_stored(logp: torch.Tensor, store: torch.dtype) -> torch.Tensor:
     """Log-probs as the reference holds them: rounded to its dtype and renormalized in float32."""
     if store == torch.float32:

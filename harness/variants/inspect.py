@@ -30,10 +30,13 @@ def _leaf_tensors(t: torch.Tensor):
 
 
 def tensor_bytes(module: nn.Module) -> int:
-    """Bytes of every parameter and buffer as stored, each storage counted once (tied weights)."""
+    """Bytes of every parameter and buffer as stored, each storage counted once (tied weights); meta
+    tensors (a model still being built, layerwise.py) hold no memory and count 0."""
     seen: set[tuple[int, int]] = set()
     total = 0
     for t in list(module.parameters()) + list(module.buffers()):
+        if t.is_meta:
+            continue
         for leaf in _leaf_tensors(t):
             try:
                 key = (leaf.untyped_storage().data_ptr(), leaf.untyped_storage().nbytes())

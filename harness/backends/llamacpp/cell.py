@@ -99,11 +99,9 @@ class LlamaCppPrepared:
         q = self.settings.quality
         if not q.enabled:
             return quality.skipped()
-        key = ("cpu", "float32", q)        # the torch CPU backend's key: one fp32 reference per model
-        if key not in self.loaded.quality_refs:
-            self.loaded.quality_refs[key] = quality.reference_for(self.loaded, self.corpus_name, self.corpus_text,
-                                                                  torch.device("cpu"), torch.float32, q)
-        ref = self.loaded.quality_refs[key]
+        # the torch CPU backend's fp32 reference of the model, shared with its rows
+        ref = quality.cached_reference(self.loaded, self.corpus_name, self.corpus_text, torch.device("cpu"),
+                                       torch.float32, q)
         if ref is None:
             return quality.not_meaningful()
         logits = LlamaLogits(self.file.path, q.window, self.threads)

@@ -217,11 +217,8 @@ class TorchPrepared:
         if not q.enabled:
             return quality.skipped()
         phase("quality")
-        key = (self.device, self.dtype, q)
-        if key not in self.loaded.quality_refs:
-            self.loaded.quality_refs[key] = quality.reference_for(self.loaded, self.corpus_name, self.corpus_text,
-                                                                  self.torch_device, self.torch_dtype, q)
-        ref = self.loaded.quality_refs[key]
+        ref = quality.cached_reference(self.loaded, self.corpus_name, self.corpus_text, self.torch_device,
+                                       self.torch_dtype, q)
         if ref is None:
             return quality.not_meaningful()
         try:

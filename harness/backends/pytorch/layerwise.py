@@ -62,19 +62,9 @@ def _materialize(module: nn.Module, device: torch.device, std: float) -> None:
 
 
 def _resident_bytes(model: nn.Module) -> int:
-    """Bytes of the materialized tensors (meta tensors hold no memory)."""
-    seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.is_meta:
-            continue
-        from harness.variants.inspect import _leaf_tensors
+    from harness.variants.inspect import tensor_bytes
 
-        for leaf in _leaf_tensors(t):
-            key = (leaf.untyped_storage().data_ptr(), leaf.untyped_storage().nbytes())
-            if key not in seen:
-                seen.add(key)
-                total += key[1]
-    return total
+    return tensor_bytes(model)     # meta tensors count 0
 
 
 @dataclasses.dataclass
