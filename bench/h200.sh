@@ -62,6 +62,33 @@ for stage in "$@"; do
         --prompt-tokens 2048 --new-tokens 16 --tune off
       cp $HARNESS_CACHE_DIR/kernel_choices.json $OUT/ 2>/dev/null
       pack axis ;;
+    fp8)
+      # fp8 weight-only on its measured kernel (GemLite reads the fp8 bytes) against bf16 in the same run
+      RUN_TIMEOUT_S=${FP8_TIMEOUT_S:-270} hr fp8-8b $M8 --variants baseline,fp8-wo --batch 1,8 --tune off --energy-window-s 2
+      pack fp8 ;;
+    big70)
+      # 70B int4 on one card: built and quantized layer by layer (bf16 would need 141 GB)
+      RUN_TIMEOUT_S=${BIG_TIMEOUT_S:-280} hr llama70b-int4 --model synthetic:llama-3.1-70b --variants int4-wo --batch 1,8 \
+        --new-tokens 32 --prompt-tokens 128 --tune off --energy-window-s 2
+      pack big70 ;;
+    big70x)
+      RUN_TIMEOUT_S=${BIG_TIMEOUT_S:-390} hr llama70b-int4-tinygemm --model synthetic:llama-3.1-70b --variants int4-wo[tinygemm] \
+        --batch ${BIG_BATCH:-1} --new-tokens 32 --prompt-tokens 128 --tune off --energy-window-s 2 --min-seconds 1
+      pack big70x ;;
+    fp8x)
+      RUN_TIMEOUT_S=${FP8_TIMEOUT_S:-170} hr fp8-gemlite-8b $M8 --variants fp8-wo[gemlite] --batch 1,8 --tune off \
+        --energy-window-s 2 --min-seconds 1
+      pack fp8x ;;
+    split)
+      # the per-phase GemLite path (dequantized prefill) and the per-batch kernel choice: GPU tests, then cells
+      timeout 150 python3 -m pytest -q -m gpu --benchmark-disable -p no:cacheprovider tests/test_gpu_kernels.py 2>&1 \
+        | tee "$OUT/gpu-tests-kernels.log" | tail -6
+      RUN_TIMEOUT_S=${SPLIT_TIMEOUT_S:-250} hr p2048-8b --model synthetic:llama-3.1-8b --variants baseline,int4-wo[gemlite] \
+        --batch 1 --prompt-tokens 2048 --new-tokens 32 --tune off --energy-window-s 2 --min-seconds 1
+      pack split-p2048
+      RUN_TIMEOUT_S=${B8_TIMEOUT_S:-150} hr gemlite-b8 $M8 --variants int4-wo[gemlite] --batch 8 --tune off \
+        --energy-window-s 2 --min-seconds 1
+      pack split-b8 ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
   echo "stage $stage: $(( $(date +%s) - t0 )) s"

@@ -46,9 +46,10 @@ def _fake_stack(monkeypatch, tmp_path, times, unavailable=()):
     monkeypatch.setattr(gk, "probe", lambda fmt, k, dev: f"{k} is missing" if k in unavailable else None)
     measured = []
 
-    def measure(fmt, kernel, shapes):
+    def measure(fmt, kernel, shapes, ms=gk.TIMED_M):
         measured.append((kernel, dict(shapes)))
-        return {f"M={m}": times[kernel] * m for m in gk.TIMED_M}
+        per_m = times[kernel]
+        return {f"M={m}": (per_m(m) if callable(per_m) else per_m * m) for m in ms}
     monkeypatch.setattr(gk, "measure", measure)
     return measured
 
@@ -66,6 +67,97 @@ def test_choice_is_the_fastest_at_batch_1_and_is_cached(monkeypatch, tmp_path):
     kernel2, times2, source2 = gk.choose("int4-wo", _model(), ctx)
     assert (kernel2, times2) == (kernel, times) and source2.startswith("cached from an earlier run")
     assert measured == []                                    # the second process measures nothing
+
+
+def test_choice_is_made_at_the_cells_batch_from_cached_times(monkeypatch, tmp_path):
+    # tinygemm fastest at one row, GemLite from eight rows on (the shape of the H200's kernel table)
+    measured = _fake_stack(monkeypatch, tmp_path, {"tinygemm": lambda m: 10.0 * m, "cutlass": lambda m: 50.0 + m,
+                                                   "gemlite": lambda m: 12.0 + 2.0 * m})
+    model = _model()
+    assert gk.choose("int4-wo", model, ApplyContext("cuda", torch.bfloat16, decode_rows=1))[0] == "tinygemm"
+    measured.clear()
+    k8, times, source = gk.choose("int4-wo", model, ApplyContext("cuda", torch.bfloat16, decode_rows=8))
+    assert k8 == "gemlite" and source.startswith("cached") and measured == []   # M=8 was timed with M=1
+    k64, times64, source64 = gk.choose("int4-wo", model, ApplyContext("cuda", torch.bfloat16, decode_rows=64))
+    assert k64 == "cutlass" and source64 == "measured in this run" and "M=64" in times64["tinygemm"]
+    assert len(measured) == 3                                # a batch not timed yet: every kernel again
+
+
+def test_pipeline_prepares_again_when_the_batch_changes_the_kernel(monkeypatch):
+    """int4-wo on CUDA: one prepared model per batch (its kernel is chosen for that batch); on CPU, and
+    for variants with a fixed kernel, one per group."""
+    from types import SimpleNamespace
+
+    from harness.backends.base import CellSkip
+    from harness.pipeline import cell as pipeline_cell
+    from harness.sweep import Cell
+
+    prepared, closed = [], []
+
+    class Prepared:
+        def __init__(self, rows, device_type):
+            self.device_type, self.device, self.dtype, self.kernel = device_type, device_type, "bfloat16", "k"
+            self.rows = rows
+
+        def check_cell(self, cell):
+            raise CellSkip("unsupported", f"prepared for {self.rows} rows")
+
+        def close(self):
+            closed.append(self.rows)
+
+    def backend_for(device_type):
+        class Backend:
+            def prepare(self, model_spec, variant, settings, profile, cache):
+                prepared.append((variant.name, variant.decode_rows))
+                return Prepared(variant.decode_rows, device_type)
+        return lambda name: Backend()
+
+    ctx = SimpleNamespace(profile=SimpleNamespace(id="p"), run_id="r", provenance={})
+    settings = SimpleNamespace(meters=False)
+    for device_type, variant, expect in (("cuda", "int4-wo", [1, 8]), ("cpu", "int4-wo", [1]),
+                                         ("cuda", "int8-wo", [1])):
+        prepared.clear()
+        monkeypatch.setattr(pipeline_cell, "get_backend", backend_for(device_type))
+        g = pipeline_cell.GroupPipeline("m", variant, "pytorch", settings, ctx, {})
+        reasons = [g.run(Cell(i, "m", variant, "pytorch", b, 16, 4)).reason for i, b in enumerate((1, 1, 8, 8))]
+        assert [r for _, r in prepared] == expect, (device_type, variant)
+        assert reasons[-1] == f"prepared for {expect[-1]} rows"
+
+
+def test_gemlite_dequantize_inverts_gemlite_packing():
+    """The unpacking of the dequantized prefill path against GemLite's documented packing (its
+    pack_weights_over_cols_torch: code j of a row goes to int32 column j // 8, bits 4 * (j % 8), and the
+    packed matrix is stored transposed), with fma-mode zeros (W = q * s + z, z = -zero * s) and the
+    plain mode ((q - zero) * s)."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    n, k, g = 24, 256, 128
+    q = torch.randint(0, 16, (n, k), dtype=torch.int32)
+    packed = torch.zeros(n, k // 8, dtype=torch.int32)
+    for j in range(k):
+        packed[:, j // 8] |= q[:, j] << (4 * (j % 8))
+    scale = torch.rand(n, k // g) + 0.5
+    zero = torch.randint(0, 16, (n, k // g)).float()
+    want = ((q.view(n, k // g, g).float() - zero[..., None]) * scale[..., None]).view(n, k)
+    for mode, zeros in ((4, -zero * scale), (3, zero)):
+        m = SimpleNamespace(W_q=packed.t().contiguous(), scales=scale.t().contiguous(), zeros=zeros.t().contiguous(),
+                            W_group_mode=mode, channel_scale_mode=0, elements_per_sample=8, W_nbits=4,
+                            in_features=k, out_features=n)
+        got = gk.gemlite_dequantized(m, torch.float32)
+        assert torch.allclose(got, want, atol=1e-5), mode
+    fp8 = SimpleNamespace(W_q=torch.randn(k, n), scales=torch.rand(1, n), zeros=torch.tensor([[]]), W_group_mode=0,
+                          channel_scale_mode=1, elements_per_sample=1, W_nbits=8, in_features=k, out_features=n)
+    assert torch.allclose(gk.gemlite_dequantized(fp8, torch.float32), fp8.W_q.t() * fp8.scales.t(), atol=1e-6)
+    with pytest.raises(ValueError, match="GemLite layout not known here"):
+        gk.gemlite_dequantized(SimpleNamespace(**{**vars(fp8), "channel_scale_mode": 3}))
+
+
+def test_whole_model_kernel_counts_every_linear():
+    model = _model()
+    k = gk.whole_model_kernel("int4-wo[tinygemm]: what -> Tensor[torch.float32] x1", model)
+    assert k == "int4-wo[tinygemm]: what -> Tensor[torch.float32] x3"
+    assert gk.whole_model_kernel("no summary", model) == "no summary"
 
 
 def test_unavailable_kernels_are_listed_not_chosen(monkeypatch, tmp_path):
@@ -109,6 +201,29 @@ def test_each_kernel_runs_close_to_bf16_and_names_itself(name):
     assert r.layers_changed == 2 and name.split("[")[1].rstrip("]") in r.kernel
     got = model(x).float()
     assert ((got - ref).norm() / ref.norm()).item() < 0.15
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["int4-wo[gemlite]", "fp8-wo[gemlite]"])
+def test_gemlite_prefill_is_dequantized_and_agrees_with_decode(name):
+    """Rows above PREFILL_MIN_ROWS go through dequantize + cuBLAS, rows below through GemLite's kernels:
+    the same weights, so the same outputs; the record's kernel names both phases."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    spec = parse_variant(name)
+    why = spec.unsupported_reason("cuda", torch.cuda.get_device_capability())
+    if why:
+        pytest.skip(why)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1024, 2048, bias=False), nn.Linear(2048, 1024, bias=False)).cuda().bfloat16()
+    r = spec.apply(model, spec.context("cuda", torch.bfloat16))
+    assert isinstance(model[0], gk.DequantPrefill), r.kernel
+    assert "prefill (calls over 256 rows) x2" in r.kernel and "cuBLAS" in r.kernel
+    x = torch.randn(gk.PREFILL_MIN_ROWS * 2, 1024, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        big = model(x).float()                                         # dequantized path
+        small = torch.cat([model(c) for c in x.split(gk.PREFILL_MIN_ROWS // 2)]).float()   # GemLite kernels
+    assert ((big - small).norm() / small.norm()).item() < 0.01
 
 
 @pytest.mark.gpu

@@ -31,6 +31,7 @@ class GroupPipeline:
 
     def _prepare(self, cell) -> None:
         self._done_prepare = True
+        self.variant = self.variant.for_batch(cell.batch_size)
         t0 = time.perf_counter()
         phase("load")   # the backend announces apply / quality / its own compile steps as it reaches them
         try:
@@ -60,6 +61,11 @@ class GroupPipeline:
         return cell_record(cell, self.ctx, **kw)
 
     def run(self, cell):
+        p = self.prepared
+        if p is not None and self.variant.rechooses_kernel_for(cell.batch_size, getattr(p, "device_type", "cpu")):
+            # the kernel was chosen by measurement for another batch: prepare again for this one
+            self.close()
+            self._done_prepare, self.skip = False, None
         if not self._done_prepare:
             self._prepare(cell)
         if self.skip is not None:

@@ -38,15 +38,17 @@ register(Variant("int8-dq", "int8 dynamic per-token activations x int8 per-chann
                  Requirements(needs_torchao=True), _Q + "apply_int8_dq", probe=_Q + "probe_int8_dq",
                  layout=L.INT8_DQ))
 register(Variant("int4-wo", "int4 weight-only, round-to-nearest, group 128 (CUDA: the fastest of tinygemm, "
-                            "CUTLASS and GemLite measured at the model's shapes; CPU: torch "
+                            "CUTLASS and GemLite measured at the model's shapes and the cell's batch; CPU: torch "
                             "aten._weight_int4pack_mm_for_cpu)",
-                 INT4_REQUIRES, _Q + "apply_int4_wo", probe=_Q + "probe_int4_wo", layout=L.INT4_WO))
+                 INT4_REQUIRES, _Q + "apply_int4_wo", probe=_Q + "probe_int4_wo", layout=L.INT4_WO,
+                 kernel_by_batch=True))
 register(Variant("int4-awq", "int4 weight-only g128 after AWQ activation-aware channel scaling "
                              "(calibrated on corpus tokens, folded into the preceding ops)",
                  INT4_REQUIRES, _Q + "apply_int4_awq", probe=_Q + "probe_int4_wo", layout=L.INT4_WO))
 register(Variant("fp8-wo", "fp8 e4m3 weight-only (the faster of torchao Float8WeightOnlyConfig and GemLite's "
-                           "fp8 kernel, measured at the model's shapes)",
-                 FP8_REQUIRES, _Q + "apply_fp8_wo", probe=_Q + "probe_fp8_wo", layout=L.FP8_WO))
+                           "fp8 kernel, measured at the model's shapes and the cell's batch)",
+                 FP8_REQUIRES, _Q + "apply_fp8_wo", probe=_Q + "probe_fp8_wo", layout=L.FP8_WO,
+                 kernel_by_batch=True))
 register(Variant("fp8-dq", "fp8 e4m3 dynamic per-row activations x fp8 per-row weights "
                            "(torchao Float8DynamicActivationFloat8WeightConfig, PerRow)",
                  FP8_REQUIRES, _Q + "apply_fp8_dq", probe=_Q + "probe_fp8_dq", layout=L.FP8_DQ))

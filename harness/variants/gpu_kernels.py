@@ -6,13 +6,20 @@
     fp8-wo[torchao]    torchao Float8WeightOnlyConfig (dequantizes to bf16, then mm)
     fp8-wo[gemlite]    GemLite A16W8 fp8 e4m3, per-channel scales (Triton; reads the fp8 bytes)
 
-`int4-wo` and `fp8-wo` on CUDA run the fastest available kernel for the model's own linear shapes,
-measured at apply time: every candidate quantizes one linear of each distinct shape, each is timed at
-M = 1, 8 and 32 inside a CUDA graph (CUDA events), and the candidate with the least summed time at M = 1
-(decode at batch 1, weighted by how many linears have each shape) wins. Every candidate's times are in
-the record, so a reader sees where another kernel would win at a larger batch (name it explicitly then).
-The choice is cached on disk per GPU, shapes and library versions, so a second process runs the same
-kernel without re-measuring.
+`int4-wo` and `fp8-wo` on CUDA run the fastest available kernel for the model's own linear shapes at
+the cell's batch, measured at apply time: every candidate quantizes one linear of each distinct shape,
+each is timed at M = 1, 8, 32 and the cell's batch inside a CUDA graph (CUDA events), and the candidate
+with the least summed time at M = batch (one decode step, weighted by how many linears have each shape)
+wins; the pipeline prepares the model once per batch for these variants. Every candidate's times are in
+the record. The times are cached on disk per GPU, shapes and library versions, so a second process (or
+the next batch) chooses without re-measuring.
+
+Prefill and decode may run different kernels. GemLite's weights are dequantized for prefill: a linear
+called on more than PREFILL_MIN_ROWS rows unpacks its GemLite weights to bf16 (one fused inductor kernel)
+and calls cuBLAS, the usual prefill path of weight-only formats (GemLite's own GEMM runs a third of
+cuBLAS's rate at M = 2048 on the H200). The split is checked on the device at apply time against
+GemLite's own output; the record names the kernel of each phase. tinygemm and CUTLASS run both phases
+(their packings have no dequantize kernel short of a second copy of the weights).
 
 Lab H200, 8B shapes, GB/s of weight bytes at M = 1 / 8 / 32 (bench/kernels_gpu.py, results/reference/h200):
 tinygemm 1,789 / 774 / 236 (gate_up), CUTLASS 1,067 / 1,067 / 1,039, GemLite int4 1,624 / 979 / 822;
@@ -33,7 +40,11 @@ from harness.variants.registry import ApplyContext, ApplyResult
 
 GROUP = 128
 TIMED_M = (1, 8, 32)
-CHOICE_M = 1
+# Where dequantize + cuBLAS beats GemLite's own GEMM, estimated from the H200 kernel table: unpacking moves
+# about 4.5 bytes per weight (read 0.5, write and re-read 2 + 2) at ~4 TB/s, 1.1 ps per weight; per row,
+# GemLite's GEMM costs 2 flops per weight at 255 TFLOP/s and cuBLAS at 779 TFLOP/s, 5.2 fs per weight
+# more: equal at M ~ 215 rows. Decode (M = batch <= 256 rows) never takes the dequantized path.
+PREFILL_MIN_ROWS = 256
 CACHE_FILE = "kernel_choices.json"
 # aten._weight_int4pack_mm indexes its output with 32-bit integers: M x N above 2**31 - 1 writes out of
 # bounds (qwen2.5-7b int4 prefill, batch 32 x 2048 tokens x 37,888 fused gate/up outputs, on the H200:
@@ -150,12 +161,116 @@ def fp8_gemlite_linear(lin: nn.Linear) -> nn.Module:
     return A16W8_FP8(device=str(lin.weight.device), dtype=lin.weight.dtype).from_linear(lin, del_orig=False)
 
 
-def _gemlite(make: Callable[[nn.Linear], nn.Module]):
-    def apply(model, ctx) -> int:
+def _layout(m: nn.Module) -> tuple:
+    """(n, k, codes per int, bits, W_group_mode, per-channel) of a GemLiteLinearTriton, or ValueError."""
+    n, k = int(m.out_features), int(m.in_features)
+    s, mode, csm = m.scales, int(m.W_group_mode), int(getattr(m, "channel_scale_mode", 0))
+    channel = csm == 1 and s.numel() == n and mode in (0, 2)
+    if not channel and (mode not in (3, 4) or s.dim() != 2 or s.shape[1] != n or k % s.shape[0]):
+        raise ValueError(f"GemLite layout not known here (W_group_mode {mode}, channel_scale_mode {csm}, "
+                         f"scales {tuple(s.shape)})")
+    return n, k, int(m.elements_per_sample), int(m.W_nbits), mode, channel
+
+
+def _dequant(w_q, s, z, n: int, k: int, e: int, bits: int, mode: int, channel: bool, dtype: torch.dtype):
+    w = w_q.t()
+    if e > 1:
+        shifts = torch.arange(e, device=w.device, dtype=w.dtype) * bits
+        w = ((w.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)).reshape(n, k)
+    w = w.float()
+    if channel:
+        return (w * s.reshape(n, 1).float()).to(dtype)
+    g = k // s.shape[0]
+    w = w.view(n, k // g, g)
+    st, zt = s.t().float().unsqueeze(-1), z.t().float().unsqueeze(-1)
+    w = (w - zt) * st if mode == 3 else w * st + zt
+    return w.reshape(n, k).to(dtype)
+
+
+def gemlite_dequantized(m: nn.Module, dtype: torch.dtype = torch.bfloat16, compiled: bool = False) -> torch.Tensor:
+    """The (N, K) weights a GemLiteLinearTriton holds, in `dtype`: its packed codes unpacked (GemLite packs
+    `elements_per_sample` codes of W_nbits along K into each int32, transposed to (K / e, N)) and scaled
+    as its W_group_mode says (3: (q - z) * s, 4: q * s + z, per group of K), or by a per-channel scale
+    (its fp8 weights). Raises ValueError for a layout it does not know."""
+    fn = _compiled_dequant() if compiled else _dequant
+    return fn(m.W_q, m.scales, m.zeros, *_layout(m), dtype)
+
+
+class DequantPrefill(nn.Module):
+    """A GemLite linear whose large calls (prefill: more than `min_rows` rows) dequantize its weights to
+    the compute dtype in one compiled kernel and run cuBLAS; decode rows go to GemLite's own kernels.
+    Nothing is stored twice: the bf16 weights exist only during the call."""
+
+    def __init__(self, inner: nn.Module, min_rows: int):
+        super().__init__()
+        self.inner, self.min_rows = inner, min_rows
+        self.in_features, self.out_features = inner.in_features, inner.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() // x.shape[-1] <= self.min_rows:
+            return self.inner(x)
+        w = gemlite_dequantized(self.inner, x.dtype, compiled=True)
+        return nn.functional.linear(x, w, getattr(self.inner, "bias", None))
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_dequant():
+    # one inductor kernel per weight shape (unpack, scale, cast fused): eager would run five passes
+    return torch.compile(_dequant, dynamic=False)
+
+
+_PREFILL_REFUSED: dict[str, str] = {}   # format -> why its GemLite prefill is not dequantized (this process)
+
+
+def _split_prefill(model: nn.Module, fmt: str) -> int:
+    """Wrap every GemLite linear of `model` in DequantPrefill after checking the dequantized path against
+    GemLite's own GEMM on one of them (relative error under 1%); returns how many were wrapped."""
+    found = [(f, m) for f, m in model.named_modules() if type(m).__name__.startswith("GemLite")]
+    if not found:
+        return 0
+    _, first = found[0]
+    try:
+        x = torch.randn(PREFILL_MIN_ROWS + 1, first.in_features, device=first.W_q.device, dtype=torch.bfloat16)
+        with torch.inference_mode():
+            ref = first(x).float()
+            got = nn.functional.linear(x, gemlite_dequantized(first, x.dtype, compiled=True), first.bias).float()
+        err = ((got - ref).norm() / ref.norm().clamp_min(1e-12)).item()
+        if not err < 0.01:
+            raise ValueError(f"dequantized weights disagree with GemLite's own output (relative error {err:.3g})")
+    except Exception as e:  # noqa: BLE001  (the split is an optimization: without it GemLite runs both phases)
+        _PREFILL_REFUSED[fmt] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160]}"
+        return 0
+    _PREFILL_REFUSED.pop(fmt, None)
+    for fqn, m in found:
+        parent_name, _, child = fqn.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, DequantPrefill(m, PREFILL_MIN_ROWS))
+    return len(found)
+
+
+def _gemlite(make: Callable[[nn.Linear], nn.Module], fmt: str):
+    def decode_only(model, ctx) -> int:
         gemlite_configs()
         # GemLite packs groups of 128 input features: a linear whose K is not a multiple stays as it is
         return _swap(model, lambda m, fqn: ctx.linear_filter(m, fqn) and m.in_features % GROUP == 0, make)
+
+    def apply(model, ctx) -> int:
+        n = decode_only(model, ctx)
+        _split_prefill(model, fmt)
+        return n
+    apply.decode_only = decode_only   # what measure() times: the decode kernels, without the prefill check
     return apply
+
+
+def phases(model: nn.Module, fmt: str) -> str:
+    """What runs prefill where it differs from decode (the record's kernel names both phases)."""
+    split = sum(isinstance(m, DequantPrefill) for m in model.modules())
+    if split:
+        return (f"; prefill (calls over {PREFILL_MIN_ROWS} rows) x{split}: GemLite weights dequantized to bf16 "
+                "(inductor) + cuBLAS mm")
+    if fmt in _PREFILL_REFUSED and any(type(m).__name__.startswith("GemLite") for m in model.modules()):
+        return f"; prefill: GemLite's own GEMM (dequantized prefill not used: {_PREFILL_REFUSED[fmt]})"
+    return ""
 
 
 # format -> kernel -> (apply, what it is, the package it needs)
@@ -165,12 +280,12 @@ KERNELS: dict[str, dict[str, tuple[Callable, str, str]]] = {
                                 "aten._weight_int4pack_mm (tinygemm)", "torchao"),
         "cutlass": (_cutlass, "torchao Int4WeightOnlyConfig(group_size=128, preshuffled): mslk CUTLASS "
                               "bf16 x int4", "mslk"),
-        "gemlite": (_gemlite(int4_gemlite_linear), "GemLite A16W4 group 128 (Triton GEMV / split-K / GEMM by M)",
+        "gemlite": (_gemlite(int4_gemlite_linear, "int4-wo"), "GemLite A16W4 group 128 (Triton GEMV / split-K / GEMM by M)",
                     "gemlite"),
     },
     "fp8-wo": {
         "torchao": (_fp8_torchao, "torchao Float8WeightOnlyConfig (dequantize to bf16, then mm)", "torchao"),
-        "gemlite": (_gemlite(fp8_gemlite_linear), "GemLite A16W8 fp8 e4m3 per-channel (Triton, reads fp8 bytes)",
+        "gemlite": (_gemlite(fp8_gemlite_linear, "fp8-wo"), "GemLite A16W8 fp8 e4m3 per-channel (Triton, reads fp8 bytes)",
                     "gemlite"),
     },
 }
@@ -235,15 +350,16 @@ def _time_us(mod: nn.Module, m: int, k: int, calls: int = 20) -> float:
     return time_call(mod, torch.randn(m, k, device="cuda", dtype=torch.bfloat16), calls)
 
 
-def measure(fmt: str, kernel: str, shapes: Counter) -> dict[str, float]:
-    """Summed microseconds per decode step at each M of TIMED_M: every distinct (N, K) shape timed on a
+def measure(fmt: str, kernel: str, shapes: Counter, ms: tuple[int, ...] = TIMED_M) -> dict[str, float]:
+    """Summed microseconds per decode step at each M of `ms`: every distinct (N, K) shape timed on a
     random bf16 linear quantized by `kernel`, weighted by how many linears have it."""
     apply = KERNELS[fmt][kernel][0]
-    out = {f"M={m}": 0.0 for m in TIMED_M}
+    apply = getattr(apply, "decode_only", apply)
+    out = {f"M={m}": 0.0 for m in ms}
     for (n, k), count in shapes.items():
         holder = nn.Sequential(nn.Linear(k, n, bias=False, device="cuda", dtype=torch.bfloat16))
         apply(holder, ApplyContext("cuda", torch.bfloat16))
-        for m in TIMED_M:
+        for m in ms:
             out[f"M={m}"] += count * _time_us(holder, m, k)
         del holder
     torch.cuda.empty_cache()
@@ -270,10 +386,17 @@ def _key(fmt: str, shapes: Counter) -> str:
     return f"{gpu_name()}|{fmt}|{shp}|" + ",".join(f"{a}={b}" for a, b in sorted(libs.items()))
 
 
+def _timed_ms(rows: int) -> tuple[int, ...]:
+    return tuple(sorted(set(TIMED_M) | {rows}))
+
+
 def choose(fmt: str, model: nn.Module, ctx: ApplyContext) -> tuple[str, dict, str]:
-    """(kernel, {kernel: {M=..: us}} or reasons, source) for the fastest available kernel of `fmt`."""
+    """(kernel, {kernel: {M=..: us}} or reasons, source) for the fastest available kernel of `fmt` at
+    M = ctx.decode_rows."""
     from harness.atomic import atomic_write_text
 
+    rows = max(1, int(ctx.decode_rows))
+    want = [f"M={m}" for m in _timed_ms(rows)]
     shapes = Counter((m.out_features, m.in_features) for f, m in model.named_modules()
                      if f in set(targeted_linears(model, ctx.linear_filter)))
     key, path = _key(fmt, shapes), _cache_path()
@@ -281,34 +404,53 @@ def choose(fmt: str, model: nn.Module, ctx: ApplyContext) -> tuple[str, dict, st
         cached = json.loads(path.read_text(encoding="utf-8")).get(key)
     except (OSError, ValueError, AttributeError):
         cached = None
-    if isinstance(cached, dict) and cached.get("kernel") in KERNELS[fmt]:
-        return cached["kernel"], cached["times_us"], f"cached from an earlier run ({path})"
-    times: dict[str, object] = {}
-    for kernel in KERNELS[fmt]:
-        why = probe(fmt, kernel, "cuda")
-        times[kernel] = why if why else measure(fmt, kernel, shapes)
+    times: dict[str, object] = cached.get("times_us") if isinstance(cached, dict) else None
+    source = f"cached from an earlier run ({path})"
+    if not (isinstance(times, dict) and set(times) == set(KERNELS[fmt])
+            and all(not isinstance(v, dict) or all(m in v for m in want) for v in times.values())):
+        times, source = {}, "measured in this run"
+        for kernel in KERNELS[fmt]:
+            why = probe(fmt, kernel, "cuda")
+            times[kernel] = why if why else measure(fmt, kernel, shapes, _timed_ms(rows))
     timed = {k: v for k, v in times.items() if isinstance(v, dict)}
     if not timed:
         raise RuntimeError(f"no {fmt} kernel runs here: " + "; ".join(str(v) for v in times.values()))
-    best = min(timed, key=lambda k: timed[k][f"M={CHOICE_M}"])
-    try:
-        data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-        data = data if isinstance(data, dict) else {}
-        data[key] = {"kernel": best, "times_us": times}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
-    except (OSError, ValueError):
-        pass  # a read-only cache costs the next process a re-measurement, nothing else
-    return best, times, "measured in this run"
+    best = min(timed, key=lambda k: timed[k][f"M={rows}"])
+    if source == "measured in this run":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+            data = data if isinstance(data, dict) else {}
+            data[key] = {"kernel_at": {**(data.get(key, {}).get("kernel_at", {})), f"M={rows}": best},
+                         "times_us": times}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
+        except (OSError, ValueError, AttributeError):
+            pass  # a read-only cache costs the next process a re-measurement, nothing else
+    return best, times, source
+
+
+def kernel_summary(model: nn.Module) -> str:
+    """'GemLiteLinearTriton x129, Int4TilePackedTo4dTensor x2' over the whole model."""
+    gl = sum(type(m).__name__.startswith("GemLite") for m in model.modules())
+    held = linear_weight_types(model)
+    return f"GemLiteLinearTriton x{gl}" + (f", {held}" if held else "") if gl else held
+
+
+def whole_model_kernel(kernel: str, model: nn.Module) -> str:
+    """`kernel` (one part's "<what> -> <summary>") with the summary taken over the whole `model` (the
+    layer-by-layer build applies a variant to one layer at a time)."""
+    head, sep, _ = kernel.partition(" -> ")
+    if not sep:
+        return kernel
+    fmt = head.split("[")[0]
+    return f"{head} -> {kernel_summary(model)}{phases(model, fmt) if fmt in KERNELS else ''}"
 
 
 def apply_kernel(fmt: str, kernel: str, model: nn.Module, ctx: ApplyContext, notes: str = "") -> ApplyResult:
     apply, what, _ = KERNELS[fmt][kernel]
     n = apply(model, ctx)
-    gl = sum(type(m).__name__.startswith("GemLite") for m in model.modules())
-    held = linear_weight_types(model)
-    tail = f"GemLiteLinearTriton x{gl}" + (f", {held}" if held else "") if gl else held
-    return ApplyResult(kernel=f"{fmt}[{kernel}]: {what} -> {tail}", layers_changed=n, notes=notes)
+    return ApplyResult(kernel=f"{fmt}[{kernel}]: {what} -> {kernel_summary(model)}{phases(model, fmt)}",
+                       layers_changed=n, notes=notes)
 
 
 def apply_auto(fmt: str, model: nn.Module, ctx: ApplyContext) -> ApplyResult:
@@ -317,6 +459,7 @@ def apply_auto(fmt: str, model: nn.Module, ctx: ApplyContext) -> ApplyResult:
     for k, v in times.items():
         parts.append(f"{k} " + (" / ".join(f"{m} {t:.0f} us" for m, t in v.items()) if isinstance(v, dict) else
                                 f"unavailable ({v})"))
-    note = (f"{fmt} kernel chosen by measurement at M={CHOICE_M} ({source}); summed linear time per step: "
+    note = (f"{fmt} kernel chosen by measurement at M={max(1, int(ctx.decode_rows))} (the cell's batch; {source}); "
+            "summed linear time per step: "
             + "; ".join(parts))
     return apply_kernel(fmt, kernel, model, ctx, notes=note)

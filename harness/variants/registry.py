@@ -60,6 +60,9 @@ class ApplyContext:
     dtype: object
     calibration_ids: object | None = None   # LongTensor (n, seq) from the corpus tail, seeded
     policy: "Policy | None" = None
+    # rows per decode step of the cells this model serves (their batch): the M at which a variant that
+    # chooses its kernel by measurement (Variant.kernel_by_batch) compares the candidates
+    decode_rows: int = 1
 
     def keeps(self, fqn: str) -> bool:
         return self.policy is not None and self.policy.keeps(fqn)
@@ -103,6 +106,9 @@ class Variant:
     changes_weights: bool = True      # False for baseline only: it is exempt from NothingApplied
     # "int4-wo" for "int4-wo[cutlass]": an explicit kernel choice of a format, left out of `all`
     kernel_of: str | None = None
+    # the kernel is chosen by measurement at the cell's decode rows (ApplyContext.decode_rows): on CUDA
+    # the pipeline prepares the model once per batch size instead of once per group
+    kernel_by_batch: bool = False
 
     def apply(self, model, ctx: ApplyContext) -> ApplyResult:
         """Transform the model in place. Raises NothingApplied where no layer changed."""

@@ -6,6 +6,7 @@ No torch here. This is the only module that splits a variant name.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ class VariantSpec:
     name: str                     # as written, stripped: "int4-wo@keep-attn"
     entry: Variant
     policy: Policy | None = None  # not yet bound to a layer count (see policy_for)
+    decode_rows: int = 1          # the batch the kernel is chosen for (entry.kernel_by_batch); see for_batch
 
     @property
     def base(self) -> str:
@@ -38,7 +40,18 @@ class VariantSpec:
         return None if self.policy is None else self.policy.bind(num_layers)
 
     def context(self, device_type: str, dtype, calibration_ids=None, num_layers: int | None = None) -> ApplyContext:
-        return ApplyContext(device_type, dtype, calibration_ids, self.policy_for(num_layers))
+        return ApplyContext(device_type, dtype, calibration_ids, self.policy_for(num_layers), self.decode_rows)
+
+    def for_batch(self, batch: int) -> "VariantSpec":
+        """This spec with its kernel chosen for `batch` rows per decode step (only where the entry
+        chooses its kernel by measurement; any other spec is returned as it is)."""
+        if not self.entry.kernel_by_batch or batch == self.decode_rows:
+            return self
+        return dataclasses.replace(self, decode_rows=batch)
+
+    def rechooses_kernel_for(self, batch: int, device_type: str) -> bool:
+        """True where a model prepared for this spec on `device_type` would run another kernel at `batch`."""
+        return self.entry.kernel_by_batch and device_type == "cuda" and batch != self.decode_rows
 
     def apply(self, model, ctx: ApplyContext) -> ApplyResult:
         return self.entry.apply(model, ctx)

@@ -104,7 +104,8 @@ def build(config, device: torch.device, dtype: torch.dtype, variant, ctx: ApplyC
     results: list[ApplyResult] = []
 
     def apply_to(module: nn.Module, prefix: str) -> None:
-        sub = PrefixedContext(ctx.device_type, ctx.dtype, ctx.calibration_ids, ctx.policy, prefix=prefix)
+        sub = PrefixedContext(ctx.device_type, ctx.dtype, ctx.calibration_ids, ctx.policy, ctx.decode_rows,
+                              prefix=prefix)
         try:
             results.append(variant.apply(module, sub))
         except NothingApplied:
@@ -135,8 +136,10 @@ def build(config, device: torch.device, dtype: torch.dtype, variant, ctx: ApplyC
         peak, source = torch.cuda.max_memory_allocated(device), "CUDA allocator peak over the build"
     else:
         peak, source = peak_cpu, "largest resident tensor bytes after each layer was materialized"
+    from harness.variants.gpu_kernels import whole_model_kernel
+
     first = results[0]
-    res = ApplyResult(kernel=first.kernel, layers_changed=changed,
+    res = ApplyResult(kernel=whole_model_kernel(first.kernel, model), layers_changed=changed,
                       notes=((first.notes + "; ") if first.notes else "")
                       + f"built layer by layer on {device}: peak {peak / 1e9:.2f} GB ({source})")
     return LayerwiseBuild(model, res, peak, source, time.perf_counter() - t0)
