@@ -182,3 +182,17 @@ def test_calibrate_measures_on_cpu(tmp_path):
     assert cal.profile.startswith("cpu-") and cal.copy_fraction == 1.0 and cal.datasheet_bandwidth_bytes_per_s > 0
     assert [p.m for p in cal.curves_for("baseline", "decode")[0].points] == [1]
     assert cal.provenance["copy_bandwidth_measured_by"].startswith("harness calibrate")
+
+
+def test_an_explicit_kernel_uses_its_formats_curve_only_where_that_kernel_ran_it():
+    from harness.plan.curves import Curve, DeviceCalibration, Point
+
+    pts = [Point(1, 0.5, 0.4, 0.6, 2)]
+    tiny = "torchao Int4WeightOnlyConfig(group_size=128, int4_packing_format=tile_packed_to_4d) -> Int4TilePackedTo4dTensor"
+    cal = DeviceCalibration("h100-sxm-80gb", "9.0", 3.35e12, 0.9, 9.9e14,
+                            curves=[Curve("int4-wo", tiny, "decode", "records", pts)])
+    got = cal.curves_for("int4-wo[tinygemm]", "decode")
+    assert len(got) == 1 and got[0].variant == "int4-wo[tinygemm]" and got[0].kernel == tiny
+    assert "the int4-wo curve, whose kernel is this one" in got[0].source and got[0].points == pts
+    assert cal.curves_for("int4-wo[gemlite]", "decode") == []       # GemLite never ran int4-wo here
+    assert cal.curves_for("int4-wo[tinygemm]", "prefill") == []     # no prefill curve of the format either

@@ -107,11 +107,30 @@ class DeviceCalibration:
     step_cost: dict | None = None          # non-GEMM seconds per decode step (harness/plan/step_cost.py)
 
     def curves_for(self, variant: str, phase: str) -> list[Curve]:
+        found = self._own_curves(variant, phase)
+        if not found and "[" in variant:
+            found = self.same_kernel_curves(variant, phase)
+        return found
+
+    def _own_curves(self, variant: str, phase: str) -> list[Curve]:
         found = [c for c in self.curves if c.variant == variant and c.phase == phase]
         if not found and phase == "decode":
             derived = self.derived_decode(variant) or self.kernel_decode(variant)
             found = [derived] if derived else []
         return found
+
+    def same_kernel_curves(self, variant: str, phase: str) -> list[Curve]:
+        """An explicit kernel (`int4-wo[tinygemm]`) without curves of its own: its format's curves where
+        the kernel that ran them is that kernel (the records of `int4-wo` name tinygemm's packing), so a
+        device calibrated before the kernel axis existed still projects the explicit name."""
+        fmt, _, rest = variant.partition("[")
+        marks = KERNEL_MARKS.get(rest.rstrip("]"), ())
+        out = []
+        for c in self._own_curves(fmt, phase):
+            if marks and any(m in c.kernel for m in marks):
+                out.append(Curve(variant, c.kernel, c.phase, f"{c.source}; the {fmt} curve, whose kernel is this one",
+                                 c.points))
+        return out
 
     def kernel_decode(self, variant: str) -> Curve | None:
         """Where the file states a non-GEMM step cost (even 0): the variant's kernel curve as its decode
@@ -161,6 +180,16 @@ def load_calibration(path: str | Path) -> DeviceCalibration:
                                  d.get("provenance", {}), str(path), d.get("step_cost"))
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise CalibrationFileError(f"{path}: not a calibration file ({type(e).__name__}: {e})") from None
+
+
+# explicit kernel name (harness/variants/gpu_kernels.py) -> what a record's kernel string says when that
+# kernel ran it (torchao's packing format names, GemLite's module class)
+KERNEL_MARKS = {
+    "tinygemm": ("tile_packed_to_4d", "tinygemm"),
+    "cutlass": ("preshuffled", "CUTLASS"),
+    "gemlite": ("GemLite",),
+    "torchao": ("Float8WeightOnlyConfig",),
+}
 
 
 def kernel_id(kernel: str) -> str:

@@ -8,11 +8,11 @@
 
 `int4-wo` and `fp8-wo` on CUDA run the fastest available kernel for the model's own linear shapes at
 the cell's batch, measured at apply time: every candidate quantizes one linear of each distinct shape,
-each is timed at M = 1, 8, 32 and the cell's batch inside a CUDA graph (CUDA events), and the candidate
-with the least summed time at M = batch (one decode step, weighted by how many linears have each shape)
-wins; the pipeline prepares the model once per batch for these variants. Every candidate's times are in
-the record. The times are cached on disk per GPU, shapes and library versions, so a second process (or
-the next batch) chooses without re-measuring.
+each is timed at M = the cell's batch inside a CUDA graph (CUDA events), and the candidate with the
+least summed time (one decode step, weighted by how many linears have each shape) wins; the pipeline
+prepares the model once per batch for these variants. Every candidate's times (at every M timed so far)
+are in the record. The times are cached on disk per GPU, shapes and library versions, so a second
+process chooses without re-measuring.
 
 Prefill and decode may run different kernels. GemLite's weights are dequantized for prefill: a linear
 called on more than PREFILL_MIN_ROWS rows unpacks its GemLite weights to bf16 (one fused inductor kernel)
@@ -39,7 +39,7 @@ from harness.variants.inspect import count_converted, linear_weight_types, targe
 from harness.variants.registry import ApplyContext, ApplyResult
 
 GROUP = 128
-TIMED_M = (1, 8, 32)
+TIMED_M = (1, 8, 32)   # the M values bench/kernels_gpu.py reports; a cell's choice times only its own M
 # Where dequantize + cuBLAS beats GemLite's own GEMM, estimated from the H200 kernel table: unpacking moves
 # about 4.5 bytes per weight (read 0.5, write and re-read 2 + 2) at ~4 TB/s, 1.1 ps per weight; per row,
 # GemLite's GEMM costs 2 flops per weight at 255 TFLOP/s and cuBLAS at 779 TFLOP/s, 5.2 fs per weight
@@ -386,45 +386,46 @@ def _key(fmt: str, shapes: Counter) -> str:
     return f"{gpu_name()}|{fmt}|{shp}|" + ",".join(f"{a}={b}" for a, b in sorted(libs.items()))
 
 
-def _timed_ms(rows: int) -> tuple[int, ...]:
-    return tuple(sorted(set(TIMED_M) | {rows}))
-
-
 def choose(fmt: str, model: nn.Module, ctx: ApplyContext) -> tuple[str, dict, str]:
     """(kernel, {kernel: {M=..: us}} or reasons, source) for the fastest available kernel of `fmt` at
-    M = ctx.decode_rows."""
+    M = ctx.decode_rows. Only that M is timed (each M costs every candidate its Triton compilations and
+    CUDA-graph replays: minutes for GemLite at the 8B shapes); times of other M from earlier runs stay
+    in the cache and in the record."""
     from harness.atomic import atomic_write_text
 
     rows = max(1, int(ctx.decode_rows))
-    want = [f"M={m}" for m in _timed_ms(rows)]
+    at = f"M={rows}"
     shapes = Counter((m.out_features, m.in_features) for f, m in model.named_modules()
                      if f in set(targeted_linears(model, ctx.linear_filter)))
     key, path = _key(fmt, shapes), _cache_path()
     try:
-        cached = json.loads(path.read_text(encoding="utf-8")).get(key)
-    except (OSError, ValueError, AttributeError):
-        cached = None
-    times: dict[str, object] = cached.get("times_us") if isinstance(cached, dict) else None
-    source = f"cached from an earlier run ({path})"
-    if not (isinstance(times, dict) and set(times) == set(KERNELS[fmt])
-            and all(not isinstance(v, dict) or all(m in v for m in want) for v in times.values())):
-        times, source = {}, "measured in this run"
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data = data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        data = {}
+    cached = data.get(key)
+    times = cached.get("times_us") if isinstance(cached, dict) else None
+    times = dict(times) if isinstance(times, dict) and set(times) == set(KERNELS[fmt]) else None
+    if times is not None and all(not isinstance(v, dict) or at in v for v in times.values()):
+        source = f"cached from an earlier run ({path})"
+    else:
+        source, old = "measured in this run", times or {}
+        times = {}
         for kernel in KERNELS[fmt]:
             why = probe(fmt, kernel, "cuda")
-            times[kernel] = why if why else measure(fmt, kernel, shapes, _timed_ms(rows))
+            prev = old.get(kernel) if isinstance(old.get(kernel), dict) else {}
+            times[kernel] = why if why else {**prev, **measure(fmt, kernel, shapes, (rows,))}
     timed = {k: v for k, v in times.items() if isinstance(v, dict)}
     if not timed:
         raise RuntimeError(f"no {fmt} kernel runs here: " + "; ".join(str(v) for v in times.values()))
-    best = min(timed, key=lambda k: timed[k][f"M={rows}"])
+    best = min(timed, key=lambda k: timed[k][at])
     if source == "measured in this run":
         try:
-            data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-            data = data if isinstance(data, dict) else {}
-            data[key] = {"kernel_at": {**(data.get(key, {}).get("kernel_at", {})), f"M={rows}": best},
+            data[key] = {"kernel_at": {**(cached.get("kernel_at", {}) if isinstance(cached, dict) else {}), at: best},
                          "times_us": times}
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, TypeError):
             pass  # a read-only cache costs the next process a re-measurement, nothing else
     return best, times, source
 
