@@ -137,6 +137,11 @@ def test_lean_lm_gives_transformers_logits_for_fused_models(tiny_loaded):
     ("mistral", {"sliding_window": 4096}),   # window longer than the context: full attention
     ("qwen2", {}),                           # q/k/v biases
     ("qwen3", {"head_dim": 32}),             # RMSNorm per head on q and k
+    ("phi3", {"pad_token_id": 0}),           # q/k/v and gate/up fused in the checkpoint
+    ("phi3", {"pad_token_id": 0, "partial_rotary_factor": 0.5}),   # rotary over half of each head
+    ("gemma", {"head_dim": 32}),             # sqrt(hidden) embedding scale, GELU-tanh, (1 + w) norms
+    ("gemma2", {"head_dim": 32, "sliding_window": 8, "query_pre_attn_scalar": 16,
+                "attn_logit_softcapping": 5.0, "final_logit_softcapping": 3.0}),   # soft-caps, windows per layer
 ])
 def test_lean_decoder_equals_transformers_for_each_family(model_type, extra):
     """Greedy tokens of the lean decoder equal transformers' forward on CPU in fp32, for every family

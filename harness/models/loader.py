@@ -12,7 +12,7 @@ from torch import nn
 from harness.models.presets import PRESETS, ArchShape
 # EMBEDDED_GGUF and embedded_gguf_path moved to spec (torch-free); still importable from here
 from harness.models.spec import (EMBEDDED_GGUF, ModelSpec, ModelSpecError, embedded_gguf_path, parse_spec,  # noqa: F401
-                                 remote_code, shape_of)
+                                 norms_per_block, remote_code, shape_of)
 
 SYNTHETIC_SEED = 0
 
@@ -152,7 +152,8 @@ def load_model(spec: str | ModelSpec, trust_remote_code: bool = False) -> Loaded
         c = pristine.config
         shape = ArchShape(s.text, c.model_type, c.hidden_size, c.num_hidden_layers, c.num_attention_heads,
                           getattr(c, "num_key_value_heads", c.num_attention_heads), c.intermediate_size,
-                          c.vocab_size, tie_word_embeddings=bool(getattr(c, "tie_word_embeddings", False)))
+                          c.vocab_size, tie_word_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
+                          head_dim=getattr(c, "head_dim", None), norms_per_block=norms_per_block(c.model_type))
     return LoadedModel(s, shape, tokenizer, note, time.perf_counter() - t0, _pristine_factory(pristine))
 
 

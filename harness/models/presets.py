@@ -2,7 +2,9 @@
 
 Each preset is the `config.json` of the named checkpoint reduced to the fields that set shape and
 arithmetic. Sources: the model cards' config.json on the Hugging Face hub (meta-llama/Llama-3.2-1B,
-meta-llama/Llama-3.1-8B, meta-llama/Llama-3.1-70B, Qwen/Qwen2.5-7B, mistralai/Mistral-7B-v0.3).
+meta-llama/Llama-3.1-8B, meta-llama/Llama-3.1-70B, Qwen/Qwen2.5-7B, mistralai/Mistral-7B-v0.3,
+google/gemma-2-9b, microsoft/Phi-3-mini-4k-instruct; gemma-2-9b's also as restated in maxtext's
+MaxText/utils/ckpt_conversion/utils/hf_model_configs.py).
 `tiny` is ours: a few million parameters with the Llama layout, for tests.
 """
 from __future__ import annotations
@@ -28,6 +30,9 @@ class ArchShape:
     max_position_embeddings: int = 8192
     rms_norm_eps: float = 1e-5
     head_dim: int | None = None
+    norms_per_block: int = 2   # Gemma 2: four (after attention and around the MLP too)
+    # further config.json fields the family needs ((key, value) pairs): activations, soft-caps, windows
+    extra_config: tuple = ()
 
     @property
     def head_dim_(self) -> int:
@@ -56,7 +61,7 @@ class ArchShape:
     def param_count(self) -> int:
         """All parameters, counting a tied lm_head once."""
         h = self.hidden_size
-        per_block = self.block_linear_params() + 2 * h  # two RMSNorm weights
+        per_block = self.block_linear_params() + self.norms_per_block * h  # RMSNorm weights
         if self.attention_bias:
             per_block += (self.num_attention_heads + 2 * self.num_key_value_heads) * self.head_dim_
         head = 0 if self.tie_word_embeddings else self.lm_head_params()
@@ -84,6 +89,9 @@ class ArchShape:
         if self.model_type == "llama":
             d["attention_bias"] = self.attention_bias
             d["head_dim"] = self.head_dim_
+        elif self.head_dim is not None:
+            d["head_dim"] = self.head_dim
+        d.update(dict(self.extra_config))
         return d
 
 
@@ -100,6 +108,13 @@ PRESETS: dict[str, ArchShape] = {
                   attention_bias=True, rope_theta=1000000.0, max_position_embeddings=131072, rms_norm_eps=1e-6),
         ArchShape("mistral-7b", "mistral", 4096, 32, 32, 8, 14336, 32768,
                   rope_theta=1000000.0, max_position_embeddings=32768),
+        ArchShape("gemma-2-9b", "gemma2", 3584, 42, 16, 8, 14336, 256000, tie_word_embeddings=True,
+                  max_position_embeddings=8192, rms_norm_eps=1e-6, head_dim=256, norms_per_block=4,
+                  extra_config=(("hidden_act", "gelu_pytorch_tanh"), ("hidden_activation", "gelu_pytorch_tanh"),
+                                ("query_pre_attn_scalar", 224), ("sliding_window", 4096),
+                                ("attn_logit_softcapping", 50.0), ("final_logit_softcapping", 30.0))),
+        ArchShape("phi-3-mini-4k", "phi3", 3072, 32, 32, 32, 8192, 32064, max_position_embeddings=4096,
+                  extra_config=(("sliding_window", 2047), ("pad_token_id", 32000))),
         ArchShape("tiny", "llama", 256, 4, 4, 2, 768, 8192, max_position_embeddings=4096),
     ]
 }

@@ -81,8 +81,13 @@ def shape_of(spec: str | ModelSpec) -> ArchShape:
             intermediate_size=cfg["intermediate_size"], vocab_size=cfg["vocab_size"],
             tie_word_embeddings=cfg.get("tie_word_embeddings", False),
             attention_bias=cfg.get("attention_bias", cfg.get("model_type") == "qwen2"),
-            head_dim=cfg.get("head_dim"))
+            head_dim=cfg.get("head_dim"), norms_per_block=norms_per_block(cfg.get("model_type", "llama")))
     raise ModelSpecError(f"{s.text}: the shape of a GGUF file other than the embedded default is not known without loading it")
+
+
+def norms_per_block(model_type: str) -> int:
+    """RMSNorm weights per decoder block: Gemma 2 and 3 norm after attention and around the MLP too."""
+    return 4 if model_type in ("gemma2", "gemma3_text", "gemma3") else 2
 
 
 def embedded_gguf_path() -> Path:

@@ -147,7 +147,7 @@ def _matmuls(shape: ArchShape, v: VariantSpec, base: str) -> tuple[dict, tuple, 
 def weight_bytes(shape: ArchShape, v: VariantSpec, base: str) -> Bytes:
     _, _, linear, head = _matmuls(shape, v, base)
     h, n = shape.hidden_size, shape.num_hidden_layers
-    other = n * 2 * h + h
+    other = n * shape.norms_per_block * h + h
     if shape.attention_bias:
         other += n * (shape.num_attention_heads + 2 * shape.num_key_value_heads) * shape.head_dim_
     lay = v.layout

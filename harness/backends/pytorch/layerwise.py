@@ -151,6 +151,6 @@ def transient_bytes(shape, dtype_bytes: int) -> int:
     h, i = shape.hidden_size, shape.intermediate_size
     hd = getattr(shape, "head_dim_", None) or h // shape.num_attention_heads
     attn = h * hd * (shape.num_attention_heads * 2 + shape.num_key_value_heads * 2)
-    layer = attn + 3 * h * i + 2 * h
+    layer = attn + 3 * h * i + shape.norms_per_block * h
     head = 0 if shape.tie_word_embeddings else h * shape.vocab_size
     return int(max(layer, head) * dtype_bytes)

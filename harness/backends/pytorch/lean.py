@@ -1,5 +1,5 @@
-"""A lean forward for Llama-family decoders (Llama, Mistral, Qwen2, Qwen3) over a transformers model's
-own modules, with a static KV cache.
+"""A lean forward for Llama-family decoders (Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma, Gemma 2) over a
+transformers model's own modules, with a static KV cache.
 
 Why not the model's own forward: at batch 1 a decode step is ~5 ms of weight reads on an H100, and
 transformers' per-step Python (cache objects, mask construction, kwargs plumbing) costs as much again
@@ -17,7 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2")
+# Per family, what differs from Llama and where the lean forward takes it from (the model's own modules
+# and config, never constants): Phi-3 ships q/k/v and gate/up fused (split by head counts) and may rotate
+# only part of each head (its rotary module's cos width); Gemma scales the embeddings by sqrt(hidden)
+# (its embedding module does so itself in recent transformers) and runs GELU-tanh (the MLP's act_fn);
+# Gemma 2 adds norms after attention and around the MLP, a query scale from query_pre_attn_scalar
+# (the attention module's `scaling`), tanh soft-capping of attention logits and of the final logits,
+# and sliding-window attention on every other layer (the attention module's `sliding_window`).
 
 
 def supports(model: nn.Module) -> str | None:
@@ -27,6 +34,9 @@ def supports(model: nn.Module) -> str | None:
         return f"lean decoder supports {SUPPORTED_MODEL_TYPES}, not {mt!r}"
     if mt in ("qwen2", "qwen3") and getattr(model.config, "use_sliding_window", False):
         return f"{mt} per-layer sliding windows (use_sliding_window) are not implemented in the lean decoder"
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is not None and len(layers) and not (hasattr(layers[0], "mlp") and hasattr(layers[0], "self_attn")):
+        return f"{mt}: decoder layers without self_attn / mlp are not what the lean decoder drives"
     return None
 
 
@@ -63,6 +73,8 @@ def fuse_projections(model: nn.Module) -> None:
     """In place: self_attn.{q,k,v}_proj -> self_attn.qkv_proj and mlp.{gate,up}_proj -> mlp.gate_up_proj."""
     for layer in model.model.layers:
         a, m = layer.self_attn, layer.mlp
+        if not hasattr(a, "q_proj"):   # Phi-3: fused in the checkpoint already
+            continue
         a.qkv_proj = _fuse([a.q_proj, a.k_proj, a.v_proj])
         a.qkv_split = (a.q_proj.out_features, a.k_proj.out_features, a.v_proj.out_features)
         del a.q_proj, a.k_proj, a.v_proj
@@ -98,24 +110,58 @@ class LeanDecoder(nn.Module):
         self.v_cache = [torch.zeros(shape, dtype=dtype, device=p.device) for _ in model.model.layers]
         self.key_pos = torch.arange(max_len, device=p.device)
         self.window = sliding_window(cfg)
+        self.final_softcap = getattr(cfg, "final_logit_softcapping", None)
+        # Gemma before transformers' self-scaling embedding module: the normalizer is applied here
+        self.embed_scale = (float(cfg.hidden_size) ** 0.5 if cfg.model_type.startswith("gemma")
+                            and not hasattr(model.model.embed_tokens, "embed_scale") else None)
+        self.qkv_default = (self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim)
 
     def kv_cache_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k_cache + self.v_cache)
+
+    def _rotary(self, t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        r = cos.shape[-1]
+        if r == t.shape[-1]:
+            return t * cos + _rotate_half(t) * sin
+        rot, rest = t[..., :r], t[..., r:]                          # partial rotary (Phi-3 variants)
+        return torch.cat((rot * cos + _rotate_half(rot) * sin, rest), dim=-1)
+
+    def _attention(self, a, q, kc, vc, mask):
+        scale = getattr(a, "scaling", None)
+        cap = getattr(a, "attn_logit_softcapping", None)
+        if not cap:
+            return F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, scale=scale,
+                                                  enable_gqa=self.n_kv != self.n_heads)
+        # soft-capped logits (Gemma 2): SDPA has no hook between the product and the softmax
+        rep = self.n_heads // self.n_kv
+        k, v = kc.repeat_interleave(rep, dim=1), vc.repeat_interleave(rep, dim=1)
+        w = torch.matmul(q, k.transpose(2, 3)) * (scale if scale is not None else self.head_dim ** -0.5)
+        w = torch.tanh(w / cap) * cap
+        w = w.masked_fill(~mask, float("-inf"))
+        return torch.matmul(torch.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype), v)
 
     def forward(self, ids: torch.Tensor, pos: torch.Tensor, all_logits: bool = False) -> torch.Tensor:
         m = self.hf.model
         B, T = ids.shape
         x = m.embed_tokens(ids)
+        if self.embed_scale is not None:
+            x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
         cos, sin = m.rotary_emb(x, pos[None].expand(B, T))
-        cos, sin = cos[:, None], sin[:, None]                       # (B, 1, T, head_dim)
-        mask = self.key_pos[None, :] <= pos[:, None]                # (T, max_len), True = attend
-        if self.window is not None:
-            mask = mask & (self.key_pos[None, :] > pos[:, None] - self.window)
+        cos, sin = cos[:, None], sin[:, None]                       # (B, 1, T, rotary dim)
+        causal = self.key_pos[None, :] <= pos[:, None]              # (T, max_len), True = attend
+        windowed = {}
         for i, layer in enumerate(m.layers):
             a, mlp = layer.self_attn, layer.mlp
+            w = getattr(a, "sliding_window", None) if hasattr(layer, "pre_feedforward_layernorm") else self.window
+            if w:
+                if w not in windowed:
+                    windowed[w] = causal & (self.key_pos[None, :] > pos[:, None] - w)
+                mask = windowed[w]
+            else:
+                mask = causal
             h = layer.input_layernorm(x)
             if hasattr(a, "qkv_proj"):
-                q, k, v = a.qkv_proj(h).split(a.qkv_split, dim=-1)
+                q, k, v = a.qkv_proj(h).split(getattr(a, "qkv_split", self.qkv_default), dim=-1)
             else:
                 q, k, v = a.q_proj(h), a.k_proj(h), a.v_proj(h)
             q = q.view(B, T, self.n_heads, self.head_dim)
@@ -124,21 +170,33 @@ class LeanDecoder(nn.Module):
                 q, k = a.q_norm(q), a.k_norm(k)
             q, k = q.transpose(1, 2), k.transpose(1, 2)
             v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            q, k = self._rotary(q, cos, sin), self._rotary(k, cos, sin)
             kc, vc = self.k_cache[i], self.v_cache[i]
             kc.index_copy_(2, pos, k)
             vc.index_copy_(2, pos, v)
-            o = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, enable_gqa=self.n_kv != self.n_heads)
-            x = x + a.o_proj(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
-            h = layer.post_attention_layernorm(x)
+            o = self._attention(a, q, kc, vc, mask)
+            o = a.o_proj(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+            if hasattr(layer, "pre_feedforward_layernorm"):        # Gemma 2: norms after attention, around the MLP
+                x = x + layer.post_attention_layernorm(o)
+                h = layer.pre_feedforward_layernorm(x)
+            else:
+                x = x + o
+                h = layer.post_attention_layernorm(x)
             if hasattr(mlp, "gate_up_proj"):
-                g, u = mlp.gate_up_proj(h).split(mlp.gate_up_split, dim=-1)
+                gu = mlp.gate_up_proj(h)
+                g, u = gu.split(getattr(mlp, "gate_up_split", gu.shape[-1] // 2), dim=-1)
             else:
                 g, u = mlp.gate_proj(h), mlp.up_proj(h)
-            x = x + mlp.down_proj(F.silu(g) * u)
+            act = getattr(mlp, "act_fn", None) or getattr(mlp, "activation_fn", None) or F.silu
+            y = mlp.down_proj(act(g) * u)
+            if hasattr(layer, "post_feedforward_layernorm"):
+                y = layer.post_feedforward_layernorm(y)
+            x = x + y
         x = m.norm(x if all_logits else x[:, -1])
-        return self.hf.lm_head(x)
+        logits = self.hf.lm_head(x)
+        if self.final_softcap:
+            logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
+        return logits
 
 
 class LeanLM(nn.Module):
