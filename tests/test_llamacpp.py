@@ -131,3 +131,18 @@ def test_cache_hit_and_a_damaged_entry_is_rebuilt(embedded_f32, tmp_path, monkey
     assert cache.ensure(loaded, recipes.RECIPES["baseline"]).cache_hit is True    # the F32 copy is not llama.cpp's
     native = cache.ensure(loaded, recipes.RECIPES["gguf-native"])
     assert native.cache_hit is None and native.census["Q4_1"] == 210
+
+
+def test_makefile_builds_the_pinned_llama_cpp_portably():
+    """The Makefile compiles the llama extra's own pin (not a second version) without -march=native."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    make = (root / "Makefile").read_text(encoding="utf-8")
+    pin = re.search(r"^LLAMA_SPEC \?= (\S+)$", make, re.M).group(1)
+    extra = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]["llama"]
+    assert extra == [pin]
+    assert re.search(r"^LLAMA_CMAKE_ARGS \?= .*-DGGML_NATIVE=OFF", make, re.M)
+    assert 'CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)"' in make and "--no-cache-dir" in make
