@@ -59,9 +59,9 @@ def test_log_rows_records_and_variants(log):
     recs, skipped = records_from_rows(rows, "h200-sxm-141gb", str(log))
     assert any("int8 GemLite" in s for s in skipped)               # no registry variant runs it
     tiny = {r.variant for r in recs if r.kernel.startswith("int4 tinygemm")}
-    assert tiny == {"int4-wo[tinygemm]", "int4-wo"}
+    assert tiny == {"int4-wo[tinygemm]"}            # int4-wo picks among its kernels per M (transfer.py)
     failed = [r for r in recs if r.status == "failed"]
-    assert {r.variant for r in failed} == {"fp8-wo[gemlite]", "fp8-wo"} and "boom" in failed[0].reason
+    assert {r.variant for r in failed} == {"fp8-wo[gemlite]"} and "boom" in failed[0].reason
     r = next(r for r in recs if r.variant == "baseline" and r.model == "llama-3.1-8b:o" and r.batch_size == 8)
     assert r.backend == "microbench" and r.decode_tok_s == pytest.approx(8 / 11e-6)
 
@@ -160,3 +160,27 @@ def test_cli_from_kernels_and_validate_same_device(P, log, tmp_path):
     res = CliRunner().invoke(validate_plan, base + ["--same-device"])
     assert res.exit_code == 0, res.output
     assert "cells: 2; projected: 2" in res.output and "within 10%" in res.output and "prefill" not in res.output
+
+
+def test_a_per_batch_format_projects_its_fastest_kernel_or_the_one_that_ran(P):
+    """int4-wo chooses its kernel at the cell's batch: the planner takes the fastest kernel's curve at each
+    M; validating a record, the curve of the kernel the record names."""
+    from harness.plan.curves import Curve, DeviceCalibration, Point
+
+    h200 = P["h200-sxm-141gb"]
+    pts = lambda a, b: [Point(1, a, a, a, 1), Point(8, b, b, b, 1)]  # noqa: E731
+    cal = DeviceCalibration("h200-sxm-141gb", "9.0", 4.8e12, 0.88, 9.89e14, curves=[
+        Curve("int4-wo[tinygemm]", "int4 tinygemm (torchao tile_packed_to_4d)", "decode", "records", pts(1.0, 4.0)),
+        Curve("int4-wo[gemlite]", "int4 GemLite A16W4 g128", "decode", "records", pts(1.2, 2.0))])
+    w, kv = 5e9, 1e8
+
+    def proj(batch, kernel=None):
+        return project_decode([cal], h200, "int4-wo", batch, w, kv, kernel=kernel)
+    assert "tinygemm" in proj(1).source and "GemLite" in proj(8).source
+    assert proj(8).tok_s > project_decode([cal], h200, "int4-wo[tinygemm]", 8, w, kv).tok_s
+    ran = "int4-wo[tinygemm]: torchao Int4WeightOnlyConfig(group_size=128, tile_packed_to_4d) -> Int4TilePackedTo4dTensor x129"
+    assert "tinygemm" in proj(8, ran).source
+    assert "tinygemm" in proj(8, "torchao Int4WeightOnlyConfig(int4_packing_format=tile_packed_to_4d) -> x").source
+    none = proj(8, "int4-wo[cutlass]: torchao ... preshuffled -> Int4PreshuffledTensor x129")
+    assert not none.ok and "with the kernel that ran (cutlass)" in none.source
+    assert project_decode([cal], h200, "baseline", 1, w, kv).source.startswith("no decode curve for baseline")

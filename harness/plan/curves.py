@@ -192,6 +192,22 @@ KERNEL_MARKS = {
 }
 
 
+def kernel_named(text: str | None) -> str | None:
+    """The explicit kernel name ("tinygemm", "gemlite", ...) a record's kernel string shows, or None."""
+    if not text:
+        return None
+    head = text.split(" -> ")[0]
+    if "[" in head.split(":")[0]:                       # "int4-wo[gemlite]: GemLite ..." names it outright
+        return head.split("[", 1)[1].split("]", 1)[0]
+    return next((k for k, marks in KERNEL_MARKS.items() if any(m in text for m in marks)), None)
+
+
+def curve_is_kernel(cv: "Curve", kernel: str) -> bool:
+    """Whether curve `cv` was measured with explicit kernel `kernel` (its variant names it, or its kernel
+    string shows that kernel's marks)."""
+    return cv.variant.endswith(f"[{kernel}]") or any(m in cv.kernel for m in KERNEL_MARKS.get(kernel, ()))
+
+
 def kernel_id(kernel: str) -> str:
     """The kernel without the per-model module count (' x129') and the aten op list after ';'."""
     return re.sub(r" x\d+\b", "", kernel.split(";")[0]).strip() or "unknown"

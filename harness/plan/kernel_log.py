@@ -30,16 +30,16 @@ PRESET = "llama-3.1-8b"   # bench/kernels_gpu.py SHAPES are this model's
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 
 # kernel name prefix in bench/kernels_gpu.py -> the registry variants that run it (harness/variants/catalog.py,
-# kernel_of). int4-wo chose its kernel by measurement at M=1 until 2026-12-02 (tinygemm on the H200: the
-# validated int4-wo cells ran it); it now chooses at the cell's batch (GemLite from M=8 on the H200), which
-# this mapping does not follow yet. fp8-wo runs GemLite's A16W8 where gemlite imports. int8 GemLite has no
-# variant.
+# kernel_of). `int4-wo` and `fp8-wo` choose their kernel by measurement at the cell's batch, so they get no
+# curve of their own here: the planner projects them with the fastest of their explicit kernels' curves at
+# each M, or, validating a record, with the curve of the kernel the record names (harness/plan/transfer.py).
+# int8 GemLite has no variant.
 KERNEL_VARIANTS = (
     ("bf16 cuBLAS", ("baseline",)),
-    ("int4 tinygemm", ("int4-wo[tinygemm]", "int4-wo")),
+    ("int4 tinygemm", ("int4-wo[tinygemm]",)),
     ("int4 CUTLASS", ("int4-wo[cutlass]",)),
     ("int4 GemLite", ("int4-wo[gemlite]",)),
-    ("fp8 GemLite", ("fp8-wo[gemlite]", "fp8-wo")),
+    ("fp8 GemLite", ("fp8-wo[gemlite]",)),
     ("fp8 torchao", ("fp8-wo[torchao]",)),
 )
 

@@ -44,14 +44,23 @@ def read_profile(path: str | Path) -> dict:
         gemm_ms = float(d["groups"][GEMM_GROUP]["ms_per_step"])
         return {"file": str(p), "model": d["model"], "variant": d["variant"], "batch": int(d["batch"]),
                 "prompt": int(d.get("prompt", 0)), "step_ms": step_ms, "gemm_ms": gemm_ms,
-                "non_gemm_ms": step_ms - gemm_ms}
+                "non_gemm_ms": step_ms - gemm_ms, "kernel": d.get("kernel")}
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{p}: not a bench/profile_step.py profile ({type(e).__name__}: {e})") from None
 
 
-def curve_gemm_ms(cal: DeviceCalibration, model: str, variant: str, m: int) -> float | None:
-    """GEMM milliseconds of one decode step of `model` at M per the variant's kernel curve, or None."""
+def curve_gemm_ms(cal: DeviceCalibration, model: str, variant: str, m: int, kernel: str | None = None) -> float | None:
+    """GEMM milliseconds of one decode step of `model` at M per the variant's kernel curve, or None. A
+    format that picks its kernel (int4-wo) has curves per explicit kernel only: the one the profile's
+    `kernel` names, or the only one there is."""
+    from harness.plan.curves import curve_is_kernel, kernel_named
+
     kc = [c for c in cal.curves if c.variant == variant and c.phase == "kernel"]
+    if not kc:
+        ran = kernel_named(kernel)
+        kc = [c for c in cal.curves if c.phase == "kernel" and c.variant.startswith(variant + "[")
+              and (ran is None or curve_is_kernel(c, ran))]
+        kc = kc if len(kc) == 1 else []
     at = kc[0].at(m) if kc else None
     if at is None:
         return None
@@ -71,7 +80,7 @@ def fit(profile_paths: list[str | Path], cal: DeviceCalibration) -> dict:
         raise ValueError(f"step profiles of models with {sorted(layers)} layers: give one layer count")
     devs = []
     for r in rows:
-        cg = curve_gemm_ms(cal, r["model"], r["variant"], r["batch"])
+        cg = curve_gemm_ms(cal, r["model"], r["variant"], r["batch"], r.get("kernel"))
         r["curve_gemm_ms"] = cg
         r["gemm_vs_curve"] = None if cg is None else r["gemm_ms"] / cg - 1
         if cg is not None:

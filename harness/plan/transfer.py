@@ -41,21 +41,44 @@ class Projection:
         return self.ok and self.low <= x <= self.high
 
 
+def _explicit_kernels(variant: str) -> list[str]:
+    """`int4-wo[tinygemm]`, ... for a format that chooses its kernel by measurement at the batch."""
+    from harness.variants.registry import REGISTRY
+
+    entry = REGISTRY.get(variant)
+    if entry is None or not entry.kernel_by_batch:
+        return []
+    return [n for n, e in REGISTRY.items() if e.kernel_of == variant]
+
+
 def _pick(cals: list[DeviceCalibration], target: Profile, variant: str, phase: str,
-          m: float) -> tuple[DeviceCalibration, Curve] | str:
+          m: float, kernel: str | None = None) -> tuple[DeviceCalibration, Curve] | str:
+    """The curve that projects `variant` at M. A format that chooses its kernel per batch (int4-wo) is
+    projected with the curve of the kernel that ran where that is known (`kernel`: a record's kernel
+    string, for validation), else with the fastest of its kernels' curves at M, as the runner chooses."""
+    from harness.plan.curves import curve_is_kernel, kernel_named
+
     arch = target.compute_capability or "unknown"
     same_arch = [c for c in cals if c.arch == arch]
     if not same_arch:
         have = ", ".join(sorted({f"{c.profile} (arch {c.arch})" for c in cals})) or "none"
         return f"no curve for {variant} on arch {arch} (calibrations: {have})"
     own = [c for c in same_arch if c.profile == target.id]
-    found = [(c, cv) for c in (own or same_arch) for cv in c.curves_for(variant, phase)]
+    explicit = _explicit_kernels(variant)
+    names = [variant] + explicit
+    found = [(c, cv) for c in (own or same_arch) for n in names for cv in c.curves_for(n, phase)]
+    ran = kernel_named(kernel) if explicit else None
+    if ran is not None:
+        found = [(c, cv) for c, cv in found if curve_is_kernel(cv, ran)]
     if not found:
-        return f"no {phase} curve for {variant} on arch {arch}"
+        which = f" with the kernel that ran ({ran})" if ran else ""
+        return f"no {phase} curve for {variant}{which} on arch {arch}"
     inside = [(c, cv) for c, cv in found if cv.at(m) is not None]
     if not inside:
         ranges = "; ".join(f"{cv.kernel} on {c.profile}: M {cv.m_range[0]}-{cv.m_range[1]}" for c, cv in found)
         return f"no {phase} curve for {variant} at M={m:g} on arch {arch} (measured {ranges})"
+    if explicit and ran is None and len({cv.kernel for _, cv in inside}) > 1:
+        return min(inside, key=lambda x: x[1].at(m)[0])           # the fastest kernel at this M
     return max(inside, key=lambda x: sum(p.n for p in x[1].points))
 
 
@@ -97,12 +120,12 @@ def _kernel_step(cal: DeviceCalibration, cv: Curve, target: Profile, m: int, gem
 
 def project_step(cals: list[DeviceCalibration], target: Profile, variant: str, phase: str, m: int,
                  weight_bytes: float, kv_bytes: float, gemm_bytes: float | None = None,
-                 layers: int | None = None) -> Projection:
+                 layers: int | None = None, kernel: str | None = None) -> Projection:
     """Tokens/s of one step of M tokens (decode: M = batch; prefill: M = batch x prompt). gemm_bytes and
     layers are used by decode curves derived from kernel curves (the others fold them into other(M))."""
     if not target.bandwidth_bytes_per_s:
         return Projection(None, None, None, f"{target.id}: bandwidth not published")
-    got = _pick(cals, target, variant, phase, m)
+    got = _pick(cals, target, variant, phase, m, kernel)
     if isinstance(got, str):
         return Projection(None, None, None, got)
     cal, cv = got
@@ -124,13 +147,13 @@ def project_step(cals: list[DeviceCalibration], target: Profile, variant: str, p
 
 def project_decode(cals: list[DeviceCalibration], target: Profile, variant: str, batch: int,
                    weight_bytes: float, kv_bytes: float, gemm_bytes: float | None = None,
-                   layers: int | None = None) -> Projection:
-    return project_step(cals, target, variant, "decode", batch, weight_bytes, kv_bytes, gemm_bytes, layers)
+                   layers: int | None = None, kernel: str | None = None) -> Projection:
+    return project_step(cals, target, variant, "decode", batch, weight_bytes, kv_bytes, gemm_bytes, layers, kernel)
 
 
 def project_prefill(cals: list[DeviceCalibration], target: Profile, variant: str, tokens: int,
-                    weight_bytes: float, kv_bytes: float) -> Projection:
-    return project_step(cals, target, variant, "prefill", tokens, weight_bytes, kv_bytes)
+                    weight_bytes: float, kv_bytes: float, kernel: str | None = None) -> Projection:
+    return project_step(cals, target, variant, "prefill", tokens, weight_bytes, kv_bytes, kernel=kernel)
 
 
 def apply_curves(rows, cals: list[DeviceCalibration], profiles: dict[str, Profile]):

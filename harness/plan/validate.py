@@ -36,6 +36,7 @@ class Cell:
     measured: list[float]
     source: str
     projection: Projection | None = None
+    kernel: str | None = None      # what ran the linears (the record's kernel), where known
 
     @property
     def median(self) -> float:
@@ -48,14 +49,17 @@ class Cell:
 
 def cells_from_records(records: Iterable[Record], source: str, backend: str = "pytorch") -> list[Cell]:
     groups: dict[tuple, dict[str, list[float]]] = {}
+    kernels: dict[tuple, str | None] = {}
     for r in primary(records):
         if r.status != "ok" or r.backend != backend:
             continue
-        g = groups.setdefault((r.profile, r.model, r.variant, r.batch_size, r.prompt_tokens, r.new_tokens), {})
+        key = (r.profile, r.model, r.variant, r.batch_size, r.prompt_tokens, r.new_tokens)
+        g = groups.setdefault(key, {})
+        kernels.setdefault(key, r.kernel)
         for phase, x in (("decode", r.decode_tok_s), ("prefill", r.prefill_tok_s)):
             if x:
                 g.setdefault(phase, []).append(x)
-    return [Cell(*k, phase, xs, source) for k, g in groups.items() for phase, xs in g.items()]
+    return [Cell(*k, phase, xs, source, kernel=kernels[k]) for k, g in groups.items() for phase, xs in g.items()]
 
 
 def cells_from_reference(path: str | Path) -> list[Cell]:
@@ -63,7 +67,7 @@ def cells_from_reference(path: str | Path) -> list[Cell]:
     for d in json.loads(Path(path).read_text(encoding="utf-8")):
         out.append(Cell(d["profile"], d["model"], d["variant"], int(d["batch"]), int(d["prompt_tokens"]),
                         int(d["new_tokens"]), d["phase"], [float(x) for x in d["measured_tok_s"]],
-                        d.get("source", str(path))))
+                        d.get("source", str(path)), kernel=d.get("kernel")))
     return out
 
 
@@ -79,9 +83,10 @@ def project_cell(c: Cell, cals: list[DeviceCalibration], profiles: Mapping[str, 
     if c.phase == "decode":
         row = project(p, v, Workload(c.model, shape, c.prompt_tokens + c.new_tokens, c.batch))
         return project_decode(others, p, c.variant, c.batch, row.weight_bytes, row.kv_cache_bytes,
-                              row.gemm_weight_bytes, row.layers)
+                              row.gemm_weight_bytes, row.layers, kernel=c.kernel)
     row = project(p, v, Workload(c.model, shape, c.prompt_tokens, c.batch))
-    return project_prefill(others, p, c.variant, c.batch * c.prompt_tokens, row.weight_bytes, row.kv_cache_bytes)
+    return project_prefill(others, p, c.variant, c.batch * c.prompt_tokens, row.weight_bytes, row.kv_cache_bytes,
+                           kernel=c.kernel)
 
 
 def summary(cells: list[Cell], within: float = 0.25) -> dict:
