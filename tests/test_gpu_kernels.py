@@ -186,10 +186,8 @@ def test_policy_kept_linears_are_not_in_the_measured_shapes(monkeypatch, tmp_pat
     assert measured[0][1] == {(256, 512): 1}
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("name", ["int4-wo[tinygemm]", "int4-wo[cutlass]", "int4-wo[gemlite]", "fp8-wo[gemlite]",
-                                  "fp8-wo[torchao]"])
-def test_each_kernel_runs_close_to_bf16_and_names_itself(name):
+def _cuda_mlp(name):
+    """(spec, a bf16 1024 -> 2048 -> 1024 MLP on the GPU), or the test skips saying why it cannot run."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     spec = parse_variant(name)
@@ -197,7 +195,14 @@ def test_each_kernel_runs_close_to_bf16_and_names_itself(name):
     if why:
         pytest.skip(why)
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(1024, 2048, bias=False), nn.Linear(2048, 1024, bias=False)).cuda().bfloat16()
+    return spec, nn.Sequential(nn.Linear(1024, 2048, bias=False), nn.Linear(2048, 1024, bias=False)).cuda().bfloat16()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["int4-wo[tinygemm]", "int4-wo[cutlass]", "int4-wo[gemlite]", "fp8-wo[gemlite]",
+                                  "fp8-wo[torchao]"])
+def test_each_kernel_runs_close_to_bf16_and_names_itself(name):
+    spec, model = _cuda_mlp(name)
     x = torch.randn(4, 1024, device="cuda", dtype=torch.bfloat16)
     ref = model(x).float()
     r = spec.apply(model, spec.context("cuda", torch.bfloat16))
@@ -211,14 +216,7 @@ def test_each_kernel_runs_close_to_bf16_and_names_itself(name):
 def test_gemlite_prefill_is_dequantized_and_agrees_with_decode(name):
     """Rows above PREFILL_MIN_ROWS go through dequantize + cuBLAS, rows below through GemLite's kernels:
     the same weights, so the same outputs; the record's kernel names both phases."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    spec = parse_variant(name)
-    why = spec.unsupported_reason("cuda", torch.cuda.get_device_capability())
-    if why:
-        pytest.skip(why)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(1024, 2048, bias=False), nn.Linear(2048, 1024, bias=False)).cuda().bfloat16()
+    spec, model = _cuda_mlp(name)
     r = spec.apply(model, spec.context("cuda", torch.bfloat16))
     assert isinstance(model[0], gk.DequantPrefill), r.kernel
     assert "prefill (calls over 256 rows) x2" in r.kernel and "cuBLAS" in r.kernel
