@@ -1,7 +1,9 @@
-"""Facts measured from a model's tensors: resident bytes and the tensor types of linear weights."""
+"""Facts measured from a model's tensors (resident bytes, the tensor types of linear weights), and the one
+swap of its linear modules that the kernel variants share."""
 from __future__ import annotations
 
 from collections import Counter
+from typing import Callable
 
 import torch
 from torch import nn
@@ -106,3 +108,14 @@ def ops_that_ran(model: nn.Module, dtype: torch.dtype, top: int = 4) -> str:
     events = [e for e in prof.key_averages() if e.key.startswith("aten::") and e.key not in _TRIVIAL_OPS]
     events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
     return ", ".join(e.key for e in events[:top])
+
+
+def swap_linears(model: nn.Module, keep, make: Callable[[nn.Linear], nn.Module]) -> int:
+    """Replace every plain linear keep(module, fqn) selects by make(linear); returns how many."""
+    names = set(targeted_linears(model, keep))
+    targets = [(f, m) for f, m in model.named_modules() if f in names]
+    for fqn, m in targets:
+        parent_name, _, child = fqn.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, make(m))
+    return len(targets)
