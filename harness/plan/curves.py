@@ -124,13 +124,8 @@ class DeviceCalibration:
         the kernel that ran them is that kernel (the records of `int4-wo` name tinygemm's packing), so a
         device calibrated before the kernel axis existed still projects the explicit name."""
         fmt, _, rest = variant.partition("[")
-        marks = KERNEL_MARKS.get(rest.rstrip("]"), ())
-        out = []
-        for c in self._own_curves(fmt, phase):
-            if marks and any(m in c.kernel for m in marks):
-                out.append(Curve(variant, c.kernel, c.phase, f"{c.source}; the {fmt} curve, whose kernel is this one",
-                                 c.points))
-        return out
+        return [Curve(variant, c.kernel, c.phase, f"{c.source}; the {fmt} curve, whose kernel is this one", c.points)
+                for c in self._own_curves(fmt, phase) if curve_is_kernel(c, rest.rstrip("]"))]
 
     def kernel_decode(self, variant: str) -> Curve | None:
         """Where the file states a non-GEMM step cost (even 0): the variant's kernel curve as its decode

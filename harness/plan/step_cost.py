@@ -54,11 +54,12 @@ def curve_gemm_ms(cal: DeviceCalibration, model: str, variant: str, m: int, kern
     format that picks its kernel (int4-wo) has curves per explicit kernel only: the one the profile's
     `kernel` names, or the only one there is."""
     from harness.plan.curves import curve_is_kernel, kernel_named
+    from harness.variants import explicit_kernels
 
     kc = [c for c in cal.curves if c.variant == variant and c.phase == "kernel"]
     if not kc:
-        ran = kernel_named(kernel)
-        kc = [c for c in cal.curves if c.phase == "kernel" and c.variant.startswith(variant + "[")
+        ran, names = kernel_named(kernel), set(explicit_kernels(variant))
+        kc = [c for c in cal.curves if c.phase == "kernel" and c.variant in names
               and (ran is None or curve_is_kernel(c, ran))]
         kc = kc if len(kc) == 1 else []
     at = kc[0].at(m) if kc else None

@@ -41,22 +41,13 @@ class Projection:
         return self.ok and self.low <= x <= self.high
 
 
-def _explicit_kernels(variant: str) -> list[str]:
-    """`int4-wo[tinygemm]`, ... for a format that chooses its kernel by measurement at the batch."""
-    from harness.variants.registry import REGISTRY
-
-    entry = REGISTRY.get(variant)
-    if entry is None or not entry.kernel_by_batch:
-        return []
-    return [n for n, e in REGISTRY.items() if e.kernel_of == variant]
-
-
 def _pick(cals: list[DeviceCalibration], target: Profile, variant: str, phase: str,
           m: float, kernel: str | None = None) -> tuple[DeviceCalibration, Curve] | str:
     """The curve that projects `variant` at M. A format that chooses its kernel per batch (int4-wo) is
     projected with the curve of the kernel that ran where that is known (`kernel`: a record's kernel
     string, for validation), else with the fastest of its kernels' curves at M, as the runner chooses."""
     from harness.plan.curves import curve_is_kernel, kernel_named
+    from harness.variants import explicit_kernels
 
     arch = target.compute_capability or "unknown"
     same_arch = [c for c in cals if c.arch == arch]
@@ -64,7 +55,7 @@ def _pick(cals: list[DeviceCalibration], target: Profile, variant: str, phase: s
         have = ", ".join(sorted({f"{c.profile} (arch {c.arch})" for c in cals})) or "none"
         return f"no curve for {variant} on arch {arch} (calibrations: {have})"
     own = [c for c in same_arch if c.profile == target.id]
-    explicit = _explicit_kernels(variant)
+    explicit = explicit_kernels(variant)
     names = [variant] + explicit
     found = [(c, cv) for c in (own or same_arch) for n in names for cv in c.curves_for(n, phase)]
     ran = kernel_named(kernel) if explicit else None

@@ -10,11 +10,12 @@ from harness.variants.layout import FORMAT_BITS, Layout
 from harness.variants.policy import POLICIES, Policy, PolicyError
 from harness.variants.registry import (REGISTRY, ApplyContext, ApplyResult, NothingApplied, Requirements,
                                        UnknownVariantError, Variant, VariantError, register)
-from harness.variants.spec import (VariantSpec, compute_format, get_variant, parse_variant, parse_variant_list,
+from harness.variants.spec import (VariantSpec, compute_format, explicit_kernels, get_variant, parse_variant,
+                                   parse_variant_list,
                                    parse_variants, policy_for, split_policy, valid_names, variant_names)
 from harness.variants import catalog  # noqa: F401  (registers every variant)
 
 __all__ = ["FORMAT_BITS", "POLICIES", "REGISTRY", "ApplyContext", "ApplyResult", "Layout", "NothingApplied",
            "Policy", "PolicyError", "Requirements", "UnknownVariantError", "Variant", "VariantError", "VariantSpec",
-           "compute_format", "get_variant", "parse_variant", "parse_variant_list", "parse_variants", "policy_for",
+           "compute_format", "explicit_kernels", "get_variant", "parse_variant", "parse_variant_list", "parse_variants", "policy_for",
            "register", "split_policy", "valid_names", "variant_names"]

@@ -90,13 +90,14 @@ def _dequant(w_q, s, z, n: int, k: int, e: int, bits: int, mode: int, channel: b
     return w.reshape(n, k).to(dtype)
 
 
-def gemlite_dequantized(m: nn.Module, dtype: torch.dtype = torch.bfloat16, compiled: bool = False) -> torch.Tensor:
+def gemlite_dequantized(m: nn.Module, dtype: torch.dtype = torch.bfloat16, compiled: bool = False,
+                        layout: tuple | None = None) -> torch.Tensor:
     """The (N, K) weights a GemLiteLinearTriton holds, in `dtype`: its packed codes unpacked (GemLite packs
     `elements_per_sample` codes of W_nbits along K into each int32, transposed to (K / e, N)) and scaled
     as its W_group_mode says (3: (q - z) * s, 4: q * s + z, per group of K), or by a per-channel scale
     (its fp8 weights). Raises ValueError for a layout it does not know."""
     fn = _compiled_dequant() if compiled else _dequant
-    return fn(m.W_q, m.scales, m.zeros, *_layout(m), dtype)
+    return fn(m.W_q, m.scales, m.zeros, *(layout or _layout(m)), dtype)
 
 
 class DequantPrefill(nn.Module):
@@ -108,11 +109,12 @@ class DequantPrefill(nn.Module):
         super().__init__()
         self.inner, self.min_rows = inner, min_rows
         self.in_features, self.out_features = inner.in_features, inner.out_features
+        self.layout = _layout(inner)   # python ints, read once: the prefill call does no attribute walking
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() // x.shape[-1] <= self.min_rows:
             return self.inner(x)
-        w = gemlite_dequantized(self.inner, x.dtype, compiled=True)
+        w = gemlite_dequantized(self.inner, x.dtype, compiled=True, layout=self.layout)
         return nn.functional.linear(x, w, getattr(self.inner, "bias", None))
 
 

@@ -274,8 +274,11 @@ def whole_model_kernel(kernel: str, model: nn.Module) -> str:
     """`kernel` (one part's "<what> -> <summary>") with the summary taken over the whole `model` (the
     layer-by-layer build applies a variant to one layer at a time)."""
     head, sep, _ = kernel.partition(" -> ")
-    if not sep:
-        return kernel
+    return _described(head, model) if sep else kernel
+
+
+def _described(head: str, model: nn.Module) -> str:
+    """'<head> -> <the model's linear types>[; the prefill kernel where it differs]'."""
     fmt = head.split("[")[0]
     return f"{head} -> {kernel_summary(model)}{phases(model, fmt) if fmt in KERNELS else ''}"
 
@@ -283,8 +286,7 @@ def whole_model_kernel(kernel: str, model: nn.Module) -> str:
 def apply_kernel(fmt: str, kernel: str, model: nn.Module, ctx: ApplyContext, notes: str = "") -> ApplyResult:
     apply, what, _ = KERNELS[fmt][kernel]
     n = apply(model, ctx)
-    return ApplyResult(kernel=f"{fmt}[{kernel}]: {what} -> {kernel_summary(model)}{phases(model, fmt)}",
-                       layers_changed=n, notes=notes)
+    return ApplyResult(kernel=_described(f"{fmt}[{kernel}]: {what}", model), layers_changed=n, notes=notes)
 
 
 def apply_auto(fmt: str, model: nn.Module, ctx: ApplyContext) -> ApplyResult:

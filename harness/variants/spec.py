@@ -60,6 +60,15 @@ class VariantSpec:
         return self.entry.unsupported_reason(device_type, compute_capability, profile)
 
 
+def explicit_kernels(fmt: str) -> list[str]:
+    """`int4-wo[tinygemm]`, ...: the explicit kernels of a format that chooses its kernel per batch
+    (Variant.kernel_by_batch); [] for any other name."""
+    entry = REGISTRY.get(fmt)
+    if entry is None or not entry.kernel_by_batch:
+        return []
+    return [n for n, e in REGISTRY.items() if e.kernel_of == fmt]
+
+
 def valid_names() -> str:
     return (f"variants: {', '.join(REGISTRY)}; optional policy suffixes: "
             f"{', '.join('@' + p for p in POLICIES)} or @path/to/policy.txt (e.g. int4-wo@keep-attn)")

@@ -115,6 +115,15 @@ class LeanDecoder(nn.Module):
         self.embed_scale = (float(cfg.hidden_size) ** 0.5 if cfg.model_type.startswith("gemma")
                             and not hasattr(model.model.embed_tokens, "embed_scale") else None)
         self.qkv_default = (self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim)
+        # per layer, read once: (its attention window or None, Gemma 2's norms around attention and MLP, activation)
+        self.layer_plan = [self._plan(layer) for layer in model.model.layers]
+
+    def _plan(self, layer: nn.Module) -> tuple:
+        sandwich = hasattr(layer, "pre_feedforward_layernorm")
+        window = getattr(layer.self_attn, "sliding_window", None) if sandwich else self.window
+        mlp = layer.mlp
+        act = getattr(mlp, "act_fn", None) or getattr(mlp, "activation_fn", None) or F.silu
+        return window or None, sandwich, act
 
     def kv_cache_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k_cache + self.v_cache)
@@ -152,7 +161,7 @@ class LeanDecoder(nn.Module):
         windowed = {}
         for i, layer in enumerate(m.layers):
             a, mlp = layer.self_attn, layer.mlp
-            w = getattr(a, "sliding_window", None) if hasattr(layer, "pre_feedforward_layernorm") else self.window
+            w, sandwich, act = self.layer_plan[i]
             if w:
                 if w not in windowed:
                     windowed[w] = causal & (self.key_pos[None, :] > pos[:, None] - w)
@@ -176,7 +185,7 @@ class LeanDecoder(nn.Module):
             vc.index_copy_(2, pos, v)
             o = self._attention(a, q, kc, vc, mask)
             o = a.o_proj(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
-            if hasattr(layer, "pre_feedforward_layernorm"):        # Gemma 2: norms after attention, around the MLP
+            if sandwich:                                             # Gemma 2: norms after attention, around the MLP
                 x = x + layer.post_attention_layernorm(o)
                 h = layer.pre_feedforward_layernorm(x)
             else:
@@ -187,9 +196,8 @@ class LeanDecoder(nn.Module):
                 g, u = gu.split(getattr(mlp, "gate_up_split", gu.shape[-1] // 2), dim=-1)
             else:
                 g, u = mlp.gate_proj(h), mlp.up_proj(h)
-            act = getattr(mlp, "act_fn", None) or getattr(mlp, "activation_fn", None) or F.silu
             y = mlp.down_proj(act(g) * u)
-            if hasattr(layer, "post_feedforward_layernorm"):
+            if sandwich:
                 y = layer.post_feedforward_layernorm(y)
             x = x + y
         x = m.norm(x if all_logits else x[:, -1])
