@@ -1,7 +1,8 @@
 """Where one decode step's GPU time goes: torch.profiler (CUPTI kernel records) over replays of the
 harness's own decode graph (the CudaGraphEngine a cell runs), kernels grouped by what they do.
 
-    python3 bench/profile_step.py --model synthetic:llama-3.1-8b --batch 1 [--variant baseline] [--out F.json]
+    python3 bench/profile_step.py --model synthetic:llama-3.1-8b --batch 1 [--variant baseline]
+        [--decode-attention sdpa|flex] [--out F.json]
 
 Prints kernels per step, the summed kernel time per step, the step's wall time (CUDA events over the
 same replays) and the difference (time the GPU is idle between kernels inside the graph), then the
@@ -19,7 +20,9 @@ import torch
 GROUPS = [  # first match wins; patterns over CUPTI kernel names
     ("gemm (cuBLAS/CUTLASS/nvjet)", r"gemm|gemv|nvjet|cutlass|xmma|sm90|sm100|splitk|Kernel2|wgmma"),
     ("int4/fp8 kernels (tinygemm, mslk, gemlite)", r"int4|tinygemm|_weight_int4|f8i4|bf16i4|gemlite|matmul_kernel"),
-    ("attention", r"flash|fmha|attention|sdpa|efficient|softmax"),
+    # FlexAttention's decoding kernel is an inductor template (triton_tem_*): the only template in the
+    # default compile mode
+    ("attention", r"flash|fmha|attention|sdpa|efficient|softmax|flex|triton_tem"),
     ("norm (fused rmsnorm)", r"rsqrt|mean_mul_pow|norm"),
     ("rotary + kv-cache write", r"cat|neg|index_copy|index_put|rotate|sin|cos"),
     ("argmax / sampling", r"argmax|max_|reduce"),
@@ -50,7 +53,8 @@ def build_engine(args):
         lean.fuse_projections(model)
     applied = spec.apply(model, spec.context("cuda", torch.bfloat16, None, lm.shape.num_hidden_layers))
     eng = CudaGraphEngine(model, dev, args.batch, args.prompt, args.new, compile_step=True,
-                          tune=args.tune, compile_mode=args.compile_mode)
+                          tune=args.tune, compile_mode=args.compile_mode,
+                          decode_attention=args.decode_attention)
     return eng, applied.kernel
 
 
@@ -64,6 +68,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--tune", action="store_true")
     ap.add_argument("--compile-mode", default="default")
+    ap.add_argument("--decode-attention", default="sdpa", choices=("sdpa", "flex"))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     from torch.profiler import ProfilerActivity, profile
@@ -99,7 +104,7 @@ def main() -> None:
         by_name[e.name][1] += d
     out = {
         "model": args.model, "variant": args.variant, "batch": args.batch, "prompt": args.prompt, "kernel": kernel,
-        "engine": eng.name, "tuned": eng.tuned, "steps_profiled": n,
+        "engine": eng.name, "tuned": eng.tuned, "decode_attention": eng.decode_attention, "steps_profiled": n,
         "step_wall_ms_cuda_events": wall_s * 1e3,
         "kernels_per_step": len(kernels) / n,
         "kernel_time_per_step_ms": sum(v[1] for v in by_group.values()) / n / 1e3,

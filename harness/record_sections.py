@@ -25,6 +25,7 @@ class EngineInfo:
     fused_projections: bool | None = None        # q/k/v and gate/up each fused into one matmul
     compile_mode: str | None = None              # inductor mode of the compiled step; None: not compiled
     coordinate_descent_tuning: bool | None = None
+    decode_attention: str | None = None          # attention of the compiled decode step: sdpa | flex
     compile_choice: dict[str, Any] | None = None  # chosen configuration, each candidate's step time, source
     reused: bool | None = None                   # built by an earlier measurement of the same cell
     notes: tuple[str, ...] = ()                  # why a faster decode path was not used

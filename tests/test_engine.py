@@ -69,8 +69,9 @@ def test_cuda_graph_engine_matches_lean_eager_fp32(tiny_loaded):
     m = tiny_loaded.instantiate(dev, torch.float32)
     ids = torch.randint(0, tiny_loaded.vocab_size, (4, 24), generator=torch.Generator().manual_seed(5)).to(dev)
     ref = _hf_greedy(m, ids, 16).cpu()
-    for comp in (False, True):
-        eng = CudaGraphEngine(m, dev, 4, 24, 16, compile_step=comp)
+    for comp, attention in ((False, "sdpa"), (True, "sdpa"), (True, "flex")):
+        eng = CudaGraphEngine(m, dev, 4, 24, 16, compile_step=comp, decode_attention=attention)
+        assert eng.decode_attention == attention
         r = eng.run_pass(ids, 16)
         r2 = eng.run_pass(ids, 16)     # replays are repeatable: the cache is rewritten each pass
         assert torch.equal(r.tokens, r2.tokens)
@@ -165,3 +166,32 @@ def test_lean_decoder_equals_transformers_for_each_family(model_type, extra):
         ref = m(input_ids=ids).logits
         got = LeanLM(m)(ids)
     assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("model_type,extra", [
+    ("mistral", {"sliding_window": 8}),
+    ("gemma2", {"head_dim": 32, "sliding_window": 8, "query_pre_attn_scalar": 16,
+                "attn_logit_softcapping": 5.0, "final_logit_softcapping": 3.0}),
+])
+def test_flex_decode_attention_equals_sdpa_in_the_compiled_step(model_type, extra):
+    """The compiled one-token step with FlexAttention (mask, window and soft-cap as a score_mod) gives
+    the SDPA step's logits at every position, past the window too; uncompiled it runs SDPA."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(model_type, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                               num_key_value_heads=2, intermediate_size=256, vocab_size=512,
+                               max_position_embeddings=256, **extra)
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_config(cfg).eval()
+    ids = torch.randint(0, 512, (2, 6), generator=torch.Generator().manual_seed(1))
+    steps = torch.randint(0, 512, (2, 10), generator=torch.Generator().manual_seed(2))
+    ref, flex = LeanDecoder(m, 2, 16), LeanDecoder(m, 2, 16, decode_attention="flex")
+    step = torch.compile(flex, fullgraph=True, dynamic=False)
+    with torch.inference_mode():
+        assert torch.equal(ref(ids, torch.arange(6)), flex(ids, torch.arange(6)))   # prefill: SDPA in both
+        for i in range(10):
+            pos = torch.tensor([6 + i])
+            a, b = ref(steps[:, i:i + 1], pos), step(steps[:, i:i + 1], pos)
+            assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), (i, (a - b).abs().max())
+    with pytest.raises(ValueError, match="decode attention"):
+        LeanDecoder(m, 2, 16, decode_attention="paged")

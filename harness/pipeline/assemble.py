@@ -185,6 +185,7 @@ def assemble_record(cell, ctx, settings, o: CellOutcome):
         "layers_changed": facts.get("layers_changed"), "variant_notes": facts.get("variant_notes"),
         "compile_mode": choice.facts.get("compile_mode"),
         "coordinate_descent_tuning": choice.facts.get("coordinate_descent_tuning"),
+        "decode_attention": choice.facts.get("decode_attention"),
         "compile_choice": choice.facts.get("compile_choice"), "reused": not choice.fresh,
         "notes": list(choice.notes)}})
     typed = {}

@@ -47,7 +47,7 @@ MATCH_AXES = cell_axes(without=("profile",))
 # how a cell ran: a difference between the two runs is flagged `settings` (section.field for sections);
 # a value unknown on one side (None or "") is not counted as a difference
 SETTINGS = ("device", "dtype", "decode_path", "prompt_source", "timing_source", "meters", "engine.compile_mode",
-            "engine.coordinate_descent_tuning", "quality.window_tokens", "quality.stride_tokens",
+            "engine.coordinate_descent_tuning", "engine.decode_attention", "quality.window_tokens", "quality.stride_tokens",
             "quality.reference_dtype")
 STATUS_METRIC = "status"      # the metric of a row about the cell itself (failed, vanished, new)
 REGRESSION = "regression"

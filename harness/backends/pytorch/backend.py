@@ -71,14 +71,16 @@ class PytorchBackend:
 
         s, dev = prepared.settings, prepared.torch_device
 
-        def build(tune):
+        def build(tune, decode_attention="sdpa"):
             return CudaGraphEngine(prepared.model, dev, cell.batch_size, cell.prompt_tokens, cell.new_tokens,
-                                   compile_step=compile_step, tune=tune, compile_mode=s.compile_mode)
+                                   compile_step=compile_step, tune=tune, compile_mode=s.compile_mode,
+                                   decode_attention=decode_attention)
 
         facts = {"static_cache": True, "compile_mode": s.compile_mode if compile_step else None}
         if not compile_step or s.tune != "auto" or cell.new_tokens < 2:
             eng = build({"auto": None, "on": True, "off": False}[s.tune] if compile_step else False)
             facts["coordinate_descent_tuning"] = eng.tuned
+            facts["decode_attention"] = eng.decode_attention
             facts["compile_choice"] = {"source": f"--tune {s.tune}" if compile_step else "not compiled"}
             return EngineChoice(eng, tuple(notes), facts=facts)
         key = cc.choice_key(torch.cuda.get_device_name(dev), prepared.model_spec, prepared.variant_name,
@@ -86,7 +88,7 @@ class PytorchBackend:
         setup = []
 
         def build_named(name):
-            eng = build(cc.CANDIDATES[name]["tune"])
+            eng = build(**cc.CANDIDATES[name])
             setup.append(eng.setup_s)
             return eng
 
@@ -99,6 +101,7 @@ class PytorchBackend:
         eng, choice = cc.choose(key, build_named, cc.median_step_s, release, cc.ChoiceCache())
         eng.setup_s = sum(setup)   # every candidate compiled here is set-up of this cell
         facts["coordinate_descent_tuning"] = eng.tuned
+        facts["decode_attention"] = eng.decode_attention
         facts["compile_choice"] = {"chosen": choice.name, "step_s": choice.step_s, "source": choice.source,
                                    "candidates": list(cc.CANDIDATES)}
         return EngineChoice(eng, tuple(notes), facts=facts)

@@ -20,8 +20,11 @@ from typing import Callable
 from harness.atomic import atomic_write_text
 
 # name -> CudaGraphEngine keyword arguments. max-autotune is not a candidate: minutes of compile per
-# cell; it stays an explicit --compile-mode.
-CANDIDATES: dict[str, dict] = {"untuned": {"tune": False}, "tuned": {"tune": True}}
+# cell; it stays an explicit --compile-mode. "flex": the untuned step with FlexAttention's decoding
+# kernel in place of SDPA (lean.DECODE_ATTENTION); on the H200 the SDPA attention and its mask kernels
+# were 5.5% of the bf16 batch-1 step (results/reference/h200/diag-20261201/profile-bf16-b1.json).
+CANDIDATES: dict[str, dict] = {"untuned": {"tune": False}, "tuned": {"tune": True},
+                               "flex": {"tune": False, "decode_attention": "flex"}}
 CACHE_FILE = "compile_choices.json"
 
 

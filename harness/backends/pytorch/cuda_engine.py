@@ -47,10 +47,12 @@ class CudaGraphEngine:
 
     def __init__(self, model: nn.Module, device: torch.device, batch: int, prompt_tokens: int, new_tokens: int,
                  compile_step: bool = True, tune: bool | None = None,
-                 compile_mode: str = "default"):
+                 compile_mode: str = "default", decode_attention: str = "sdpa"):
         t0 = time.perf_counter()
         self.device, self.B, self.P, self.N = device, batch, prompt_tokens, new_tokens
-        self.dec = LeanDecoder(model, batch, prompt_tokens + new_tokens)
+        # FlexAttention only inside the compiled step (lean.DECODE_ATTENTION)
+        self.decode_attention = decode_attention if compile_step else "sdpa"
+        self.dec = LeanDecoder(model, batch, prompt_tokens + new_tokens, decode_attention=self.decode_attention)
         self.name = "compiled+cuda-graph" if compile_step else "cuda-graph"
         self.tuned = compile_step and (tune if tune is not None else batch <= TUNE_MAX_BATCH)
         if compile_step:

@@ -18,6 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2")
+# The attention of a compiled one-token decode step: "sdpa" (F.scaled_dot_product_attention over the
+# cache with a boolean mask: cuDNN/flash plus a mask kernel per layer on CUDA) or "flex" (FlexAttention's
+# decoding kernel, the causal/window mask and Gemma 2's soft-cap as a score_mod, one generated kernel per
+# layer). Prefill, and any step that is not being compiled, always runs SDPA: eager FlexAttention is a
+# reference implementation.
+DECODE_ATTENTION = ("sdpa", "flex")
 # Per family, what differs from Llama and where the lean forward takes it from (the model's own modules
 # and config, never constants): Phi-3 ships q/k/v and gate/up fused (split by head counts) and may rotate
 # only part of each head (its rotary module's cos width); Gemma scales the embeddings by sqrt(hidden)
@@ -83,6 +89,24 @@ def fuse_projections(model: nn.Module) -> None:
         del m.gate_proj, m.up_proj
 
 
+def _flex_decode(q, kc, vc, pos, window, cap, scale, gqa):
+    """FlexAttention over the static cache for a one-token step: keys at or before the query's position
+    (and within the window, if any) attend; Gemma 2's logit soft-cap before the mask, as in its own
+    attention. `pos` is the step's (1,) position tensor, read inside the kernel (no host sync)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        if cap:
+            score = torch.tanh(score / cap) * cap
+        p = pos[q_idx]
+        keep = kv_idx <= p
+        if window:
+            keep = keep & (kv_idx > p - window)
+        return torch.where(keep, score, -float("inf"))
+
+    return flex_attention(q, kc, vc, score_mod=score_mod, scale=scale, enable_gqa=gqa)
+
+
 class LeanDecoder(nn.Module):
     """forward(ids (B, T), pos (T,) absolute positions) -> logits of the last position (B, vocab).
 
@@ -92,11 +116,14 @@ class LeanDecoder(nn.Module):
     same as full attention while the context is within the window, masked beyond it.
     """
 
-    def __init__(self, model: nn.Module, batch: int, max_len: int):
+    def __init__(self, model: nn.Module, batch: int, max_len: int, decode_attention: str = "sdpa"):
         super().__init__()
         why = supports(model)
         if why:
             raise ValueError(why)
+        if decode_attention not in DECODE_ATTENTION:
+            raise ValueError(f"decode attention must be one of {DECODE_ATTENTION}, got {decode_attention!r}")
+        self.decode_attention = decode_attention
         cfg = model.config
         self.hf = model
         self.n_heads = cfg.num_attention_heads
@@ -135,9 +162,11 @@ class LeanDecoder(nn.Module):
         rot, rest = t[..., :r], t[..., r:]                          # partial rotary (Phi-3 variants)
         return torch.cat((rot * cos + _rotate_half(rot) * sin, rest), dim=-1)
 
-    def _attention(self, a, q, kc, vc, mask):
+    def _attention(self, a, q, kc, vc, mask, pos, window):
         scale = getattr(a, "scaling", None)
         cap = getattr(a, "attn_logit_softcapping", None)
+        if self.decode_attention == "flex" and q.shape[2] == 1 and torch.compiler.is_compiling():
+            return _flex_decode(q, kc, vc, pos, window, cap, scale, self.n_kv != self.n_heads)
         if not cap:
             return F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, scale=scale,
                                                   enable_gqa=self.n_kv != self.n_heads)
@@ -183,7 +212,7 @@ class LeanDecoder(nn.Module):
             kc, vc = self.k_cache[i], self.v_cache[i]
             kc.index_copy_(2, pos, k)
             vc.index_copy_(2, pos, v)
-            o = self._attention(a, q, kc, vc, mask)
+            o = self._attention(a, q, kc, vc, mask, pos, w)
             o = a.o_proj(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
             if sandwich:                                             # Gemma 2: norms after attention, around the MLP
                 x = x + layer.post_attention_layernorm(o)
