@@ -129,8 +129,11 @@ for stage in "$@"; do
         --batch 8 --new-tokens 32 --prompt-tokens 128 --tune off --energy-window-s 2 --min-seconds 1
       pack big70b8 ;;
     gputests)
-      timeout $(( $(left_s) - 5 )) python3 -m pytest -q -m gpu --benchmark-disable -p no:cacheprovider --durations=0 \
-        ${TESTS:-tests} 2>&1 | tee "$OUT/gpu-tests.log" | tail -40 ;;
+      # -v: a run cut by the deadline still names each test it finished; GPUTESTS_S caps it below the time left
+      t=$(( $(left_s) - 5 )); if [ -n "${GPUTESTS_S:-}" ] && [ "$GPUTESTS_S" -lt "$t" ]; then t=$GPUTESTS_S; fi
+      timeout $t python3 -m pytest -v -rfE --tb=short -m gpu --benchmark-disable -p no:cacheprovider --durations=0 \
+        ${TESTS:-tests} > "$OUT/gpu-tests.log" 2>&1; grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed" "$OUT/gpu-tests.log" \
+        | tail -40 ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
   echo "stage $stage: $(( $(date +%s) - t0 )) s"

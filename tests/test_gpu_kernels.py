@@ -152,8 +152,18 @@ def test_gemlite_dequantize_inverts_gemlite_packing():
     fp8 = SimpleNamespace(W_q=torch.randn(k, n), scales=torch.rand(1, n), zeros=torch.tensor([[]]), W_group_mode=0,
                           channel_scale_mode=1, elements_per_sample=1, W_nbits=8, in_features=k, out_features=n)
     assert torch.allclose(gk.gemlite_dequantized(fp8, torch.float32), fp8.W_q.t() * fp8.scales.t(), atol=1e-6)
-    with pytest.raises(ValueError, match="GemLite layout not known here"):
-        gk.gemlite_dequantized(SimpleNamespace(**{**vars(fp8), "channel_scale_mode": 3}))
+    # A16W8_FP8's default (gemlite/helper.py, A16W8.from_weights, post_scale=False): fp8 codes stored
+    # transposed, scales (1, N), no zeros, W_group_mode 2 with channel_scale_mode 0 (the scale inside the GEMM)
+    codes = (torch.randn(n, k) * 50).to(torch.float8_e4m3fn)
+    pre = SimpleNamespace(W_q=codes.t(), scales=scale[:, :1].t().contiguous(), zeros=None, W_group_mode=2,
+                          channel_scale_mode=0, elements_per_sample=1, W_nbits=8, in_features=k, out_features=n)
+    assert torch.equal(gk.gemlite_dequantized(pre, torch.float32), codes.float() * scale[:, :1])
+    grouped = SimpleNamespace(**{**vars(pre), "scales": scale.t().contiguous()})   # symmetric, per group of K
+    want = (codes.float().view(n, k // g, g) * scale[..., None]).view(n, k)
+    assert torch.equal(gk.gemlite_dequantized(grouped, torch.float32), want)
+    for bad in ({"channel_scale_mode": 3}, {"W_group_mode": 1}):
+        with pytest.raises(ValueError, match="GemLite layout not known here"):
+            gk.gemlite_dequantized(SimpleNamespace(**{**vars(fp8), **bad}))
 
 
 def test_whole_model_kernel_counts_every_linear():

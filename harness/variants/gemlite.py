@@ -65,13 +65,18 @@ def fp8_gemlite_linear(lin: nn.Linear) -> nn.Module:
 
 
 def _layout(m: nn.Module) -> tuple:
-    """(n, k, codes per int, bits, W_group_mode, per-channel) of a GemLiteLinearTriton, or ValueError."""
+    """(n, k, codes per int, bits, W_group_mode, per-channel) of a GemLiteLinearTriton, or ValueError.
+    Per-channel: one scale per output, applied after the GEMM (W_group_mode 0, channel_scale_mode 1) or
+    inside it (W_group_mode 2, channel_scale_mode 0: A16W8_FP8's default, pre-scaling). Grouped: scales
+    (K / g, N), W_group_mode 2 (q * s), 3 ((q - z) * s) or 4 (q * s + z)."""
     n, k = int(m.out_features), int(m.in_features)
     s, mode, csm = m.scales, int(m.W_group_mode), int(getattr(m, "channel_scale_mode", 0))
-    channel = csm == 1 and s.numel() == n and mode in (0, 2)
-    if not channel and (mode not in (3, 4) or s.dim() != 2 or s.shape[1] != n or k % s.shape[0]):
+    channel = s is not None and s.numel() == n and ((csm == 1 and mode in (0, 2)) or (csm == 0 and mode == 2))
+    grouped = (s is not None and csm == 0 and mode in (2, 3, 4) and s.dim() == 2 and s.shape[1] == n
+               and k % s.shape[0] == 0)
+    if not (channel or grouped):
         raise ValueError(f"GemLite layout not known here (W_group_mode {mode}, channel_scale_mode {csm}, "
-                         f"scales {tuple(s.shape)})")
+                         f"scales {None if s is None else tuple(s.shape)})")
     return n, k, int(m.elements_per_sample), int(m.W_nbits), mode, channel
 
 
@@ -85,7 +90,10 @@ def _dequant(w_q, s, z, n: int, k: int, e: int, bits: int, mode: int, channel: b
         return (w * s.reshape(n, 1).float()).to(dtype)
     g = k // s.shape[0]
     w = w.view(n, k // g, g)
-    st, zt = s.t().float().unsqueeze(-1), z.t().float().unsqueeze(-1)
+    st = s.t().float().unsqueeze(-1)
+    if mode == 2:
+        return (w * st).reshape(n, k).to(dtype)
+    zt = z.t().float().unsqueeze(-1)
     w = (w - zt) * st if mode == 3 else w * st + zt
     return w.reshape(n, k).to(dtype)
 
