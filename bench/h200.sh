@@ -107,6 +107,13 @@ for stage in "$@"; do
       # the bf16 batch-1 step with FlexAttention's decoding kernel in place of SDPA (kernels grouped as in `profile`)
       timeout 120 python3 bench/profile_step.py --batch 1 --decode-attention flex --out $OUT/profile-bf16-b1-flex.json \
         | python3 -c "import json,sys; d=json.load(sys.stdin); print({k: d[k] for k in ('step_wall_ms_cuda_events', 'kernels_per_step', 'idle_between_kernels_per_step_ms')}); print(json.dumps(d['groups'], indent=0))" ;;
+    prefillprof)
+      # where a bf16 prefill's time goes at prompt 128 and 2048 (the non-GEMM share a kernel-curve prefill
+      # projection needs: harness/plan has none yet)
+      for p in 128 2048; do
+        timeout 150 python3 bench/profile_step.py --phase prefill --batch 1 --prompt $p --new 2 --steps 10 \
+          --out $OUT/profile-bf16-prefill-p$p.json | python3 -c "import json,sys; d=json.load(sys.stdin); print({k: d[k] for k in ('prompt', 'prefill_in_graph', 'step_wall_ms_cuda_events', 'kernels_per_step', 'idle_between_kernels_per_step_ms')}); print(json.dumps(d['groups'], indent=0))"
+      done ;;
     engine4)
       # three processes with --tune auto: candidates untuned, tuned and flex measured in the first, cached after
       for i in 1 2 3; do RUN_TIMEOUT_S=150 hr bf16-b1-auto-$i $M8 --variants baseline --batch 1 --energy-window-s 3; done

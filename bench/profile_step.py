@@ -1,8 +1,11 @@
-"""Where one decode step's GPU time goes: torch.profiler (CUPTI kernel records) over replays of the
-harness's own decode graph (the CudaGraphEngine a cell runs), kernels grouped by what they do.
+"""Where one decode step's (or one prefill's) GPU time goes: torch.profiler (CUPTI kernel records) over
+replays of the harness's own graphs (the CudaGraphEngine a cell runs), kernels grouped by what they do.
 
     python3 bench/profile_step.py --model synthetic:llama-3.1-8b --batch 1 [--variant baseline]
-        [--decode-attention sdpa|flex] [--out F.json]
+        [--decode-attention sdpa|flex] [--phase decode|prefill] [--prompt 2048] [--out F.json]
+
+--phase prefill profiles the prefill of the whole prompt (its graph where the engine captured one, else
+the eager prefill the cell runs) instead of decode steps: the "step" figures are then per prefill.
 
 Prints kernels per step, the summed kernel time per step, the step's wall time (CUDA events over the
 same replays) and the difference (time the GPU is idle between kernels inside the graph), then the
@@ -69,19 +72,33 @@ def main() -> None:
     ap.add_argument("--tune", action="store_true")
     ap.add_argument("--compile-mode", default="default")
     ap.add_argument("--decode-attention", default="sdpa", choices=("sdpa", "flex"))
+    ap.add_argument("--phase", default="decode", choices=("decode", "prefill"))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     from torch.profiler import ProfilerActivity, profile
 
     eng, kernel = build_engine(args)
-    n = min(args.steps, args.new - 1)
     with torch.inference_mode():
-        wall_s = eng.decode_step_s(n)                     # CUDA events, no profiler attached
-        eng._prefill_body()
+        if args.phase == "decode":
+            n = min(args.steps, args.new - 1)
+            wall_s = eng.decode_step_s(n)                 # CUDA events, no profiler attached
+            eng._prefill_body()
+            one = eng.g_decode.replay
+        else:
+            n = args.steps
+            one = eng.g_prefill.replay if eng.g_prefill is not None else eng._prefill_body
+            one()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(n):
+                one()
+            end.record()
+            torch.cuda.synchronize()
+            wall_s = start.elapsed_time(end) / 1e3 / n     # CUDA events, no profiler attached
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(n):
-                eng.g_decode.replay()
+                one()
             torch.cuda.synchronize()
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     spans = sorted((e.time_range.start, e.time_range.end) for e in kernels)
@@ -104,7 +121,8 @@ def main() -> None:
         by_name[e.name][1] += d
     out = {
         "model": args.model, "variant": args.variant, "batch": args.batch, "prompt": args.prompt, "kernel": kernel,
-        "engine": eng.name, "tuned": eng.tuned, "decode_attention": eng.decode_attention, "steps_profiled": n,
+        "engine": eng.name, "phase": args.phase,
+        "prefill_in_graph": eng.g_prefill is not None, "tuned": eng.tuned, "decode_attention": eng.decode_attention, "steps_profiled": n,
         "step_wall_ms_cuda_events": wall_s * 1e3,
         "kernels_per_step": len(kernels) / n,
         "kernel_time_per_step_ms": sum(v[1] for v in by_group.values()) / n / 1e3,

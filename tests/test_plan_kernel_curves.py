@@ -133,6 +133,10 @@ def test_step_cost_from_profiles_and_projection_by_hand(P, log, tmp_path):
     assert "no decode curve" in project_decode([cal], h200, "baseline", 1, wbytes.total, kv, gb, 32).source
     with pytest.raises(ValueError, match="not a bench/profile_step.py profile"):
         step_cost.read_profile(log)
+    pre = _profile(tmp_path, "pre.json", "baseline", 63.0, 37.0)        # a prefill's profile is no decode step
+    pre.write_text(json.dumps({**json.loads(pre.read_text()), "phase": "prefill"}))
+    with pytest.raises(ValueError, match="a prefill profile, and the step cost is a decode step's"):
+        step_cost.read_profile(pre)
 
 
 def test_cli_from_kernels_and_validate_same_device(P, log, tmp_path):

@@ -40,6 +40,8 @@ def read_profile(path: str | Path) -> dict:
     p = Path(path)
     try:
         d = json.loads(p.read_text(encoding="utf-8"))
+        if d.get("phase", "decode") != "decode":   # bench/profile_step.py --phase prefill: not a decode step
+            raise ValueError(f"a {d.get('phase')} profile, and the step cost is a decode step's")
         step_ms = float(d["step_wall_ms_cuda_events"])
         gemm_ms = float(d["groups"][GEMM_GROUP]["ms_per_step"])
         return {"file": str(p), "model": d["model"], "variant": d["variant"], "batch": int(d["batch"]),
