@@ -36,6 +36,8 @@ hr() {
 }
 M8="--model synthetic:llama-3.1-8b --new-tokens 64 --prompt-tokens 128"
 RUNS=/tmp/runs; mkdir -p $RUNS
+# a bench/profile_step.py JSON on stdin -> its step figures (the keys named) and its kernel groups
+profsum() { python3 -c "import json,sys; d=json.load(sys.stdin); print({k: d.get(k) for k in sys.argv[1:]}); print(json.dumps(d['groups'], indent=0))" "$@"; }
 pack() { tar -C $RUNS -czf "$OUT/$1.tar.gz" --exclude='*.parquet' --exclude='*.csv' --exclude='charts' $(ls $RUNS) && rm -rf $RUNS/*; }
 for stage in "$@"; do
   t0=$(date +%s)
@@ -106,13 +108,14 @@ for stage in "$@"; do
     flexprof)
       # the bf16 batch-1 step with FlexAttention's decoding kernel in place of SDPA (kernels grouped as in `profile`)
       timeout 120 python3 bench/profile_step.py --batch 1 --decode-attention flex --out $OUT/profile-bf16-b1-flex.json \
-        | python3 -c "import json,sys; d=json.load(sys.stdin); print({k: d[k] for k in ('step_wall_ms_cuda_events', 'kernels_per_step', 'idle_between_kernels_per_step_ms')}); print(json.dumps(d['groups'], indent=0))" ;;
+        | profsum step_wall_ms_cuda_events kernels_per_step idle_between_kernels_per_step_ms ;;
     prefillprof)
       # where a bf16 prefill's time goes at prompt 128 and 2048 (the non-GEMM share a kernel-curve prefill
       # projection needs: harness/plan has none yet)
       for p in 128 2048; do
         timeout 150 python3 bench/profile_step.py --phase prefill --batch 1 --prompt $p --new 2 --steps 10 \
-          --out $OUT/profile-bf16-prefill-p$p.json | python3 -c "import json,sys; d=json.load(sys.stdin); print({k: d[k] for k in ('prompt', 'prefill_in_graph', 'step_wall_ms_cuda_events', 'kernels_per_step', 'idle_between_kernels_per_step_ms')}); print(json.dumps(d['groups'], indent=0))"
+          --out $OUT/profile-bf16-prefill-p$p.json \
+          | profsum prompt prefill_in_graph step_wall_ms_cuda_events kernels_per_step idle_between_kernels_per_step_ms
       done ;;
     engine4)
       # three processes with --tune auto: candidates untuned, tuned and flex measured in the first, cached after

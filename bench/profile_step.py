@@ -77,6 +77,8 @@ def main() -> None:
     args = ap.parse_args()
     from torch.profiler import ProfilerActivity, profile
 
+    from harness.backends.pytorch.cuda_engine import mean_replay_s
+
     eng, kernel = build_engine(args)
     with torch.inference_mode():
         if args.phase == "decode":
@@ -88,13 +90,7 @@ def main() -> None:
             n = args.steps
             one = eng.g_prefill.replay if eng.g_prefill is not None else eng._prefill_body
             one()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(n):
-                one()
-            end.record()
-            torch.cuda.synchronize()
-            wall_s = start.elapsed_time(end) / 1e3 / n     # CUDA events, no profiler attached
+            wall_s = mean_replay_s(one, n, eng.device)     # CUDA events, no profiler attached
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(n):

@@ -66,12 +66,12 @@ def fp8_gemlite_linear(lin: nn.Linear) -> nn.Module:
 
 def _layout(m: nn.Module) -> tuple:
     """(n, k, codes per int, bits, W_group_mode, per-channel) of a GemLiteLinearTriton, or ValueError.
-    Per-channel: one scale per output, applied after the GEMM (W_group_mode 0, channel_scale_mode 1) or
-    inside it (W_group_mode 2, channel_scale_mode 0: A16W8_FP8's default, pre-scaling). Grouped: scales
-    (K / g, N), W_group_mode 2 (q * s), 3 ((q - z) * s) or 4 (q * s + z)."""
+    Per-channel: one scale per output applied after the GEMM (channel_scale_mode 1). Grouped: scales
+    (K / g, N) applied inside it, W_group_mode 2 (q * s), 3 ((q - z) * s) or 4 (q * s + z); A16W8_FP8's
+    default (pre-scaling: W_group_mode 2, scales (1, N)) is one group of the whole K."""
     n, k = int(m.out_features), int(m.in_features)
     s, mode, csm = m.scales, int(m.W_group_mode), int(getattr(m, "channel_scale_mode", 0))
-    channel = s is not None and s.numel() == n and ((csm == 1 and mode in (0, 2)) or (csm == 0 and mode == 2))
+    channel = s is not None and csm == 1 and s.numel() == n and mode in (0, 2)
     grouped = (s is not None and csm == 0 and mode in (2, 3, 4) and s.dim() == 2 and s.shape[1] == n
                and k % s.shape[0] == 0)
     if not (channel or grouped):

@@ -21,6 +21,17 @@ from harness.backends.pytorch.lean import LeanDecoder
 PREFILL_GRAPH_MAX_TOKENS = 8192
 
 
+def mean_replay_s(fn, n: int, device) -> float:
+    """Mean seconds of `n` back-to-back calls of `fn` (a graph replay), timed by CUDA events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(n):
+        fn()
+    end.record()
+    torch.cuda.synchronize(device)
+    return start.elapsed_time(end) / 1e3 / n
+
+
 def _inductor_settings(tune: bool) -> None:
     import torch._dynamo.config as dc
     import torch._inductor.config as ic
@@ -149,13 +160,7 @@ class CudaGraphEngine:
             raise ValueError("no decode graph (new_tokens = 1)")
         n = max(1, min(n, self.N - 1))
         self._prefill_body()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(n):
-            self.g_decode.replay()
-        end.record()
-        torch.cuda.synchronize(self.device)
-        return start.elapsed_time(end) / 1e3 / n
+        return mean_replay_s(self.g_decode.replay, n, self.device)
 
     def kv_cache_bytes(self) -> int:
         return self.dec.kv_cache_bytes()
