@@ -68,6 +68,11 @@ for stage in "$@"; do
       grep -iE "error|illegal|Traceback" -A3 $OUT/qwen-int4-b32-p2048.log | head -30
       hr mistral-bf16-b1 --model synthetic:mistral-7b --variants baseline --batch 1 --new-tokens 64 --tune off
       pack diag ;;
+    kernels70)
+      # kernel timings at the 70B block's shapes, M = 1..256 and a prefill size (planner curves for 70B)
+      timeout ${KERNELS_TIMEOUT_S:-300} python3 bench/kernels_gpu.py --model llama-3.1-70b --kernels "bf16,int4,fp8" \
+        --m ${KERNELS_M:-1,2,4,8,16,32,64,128,256,2048} --out $OUT/kernels-70b.json > $OUT/kernels-70b.log 2>&1
+      grep -v -i warn $OUT/kernels-70b.log | grep -E "M= +(1|8|32|2048) |failed|shapes|gemlite" | head -60 ;;
     gputests-kernels)
       timeout 150 python3 -m pytest -q -m gpu --benchmark-disable -p no:cacheprovider tests/test_gpu_kernels.py 2>&1 \
         | tee "$OUT/gpu-tests-kernels.log" | tail -8 ;;
@@ -125,7 +130,7 @@ for stage in "$@"; do
       cp $HARNESS_CACHE_DIR/compile_choices.json $OUT/ 2>/dev/null
       pack engine4 ;;
     qwen)
-      RUN_TIMEOUT_S=${QWEN_TIMEOUT_S:-150} hr qwen-int4-b32-p2048 --model synthetic:qwen2.5-7b --variants int4-wo[tinygemm] \
+      RUN_TIMEOUT_S=${QWEN_TIMEOUT_S:-150} hr qwen-int4-b32-p2048 --model synthetic:qwen2.5-7b --variants ${QWEN_VARIANT:-int4-wo[tinygemm]} \
         --batch 32 --prompt-tokens 2048 --new-tokens 16 --tune off --energy-window-s 2 --min-seconds 1
       pack qwen ;;
     cells)

@@ -1,7 +1,11 @@
-"""Weight-only kernels at the linear shapes of an 8B Llama, timed per call inside a CUDA graph of
-`--calls` back-to-back calls (CUDA events; the graph removes Python launch time, as the engine does).
+"""Weight-only kernels at the linear shapes of one decoder block of a preset (default Llama-3.1-8B), timed
+per call inside a CUDA graph of `--calls` back-to-back calls (CUDA events; the graph removes Python
+launch time, as the engine does).
 
-    python3 bench/kernels_gpu.py [--m 1,8,32,2048] [--out F.json]
+    python3 bench/kernels_gpu.py [--model llama-3.1-70b] [--m 1,8,32,2048] [--kernels "bf16,int4"] [--out F.json]
+
+The block's linears as the lean decoder runs them: q/k/v fused (qkv), o, gate/up fused (gate_up), down.
+The first line printed names the preset (`shapes of <preset>: ...`), so a log says which block it timed.
 
 Kernels: bf16 cuBLAS (F.linear), torchao Int4WeightOnlyConfig with tile_packed_to_4d (tinygemm) and
 preshuffled (mslk CUTLASS) packings, torchao Float8WeightOnlyConfig, GemLite's Triton kernels
@@ -16,8 +20,6 @@ import traceback
 
 import torch
 from torch import nn
-
-SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 
 
 def torchao_linear(lin: nn.Linear, cfg) -> nn.Module:
@@ -96,10 +98,19 @@ def gemlite_configs() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="llama-3.1-8b", help="preset whose block shapes are timed")
     ap.add_argument("--m", default="1,8,32,2048")
+    ap.add_argument("--kernels", default="", help="comma-separated prefixes of the kernel names to time (default all)")
     ap.add_argument("--calls", type=int, default=20)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    from harness.plan.kernel_log import block_shapes
+    try:
+        shapes = block_shapes(args.model)
+    except ValueError as e:
+        ap.error(f"--model {e}")
+    wanted = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    print(f"shapes of {args.model}: " + ", ".join(f"{n} {a}x{b}" for n, (a, b) in shapes.items()), flush=True)
     torch.manual_seed(0)
     try:
         cfg_note = gemlite_configs()
@@ -108,7 +119,9 @@ def main() -> None:
     print(cfg_note, flush=True)
     rows = []
     for kname, make in kernels().items():
-        for sname, (N, K) in SHAPES.items():
+        if wanted and not any(kname.startswith(w) for w in wanted):
+            continue
+        for sname, (N, K) in shapes.items():
             lin = nn.Linear(K, N, bias=False, device="cuda", dtype=torch.bfloat16)
             try:
                 mod = make(lin)
@@ -135,7 +148,7 @@ def main() -> None:
             torch.cuda.empty_cache()
     chk = compile_check()
     print("gemlite under torch.compile + CUDA graph:", chk)
-    out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows, "gemlite_compile": chk,
+    out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "model": args.model, "rows": rows, "gemlite_compile": chk,
            "gemlite_configs": cfg_note}
     if args.out:
         with open(args.out, "w") as f:

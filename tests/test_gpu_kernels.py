@@ -251,3 +251,28 @@ def test_tinygemm_beyond_its_output_index_limit_runs_in_chunks():
     y = model(x)
     torch.cuda.synchronize()
     assert y.shape == (65536, 37888) and torch.isfinite(y[-1]).all()
+
+
+def test_cutlass_int4_fake_kernel_has_the_kernels_output_shape():
+    """mslk's bf16 x int4 GEMM allocates bf16 [rows of X, rows of W]: the fake the harness registers says so
+    (meta tensors: no GPU)."""
+    x = torch.empty(2, 3, 4096, device="meta", dtype=torch.bfloat16)
+    w = torch.empty(14336, 2048, device="meta", dtype=torch.int8)
+    s = torch.empty(32, 14336, device="meta", dtype=torch.bfloat16)
+    y = gk.bf16i4bf16_shuffled_shape(x, w, s, s)
+    assert y.shape == (6, 14336) and y.dtype == torch.bfloat16 and y.device.type == "meta"
+    assert "not registered" in gk.register_mslk_fake() or torch.cuda.is_available()   # no mslk on CPU CI
+
+
+@pytest.mark.gpu
+def test_cutlass_int4_compiles_fullgraph_and_matches_eager():
+    """With the fake kernel, torch.compile traces torchao's preshuffled linear (mslk CUTLASS) in one graph,
+    so the engine's compiled decode covers int4-wo[cutlass] cells too."""
+    spec, model = _cuda_mlp("int4-wo[cutlass]")
+    spec.apply(model, spec.context("cuda", torch.bfloat16))
+    assert "registered" in gk.register_mslk_fake() or "own Meta" in gk.register_mslk_fake()
+    x = torch.randn(4, 1024, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        eager = model(x).float()
+        compiled = torch.compile(model, fullgraph=True)(x).float()
+    assert ((compiled - eager).norm() / eager.norm()).item() < 0.01

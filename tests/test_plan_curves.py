@@ -52,9 +52,13 @@ def test_fit_gives_one_curve_per_kernel_with_spread_per_m(P):
     assert any("transformers-generate" in s for s in skipped)
 
 
-def test_curve_interpolates_in_log_m_and_refuses_outside():
+def test_curve_interpolates_as_a_power_of_m_and_refuses_outside():
     c = Curve("baseline", "k", "decode", "records", [Point(1, 0.1, 0.1, 0.1, 1), Point(16, 0.5, 0.4, 0.6, 1)])
-    assert c.at(4)[0] == pytest.approx(0.3)                 # log2 4 is half way from log2 1 to log2 16
+    # log2 4 is half way from log2 1 to log2 16: 1 + other is the geometric mean of 1.1 and 1.5
+    assert c.at(4)[0] == pytest.approx((1.1 * 1.5) ** 0.5 - 1) and c.at(4)[2] == pytest.approx((1.1 * 1.6) ** 0.5 - 1)
+    # a compute-bound kernel (time in proportion to M: 1 + other = M x 2 here) stays on its line between far points
+    lin = Curve("baseline", "k", "kernel", "microbench", [Point(32, 63.0, 63.0, 63.0, 1), Point(2048, 4095.0, 4095.0, 4095.0, 1)])
+    assert lin.at(128)[0] == pytest.approx(255.0)
     assert c.at(32) is None and c.at(0.5) is None
 
 

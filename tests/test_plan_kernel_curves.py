@@ -188,3 +188,141 @@ def test_a_per_batch_format_projects_its_fastest_kernel_or_the_one_that_ran(P):
     none = proj(8, "int4-wo[cutlass]: torchao ... preshuffled -> Int4PreshuffledTensor x129")
     assert not none.ok and "with the kernel that ran (cutlass)" in none.source
     assert project_decode([cal], h200, "baseline", 1, w, kv).source.startswith("no decode curve for baseline")
+
+
+def _block_log(tmp_path, preset, us_scale, name):
+    """A kernels_gpu.py log of `preset`'s block (its header line), bf16 at M=1 and 8 taking `us_scale` x the
+    copy time of its bytes."""
+    from harness.plan.kernel_log import block_shapes
+
+    lines = [f"shapes of {preset}: ..."]
+    for m in (1, 8):
+        for s, (n, k) in block_shapes(preset).items():
+            wb = 2 * n * k
+            lines.append(line("bf16 cuBLAS", s, m, wb / COPY * 1e6 * us_scale, wb))
+    p = tmp_path / name
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def test_kernels_timed_at_two_block_sizes_project_each_model_through_its_own(P, tmp_path):
+    """A kernel timed at the 8B and the 70B block gets a curve per block; a model between them is
+    interpolated in log block parameters, one beyond them takes the nearest and says so."""
+    from harness.models.presets import PRESETS
+    from harness.plan.kernel_log import block_shapes, preset_of_log
+
+    h200 = P["h200-sxm-141gb"]
+    small, big = _block_log(tmp_path, "llama-3.1-8b", 1.5, "k8.log"), _block_log(tmp_path, "llama-3.1-70b", 1.1, "k70.log")
+    assert preset_of_log(big.read_text()) == "llama-3.1-70b" and preset_of_log("bf16 cuBLAS ...") == "llama-3.1-8b"
+    assert block_shapes("llama-3.1-70b") == {"qkv": (10240, 8192), "o": (8192, 8192), "gate_up": (57344, 8192),
+                                              "down": (8192, 28672)}
+    rows, _ = read_rows(big)
+    assert {r["model"] for r in rows} == {"llama-3.1-70b"} and rows[0]["K"] == 8192
+    cal, _ = calibration_from_kernels([small, big], h200, COPY, "test")
+    base = sorted((c for c in cal.curves if c.variant == "baseline"), key=lambda c: c.block_params)
+    assert [c.shapes for c in base] == ["llama-3.1-8b", "llama-3.1-70b"]
+    assert base[0].at(1)[0] == pytest.approx(0.5, rel=0.01) and base[1].at(1)[0] == pytest.approx(0.1, rel=0.01)
+    kernel = base[0].kernel
+    p8, p70 = (PRESETS[n].block_linear_params() for n in ("llama-3.1-8b", "llama-3.1-70b"))
+    (v8, _, _), w8 = cal.sized_kernel_at("baseline", kernel, 1, p8)
+    (v70, _, _), w70 = cal.sized_kernel_at("baseline", kernel, 1, p70)
+    assert (v8, v70) == pytest.approx((0.5, 0.1), rel=0.01) and w8 == "llama-3.1-8b block" and w70 == "llama-3.1-70b block"
+    mid = int((p8 * p70) ** 0.5)                                 # halfway in log parameters
+    (vm, _, _), wm = cal.sized_kernel_at("baseline", kernel, 1, mid)
+    assert vm == pytest.approx(0.3, rel=0.01) and "between the llama-3.1-8b and llama-3.1-70b blocks (0.50" in wm
+    (vs, _, _), ws = cal.sized_kernel_at("baseline", kernel, 1, PRESETS["llama-3.2-1b"].block_linear_params())
+    assert vs == pytest.approx(0.5, rel=0.01) and ws == "llama-3.1-8b block, the nearest timed"
+    # the projection of each model takes its own block's curve (and names it)
+    cal.step_cost = step_cost.none()
+    shape = shape_of("synthetic:llama-3.1-70b")
+    wb = weight_bytes(shape, parse_variant("baseline"), "bf16")
+    gb = gemm_bytes(shape, wb)
+    p = project_decode([cal], h200, "baseline", 1, wb.total, 0.0, gb, 80, block_params=p70)
+    assert p.tok_s == pytest.approx(1 / (gb / COPY * 1.1), rel=0.01) and "llama-3.1-70b block" in p.source
+    p_old = project_decode([cal], h200, "baseline", 1, wb.total, 0.0, gb, 80)   # no block size given: the fuller curve
+    assert p_old.tok_s == pytest.approx(1 / (gb / COPY * 1.5), rel=0.01)
+    with pytest.raises(ValueError, match="two kernel files time the same block"):
+        calibration_from_kernels([small, small], h200, COPY, "test")
+    with pytest.raises(ValueError, match="not a preset"):
+        block_shapes("llama-9000")
+    # the file keeps which block each curve timed
+    out = tmp_path / "c.json"
+    out.write_text(cal.to_json())
+    assert sorted(c.shapes for c in load_calibration(out).curves) == ["llama-3.1-70b", "llama-3.1-8b"]
+
+
+def test_cli_takes_several_kernel_files(P, tmp_path):
+    small, big = _block_log(tmp_path, "llama-3.1-8b", 1.5, "k8.log"), _block_log(tmp_path, "llama-3.1-70b", 1.1, "k70.log")
+    out = tmp_path / "cal.json"
+    res = CliRunner().invoke(calibrate_cli, ["--from-kernels", str(small), "--from-kernels", str(big), "--profile",
+                                             "h200-sxm-141gb", "--copy-bandwidth", str(COPY), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    cal = load_calibration(out)
+    assert cal.provenance["sources"] == [str(small), str(big)] and len(cal.curves) == 2 and cal.prefill_cost is None
+    pre = [_prefill_profile(tmp_path, f"p{n}.json", n, 10.0 + n, 6.0, 0.1 * n) for n in (4, 8)]
+    res = CliRunner().invoke(calibrate_cli, ["--from-kernels", str(small), "--profile", "h200-sxm-141gb",
+                                             "--copy-bandwidth", str(COPY), "--out", str(out),
+                                             "--prefill-profile", str(pre[0]), "--prefill-profile", str(pre[1])])
+    assert res.exit_code == 0, res.output
+    assert load_calibration(out).prefill_cost["sources"] == [str(p) for p in pre]
+    res = CliRunner().invoke(calibrate_cli, ["--from-kernels", str(small), "--from-kernels", str(small), "--profile",
+                                             "h200-sxm-141gb", "--copy-bandwidth", str(COPY), "--out", str(out)])
+    assert res.exit_code == 2 and "same block" in res.output
+
+
+def _prefill_profile(tmp_path, name, prompt, step_ms, gemm_ms, attn_ms, sdpa_in_gemm_ms=0.0):
+    """A bench/profile_step.py --phase prefill JSON; sdpa_in_gemm_ms: cuDNN's Hopper SDPA kernel as the
+    grouping before 2026-12-03 filed it (inside the GEMM group's figure, named among the top kernels)."""
+    top = [{"name": "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7", "calls_per_step": 32.0,
+            "ms_per_step": sdpa_in_gemm_ms, "group": step_cost.GEMM_GROUP}] if sdpa_in_gemm_ms else []
+    p = tmp_path / name
+    p.write_text(json.dumps({"model": "synthetic:llama-3.1-8b", "variant": "baseline", "batch": 1, "prompt": prompt,
+                             "phase": "prefill", "step_wall_ms_cuda_events": step_ms, "top_kernels": top,
+                             "groups": {step_cost.GEMM_GROUP: {"ms_per_step": gemm_ms + sdpa_in_gemm_ms},
+                                        "attention": {"ms_per_step": attn_ms}}}))
+    return p
+
+
+def test_prefill_cost_from_prefill_profiles_and_projection_by_hand(P, log, tmp_path):
+    """Two prefill profiles fit the non-GEMM prefill lines (rest by tokens, attention by prompt^2); the
+    prefill projection is the kernel curve on the blocks at M = B x P and on the lm_head at M = B plus
+    that cost; GemLite kernels (dequantized prefill) get none."""
+    from harness.plan.roofline import lm_head_gemm_bytes
+    from harness.plan.transfer import project_prefill
+
+    h200 = P["h200-sxm-141gb"]
+    a = _prefill_profile(tmp_path, "p4.json", 4, 10.0, 6.0, 0.5, sdpa_in_gemm_ms=0.25)   # attention 0.75, rest 3.25
+    b = _prefill_profile(tmp_path, "p8.json", 8, 12.0, 6.5, 1.0)                         # attention 1.0, rest 4.5
+    row = step_cost.read_profile(a, "prefill")
+    assert (row["gemm_ms"], row["attention_ms"], row["attention_moved_from_gemm_ms"]) == pytest.approx((6.0, 0.75, 0.25))
+    cal, _ = calibration_from_kernels(log, h200, COPY, "test", prefill_profiles=[a, b])
+    pc = cal.prefill_cost
+    assert pc["per_token_s"] == pytest.approx((4.5 - 3.25) / 4 * 1e-3) and pc["fixed_s"] == pytest.approx(2.0e-3)
+    assert pc["attention_per_p2_s"] == pytest.approx(0.25 / 48 * 1e-3)
+    assert pc["spread"] == step_cost.PREFILL_PRIOR and "two profiles" in pc["spread_source"]
+    assert step_cost.prefill_seconds(pc, 1, 8) == pytest.approx(5.5e-3)
+    assert step_cost.prefill_seconds(pc, 1, 8, layers=16) == pytest.approx(2.75e-3)      # scaled by layers
+    shape = shape_of("synthetic:llama-3.1-8b")
+    wb = weight_bytes(shape, parse_variant("baseline"), "bf16")
+    gb, hb = gemm_bytes(shape, wb), lm_head_gemm_bytes(shape, wb)
+    base = next(c for c in cal.curves if c.variant == "baseline" and c.phase == "kernel")
+    o8, o1 = base.at(8)[0], base.at(1)[0]
+    p = project_prefill([cal], h200, "baseline", 8, wb.total, 0.0, batch=1, gemm_bytes=gb, head_bytes=hb, layers=32,
+                        block_params=shape.block_linear_params())
+    want = (gb - hb) * (1 + o8) / COPY + hb * (1 + o1) / COPY + 5.5e-3
+    assert p.tok_s == pytest.approx(8 / want, rel=0.01) and p.low < p.tok_s < p.high
+    assert "non-GEMM prefill 5.50 ms (+/-25%" in p.source
+    no_batch = project_prefill([cal], h200, "baseline", 8, wb.total, 0.0)
+    assert not no_batch.ok and "needs the batch" in no_batch.source
+    assert cal.kernel_prefill("int4-wo[tinygemm]") is not None
+    out = tmp_path / "c.json"
+    out.write_text(cal.to_json())
+    assert load_calibration(out).prefill_cost["fixed_s"] == pytest.approx(pc["fixed_s"])
+    with pytest.raises(ValueError, match="a decode profile, and the prefill cost is a prefill's"):
+        step_cost.read_profile(_profile(tmp_path, "d.json", "baseline", 4.7, 3.9), "prefill")
+    with pytest.raises(ValueError, match="two or more token counts"):
+        step_cost.fit_prefill([a, a], cal)
+    gem = _block_log(tmp_path, "llama-3.1-8b", 1.5, "g.log")
+    gem.write_text(gem.read_text().replace("bf16 cuBLAS", "int4 GemLite A16W4 g128"))
+    gcal, _ = calibration_from_kernels(gem, h200, COPY, "test", prefill_profiles=[a, b])
+    assert gcal.kernel_prefill("int4-wo[gemlite]") is None        # dequantize + cuBLAS: not what was timed

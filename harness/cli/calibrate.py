@@ -56,8 +56,8 @@ def _measure(device: str, sweep_dir: Path, extra: dict[str, str]) -> float:
     return copy
 
 
-def _from_kernels(path: Path, profs: dict, profile_id: str | None, copy_bw: float | None, copy_source: str,
-                  step_profiles: tuple[Path, ...]):
+def _from_kernels(paths: tuple[Path, ...], profs: dict, profile_id: str | None, copy_bw: float | None, copy_source: str,
+                  step_profiles: tuple[Path, ...], prefill_profiles: tuple[Path, ...] = ()):
     from harness.plan.kernel_log import calibration_from_kernels
     from harness.plan.sources import harness_commit
 
@@ -67,8 +67,8 @@ def _from_kernels(path: Path, profs: dict, profile_id: str | None, copy_bw: floa
     if not copy_bw or copy_bw <= 0:
         raise click.BadParameter("the device's measured copy bandwidth in bytes/s is needed", param_hint="--copy-bandwidth")
     try:
-        cal, notes = calibration_from_kernels(path, profs[profile_id], copy_bw, copy_source,
-                                              list(step_profiles), harness_commit())
+        cal, notes = calibration_from_kernels(list(paths), profs[profile_id], copy_bw, copy_source,
+                                              list(step_profiles), harness_commit(), list(prefill_profiles))
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     for n in notes:
@@ -82,8 +82,9 @@ def _from_kernels(path: Path, profs: dict, profile_id: str | None, copy_bw: floa
 @click.option("--from-records", "from_records", type=click.Path(exists=True, file_okay=False, path_type=Path),
               multiple=True, help="Fit from these run folders (repeatable) instead of measuring.")
 @click.option("--from-kernels", "from_kernels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="Fit from a bench/kernels_gpu.py log or --out JSON instead (needs --profile, the "
-                                 "device it ran on, and --copy-bandwidth).")
+              multiple=True, help="Fit from a bench/kernels_gpu.py log or --out JSON instead (repeatable: one per "
+                                  "block size timed, --model of kernels_gpu.py; needs --profile, the device it ran "
+                                  "on, and --copy-bandwidth).")
 @click.option("--copy-bandwidth", "copy_bw", type=float, default=None,
               help="With --from-kernels: that device's measured copy bandwidth, bytes/s.")
 @click.option("--copy-source", default="given on the command line", show_default=True,
@@ -91,14 +92,19 @@ def _from_kernels(path: Path, profs: dict, profile_id: str | None, copy_bw: floa
 @click.option("--step-profile", "step_profiles", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               multiple=True, help="With --from-kernels: bench/profile_step.py JSON (repeatable): fits the non-GEMM "
                                   "step cost. Without it the file states none (kernel curves only: optimistic).")
+@click.option("--prefill-profile", "prefill_profiles", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              multiple=True, help="With --from-kernels: bench/profile_step.py --phase prefill JSON at two or more "
+                                  "prompt lengths (repeatable): fits the non-GEMM prefill cost. Without them the file "
+                                  "projects no prefill.")
 @click.option("--profile", "profile_id", default=None, help="Keep only this profile's calibration.")
 @click.option("--device", default="auto", show_default=True, help="Device to measure on: auto (cuda if present), cpu, cuda:N.")
 @click.option("--model", default=None, help=f"Sweep model (default {SWEEP['model']}).")
 @click.option("--variants", default=None, help=f"Sweep variants (default {SWEEP['variants']}).")
 @click.option("--batch", default=None, help=f"Sweep batch sizes, M of the decode curve (default {SWEEP['batch']}).")
 @profiles_dir_option
-def calibrate(out: Path | None, from_records: tuple[Path, ...], from_kernels: Path | None, copy_bw: float | None,
-              copy_source: str, step_profiles: tuple[Path, ...], profile_id: str | None, device: str,
+def calibrate(out: Path | None, from_records: tuple[Path, ...], from_kernels: tuple[Path, ...], copy_bw: float | None,
+              copy_source: str, step_profiles: tuple[Path, ...], prefill_profiles: tuple[Path, ...],
+              profile_id: str | None, device: str,
               model: str | None, variants: str | None, batch: str | None, profiles_dir: Path | None) -> None:
     """Measure kernel efficiency curves on this machine (or fit them from run folders) and write a
     calibration file for `harness plan --calibrate-with`.
@@ -112,8 +118,9 @@ def calibrate(out: Path | None, from_records: tuple[Path, ...], from_kernels: Pa
     from harness.records import load_records
 
     profs = _load(profiles_dir)
-    if from_kernels is not None:
-        for p in _write([_from_kernels(from_kernels, profs, profile_id, copy_bw, copy_source, step_profiles)], out, None):
+    if from_kernels:
+        for p in _write([_from_kernels(from_kernels, profs, profile_id, copy_bw, copy_source, step_profiles,
+                                             prefill_profiles)], out, None):
             click.echo(str(p))
         return
     copy, folders = None, list(from_records)

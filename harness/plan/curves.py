@@ -16,7 +16,7 @@ Prefill, per (variant, kernel) and M = batch x prompt: the same model with the p
 once + the KV cache written for the prompts); there other(M) is mostly the compute time, which on
 another device scales with the compute peak the same way.
 
-Curves are piecewise linear in log2 M between the measured M; outside the measured range there is no
+Curves are piecewise power laws in M between the measured M (1 + other linear in log-log); outside the measured range there is no
 curve (the planner says so rather than extrapolate). File format (JSON), `FORMAT_VERSION`:
 
     {"format": 1, "device": {"profile", "arch", "datasheet_bandwidth_bytes_per_s", "copy_fraction",
@@ -51,6 +51,7 @@ FORMAT_VERSION = 1
 PHASES = ("decode", "prefill", "kernel")   # kernel: one linear layer (harness import-microbench records)
 MICROBENCH = "microbench"
 KERNEL_PLUS_STEP = "microbench kernel + non-GEMM step cost"   # decode curve derived from a kernel curve alone
+KERNEL_PLUS_PREFILL = "microbench kernel + non-GEMM prefill cost"   # prefill curve derived from a kernel curve alone
 
 
 class CalibrationFileError(ValueError):
@@ -73,9 +74,13 @@ class Curve:
     phase: str
     source: str
     points: list[Point]
+    shapes: str = ""     # phase kernel: the preset whose block's linear shapes were timed (harness/plan/kernel_log.py)
 
     def at(self, m: float) -> tuple[float, float, float] | None:
-        """(value, low, high) at M, linear in log2 M; None outside the measured range."""
+        """(value, low, high) at M; None outside the measured range. Between two measured M, 1 + other (the
+        step's time over its memory time) is interpolated as a power of M (linear in log-log): a GEMM's
+        time grows as a power of its rows between points (flat while memory-bound, in proportion once
+        compute-bound), which a straight line in other would overstate by M-fold across a wide gap."""
         pts = sorted(self.points, key=lambda p: p.m)
         if not pts or m < pts[0].m or m > pts[-1].m:
             return None
@@ -84,9 +89,15 @@ class Curve:
                 if b.m == a.m:
                     return a.value, a.low, a.high
                 t = (math.log2(m) - math.log2(a.m)) / (math.log2(b.m) - math.log2(a.m))
-                mix = lambda x, y: x + t * (y - x)   # noqa: E731
+                mix = lambda x, y: math.expm1(math.log1p(x) + t * (math.log1p(y) - math.log1p(x)))   # noqa: E731
                 return mix(a.value, b.value), mix(a.low, b.low), mix(a.high, b.high)
         return None
+
+    @property
+    def block_params(self) -> int | None:
+        """Linear-layer parameters of the block its kernel timings were taken at (phase kernel), or None."""
+        from harness.models.presets import PRESETS
+        return PRESETS[self.shapes].block_linear_params() if self.shapes in PRESETS else None
 
     @property
     def m_range(self) -> tuple[int, int]:
@@ -105,6 +116,7 @@ class DeviceCalibration:
     provenance: dict = field(default_factory=dict)
     path: str = ""
     step_cost: dict | None = None          # non-GEMM seconds per decode step (harness/plan/step_cost.py)
+    prefill_cost: dict | None = None       # non-GEMM seconds of a prefill, by tokens (step_cost.fit_prefill)
 
     def curves_for(self, variant: str, phase: str) -> list[Curve]:
         found = self._own_curves(variant, phase)
@@ -116,6 +128,9 @@ class DeviceCalibration:
         found = [c for c in self.curves if c.variant == variant and c.phase == phase]
         if not found and phase == "decode":
             derived = self.derived_decode(variant) or self.kernel_decode(variant)
+            found = [derived] if derived else []
+        if not found and phase == "prefill":
+            derived = self.kernel_prefill(variant)
             found = [derived] if derived else []
         return found
 
@@ -129,11 +144,47 @@ class DeviceCalibration:
 
     def kernel_decode(self, variant: str) -> Curve | None:
         """Where the file states a non-GEMM step cost (even 0): the variant's kernel curve as its decode
-        curve; harness/plan/transfer.py then applies it to the GEMM bytes only and adds the step cost."""
+        curve; harness/plan/transfer.py then applies it to the GEMM bytes only and adds the step cost (a
+        kernel timed at several block sizes: `sized_kernel_at` takes the projected model's)."""
         kv = [c for c in self.curves if c.variant == variant and c.phase == "kernel"]
         if self.step_cost is None or not kv:
             return None
         return Curve(variant, kv[0].kernel, "decode", KERNEL_PLUS_STEP, kv[0].points)
+
+    def kernel_prefill(self, variant: str) -> Curve | None:
+        """Where the file has a prefill_cost: the variant's kernel curve as its prefill curve (transfer.py
+        adds the non-GEMM prefill cost). Not for GemLite's kernels: their prefill dequantizes the weights
+        and calls cuBLAS (harness/variants/gemlite.py), which bench/kernels_gpu.py does not time."""
+        kv = [c for c in self.curves if c.variant == variant and c.phase == "kernel" and not curve_is_kernel(c, "gemlite")]
+        if self.prefill_cost is None or not kv:
+            return None
+        return Curve(variant, kv[0].kernel, "prefill", KERNEL_PLUS_PREFILL, kv[0].points)
+
+    def sized_kernel_at(self, variant: str, kernel: str, m: float,
+                        block_params: float | None) -> tuple[tuple[float, float, float], str] | None:
+        """other(M) of `variant`'s kernel curves for a model whose block has `block_params` linear-layer
+        parameters: one curve (or no size given) as it is; curves timed at several presets' blocks linear
+        in log block parameters between the two that bracket it, the nearest one's beyond them (and the
+        label says so). Returns ((value, low, high), which blocks), or None where no curve of that kernel
+        covers M."""
+        cs = [c for c in self.curves if c.variant == variant and c.phase == "kernel" and c.kernel == kernel
+              and c.at(m) is not None]
+        if not cs:
+            return None
+        sized = sorted((c for c in cs if c.block_params), key=lambda c: c.block_params)
+        if not sized or not block_params:
+            c = max(cs, key=lambda c: len(c.points))
+            return c.at(m), (f"{c.shapes} block" if c.shapes else "")
+        x = math.log(block_params)
+        lo_c = max((c for c in sized if math.log(c.block_params) <= x), default=sized[0], key=lambda c: c.block_params)
+        hi_c = min((c for c in sized if math.log(c.block_params) >= x), default=sized[-1], key=lambda c: c.block_params)
+        if lo_c is hi_c:
+            near = abs(math.log(lo_c.block_params) - x) > 0.05
+            return lo_c.at(m), f"{lo_c.shapes} block" + (", the nearest timed" if near else "")
+        t = (x - math.log(lo_c.block_params)) / (math.log(hi_c.block_params) - math.log(lo_c.block_params))
+        a, b = lo_c.at(m), hi_c.at(m)
+        return (tuple(u + t * (v - u) for u, v in zip(a, b)),
+                f"between the {lo_c.shapes} and {hi_c.shapes} blocks ({t:.2f} of the way in log block parameters)")
 
     def derived_decode(self, variant: str) -> Curve | None:
         """A decode curve for a variant measured only as a kernel: its kernel other(M) plus the non-GEMM
@@ -154,6 +205,7 @@ class DeviceCalibration:
         dev = {k: getattr(self, k) for k in ("profile", "arch", "datasheet_bandwidth_bytes_per_s",
                                                "copy_fraction", "bf16_peak_flops")}
         extra = {} if self.step_cost is None else {"step_cost": self.step_cost}
+        extra.update({} if self.prefill_cost is None else {"prefill_cost": self.prefill_cost})
         return json.dumps({"format": FORMAT_VERSION, "device": dev, "provenance": self.provenance, **extra,
                            "curves": [asdict(c) for c in self.curves]}, indent=1) + "\n"
 
@@ -166,13 +218,14 @@ def load_calibration(path: str | Path) -> DeviceCalibration:
             raise CalibrationFileError(f"{path}: format {d.get('format')!r}, expected {FORMAT_VERSION}")
         dev = d["device"]
         curves = [Curve(c["variant"], c["kernel"], c["phase"], c.get("source", "records"),
-                        [Point(**p) for p in c["points"]]) for c in d["curves"]]
+                        [Point(**p) for p in c["points"]], c.get("shapes") or "")
+                  for c in d["curves"]]
         for c in curves:
             if c.phase not in PHASES or not c.points:
                 raise CalibrationFileError(f"{path}: curve {c.variant}/{c.phase}: bad phase or no points")
         return DeviceCalibration(dev["profile"], str(dev["arch"]), float(dev["datasheet_bandwidth_bytes_per_s"]),
                                  float(dev["copy_fraction"]), dev.get("bf16_peak_flops"), curves,
-                                 d.get("provenance", {}), str(path), d.get("step_cost"))
+                                 d.get("provenance", {}), str(path), d.get("step_cost"), d.get("prefill_cost"))
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise CalibrationFileError(f"{path}: not a calibration file ({type(e).__name__}: {e})") from None
 

@@ -2,8 +2,9 @@
 kernel curves of the variants that run those kernels.
 
 bench/kernels_gpu.py times one linear layer per call (best of 5 replays of a CUDA graph of 20 calls,
-CUDA events) at the four linear shapes of a Llama-3.1-8B block (its SHAPES: qkv 6144x4096, o
-4096x4096, gate_up 28672x4096, down 4096x14336; N x K) and M activation rows. A log line reads
+CUDA events) at the four linear shapes of one block of a preset (`block_shapes`: qkv, o, gate_up, down,
+N x K; Llama-3.1-8B's 6144x4096, 4096x4096, 28672x4096, 4096x14336 unless its first line says
+`shapes of <preset>: ...`, which logs before that line existed do not) and M activation rows. A line reads
 
     <kernel name>   <shape>  M=<M>  <us> us  <GB/s> GB/s  <TFLOP/s> TFLOP/s
 
@@ -11,11 +12,13 @@ CUDA events) at the four linear shapes of a Llama-3.1-8B block (its SHAPES: qkv 
 about 0.5%); the JSON has the same fields per row and the exact weight bytes. Failed kernels print
 `<kernel> <shape> <M> failed: ...` / `<kernel> <shape> build failed: ...` and become failed Records.
 
-Records: backend "microbench", model "llama-3.1-8b:<shape>", batch_size M, decode_tok_s = M / seconds per
+Records: backend "microbench", model "<preset>:<shape>", batch_size M, decode_tok_s = M / seconds per
 call (the convention of harness/microbench.py), one Record per variant the kernel stands for
 (`KERNEL_VARIANTS`). Curves: phase "kernel", other(M) of one whole block's linears (the four shapes'
 seconds and bytes summed at each M; all layers of the model are alike, so this is the model's GEMM
-other(M)); an M where a shape is missing gets no point.
+other(M)); an M where a shape is missing gets no point. One curve per (variant, kernel, preset): the
+curve names the preset whose block it timed, and a projection takes the curves of one kernel at several
+block sizes by the projected model's block parameters (DeviceCalibration.sized_kernel_at).
 """
 from __future__ import annotations
 
@@ -26,8 +29,22 @@ from pathlib import Path
 from harness.plan.curves import MICROBENCH, Curve, Point
 from harness.records import Record
 
-PRESET = "llama-3.1-8b"   # bench/kernels_gpu.py SHAPES are this model's
-SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+PRESET = "llama-3.1-8b"   # the block bench/kernels_gpu.py times unless its log's first line names another
+SHAPE_NAMES = ("qkv", "o", "gate_up", "down")
+_HEADER = re.compile(r"^shapes of (?P<preset>\S+):")
+
+
+def block_shapes(preset: str) -> dict[str, tuple[int, int]]:
+    """{name: (N, K)} of one decoder block of `preset` (harness/models/presets.py) as the lean decoder runs
+    it: q/k/v fused (qkv), o, gate/up fused (gate_up), down."""
+    from harness.models.presets import PRESETS
+    if preset not in PRESETS:
+        raise ValueError(f"{preset!r}: not a preset ({', '.join(sorted(PRESETS))})")
+    a = PRESETS[preset]
+    h, hd, i = a.hidden_size, a.head_dim_, a.intermediate_size
+    q, kv = a.num_attention_heads * hd, a.num_key_value_heads * hd
+    return {"qkv": (q + 2 * kv, h), "o": (h, q), "gate_up": (2 * i, h), "down": (h, i)}
+
 
 # kernel name prefix in bench/kernels_gpu.py -> the registry variants that run it (harness/variants/catalog.py,
 # kernel_of). `int4-wo` and `fp8-wo` choose their kernel by measurement at the cell's batch, so they get no
@@ -52,17 +69,28 @@ def variants_of(kernel: str) -> tuple[str, ...]:
     return next((vs for prefix, vs in KERNEL_VARIANTS if kernel.startswith(prefix)), ())
 
 
+def preset_of_log(text: str) -> str:
+    """The preset a kernels_gpu.py log timed (its `shapes of <preset>:` line; Llama-3.1-8B before it had one)."""
+    for line in text.splitlines()[:5]:
+        if (g := _HEADER.match(line.strip())) is not None:
+            return g["preset"]
+    return PRESET
+
+
 def rows_from_log(text: str) -> list[dict]:
-    """Rows in the JSON's shape ({kernel, shape, N, K, M, us, weight_bytes} or {kernel, shape, M?, error})."""
-    rows = []
+    """Rows in the JSON's shape ({kernel, shape, N, K, M, us, weight_bytes, model} or {kernel, shape, M?,
+    error, model}); model: the preset whose block was timed."""
+    rows, preset = [], preset_of_log(text)
+    shapes = block_shapes(preset)
     for line in text.splitlines():
         if (g := _OK.match(line.strip())) is not None:
-            n, k = SHAPES[g["shape"]]
+            n, k = shapes[g["shape"]]
             us = float(g["us"])
             rows.append({"kernel": g["kernel"].strip(), "shape": g["shape"], "N": n, "K": k, "M": int(g["m"]),
-                         "us": us, "weight_bytes": round(float(g["gbps"]) * us * 1e3), "bytes_from": "log GB/s x us"})
+                         "us": us, "weight_bytes": round(float(g["gbps"]) * us * 1e3), "bytes_from": "log GB/s x us",
+                         "model": preset})
         elif (g := _FAIL.match(line.strip())) is not None:
-            rows.append({"kernel": g["kernel"].strip(), "shape": g["shape"], "error": g["error"],
+            rows.append({"kernel": g["kernel"].strip(), "shape": g["shape"], "error": g["error"], "model": preset,
                          **({"M": int(g["m"])} if g["m"] else {})})
     return rows
 
@@ -77,14 +105,17 @@ def read_rows(path: str | Path) -> tuple[list[dict], dict]:
     if p.suffix == ".json":
         try:
             doc = json.loads(text)
-            return list(doc["rows"]), {k: doc.get(k) for k in ("device", "torch", "gemlite_configs")}
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            preset = doc.get("model") or PRESET
+            block_shapes(preset)
+            return ([{**r, "model": r.get("model", preset)} for r in doc["rows"]],
+                    {k: doc.get(k) for k in ("device", "torch", "gemlite_configs")} | {"model": preset})
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"{p}: not bench/kernels_gpu.py --out JSON ({type(e).__name__}: {e})") from None
     rows = rows_from_log(text)
     if not any("us" in r for r in rows):
         raise ValueError(f"{p}: no kernel timing lines (not a bench/kernels_gpu.py log?)")
-    first = text.splitlines()[0] if text else ""
-    return rows, {"device": None, "gemlite_configs": first if "gemlite" in first else None}
+    gem = next((ln for ln in text.splitlines()[:3] if "gemlite" in ln.lower()), None)
+    return rows, {"device": None, "gemlite_configs": gem, "model": preset_of_log(text)}
 
 
 def records_from_rows(rows: list[dict], profile: str, source: str) -> tuple[list[Record], list[str]]:
@@ -97,7 +128,7 @@ def records_from_rows(rows: list[dict], profile: str, source: str) -> tuple[list
             continue
         m = int(r.get("M") or 0)
         for v in variants:
-            common = dict(model=f"{PRESET}:{r['shape']}", variant=v, backend=MICROBENCH, profile=profile,
+            common = dict(model=f"{r.get('model', PRESET)}:{r['shape']}", variant=v, backend=MICROBENCH, profile=profile,
                           batch_size=m, prompt_tokens=0, new_tokens=0, device="cuda", dtype="bfloat16",
                           kernel=r["kernel"], decode_path="cuda-graph", prompt_source="random activations (torch.randn)",
                           timing_source="cuda_events", run_id=f"kernels-{Path(source).name}",
@@ -115,56 +146,68 @@ def records_from_rows(rows: list[dict], profile: str, source: str) -> tuple[list
 
 
 def block_curves(records: list[Record], copy_bytes_per_s: float) -> tuple[list[Curve], list[str]]:
-    """Phase-"kernel" curves of one block's four linears summed, per (variant, kernel); M with a shape
-    missing or failed is left out (named in the returned notes)."""
-    at: dict[tuple[str, str], dict[int, dict[str, tuple[float, int]]]] = {}
+    """Phase-"kernel" curves of one block's four linears summed, per (variant, kernel, preset); M with a
+    shape missing or failed is left out (named in the returned notes)."""
+    at: dict[tuple[str, str, str], dict[int, dict[str, tuple[float, int]]]] = {}
     for r in records:
         if r.backend == MICROBENCH and r.status == "ok" and r.weight_bytes and r.decode_tok_s:
-            shape = r.model.split(":", 1)[1]
-            at.setdefault((r.variant, r.kernel), {}).setdefault(r.batch_size, {})[shape] = (
+            preset, shape = r.model.split(":", 1)
+            at.setdefault((r.variant, r.kernel, preset), {}).setdefault(r.batch_size, {})[shape] = (
                 r.batch_size / r.decode_tok_s, r.weight_bytes)
     curves, notes = [], []
-    for (variant, kernel), by_m in at.items():
+    for (variant, kernel, preset), by_m in at.items():
         pts = []
         for m, shapes in sorted(by_m.items()):
-            if set(shapes) != set(SHAPES):
-                notes.append(f"{variant} ({kernel}) M={m}: shapes {', '.join(sorted(set(SHAPES) - set(shapes)))} "
-                             "not measured: no point")
+            if set(shapes) != set(SHAPE_NAMES):
+                notes.append(f"{variant} ({kernel}, {preset}) M={m}: shapes "
+                             f"{', '.join(sorted(set(SHAPE_NAMES) - set(shapes)))} not measured: no point")
                 continue
             s, wb = sum(t for t, _ in shapes.values()), sum(b for _, b in shapes.values())
             other = max(0.0, s - wb / copy_bytes_per_s) / (wb / copy_bytes_per_s)
             pts.append(Point(m, other, other, other, len(shapes)))
         if pts:
-            curves.append(Curve(variant, kernel, "kernel", MICROBENCH, pts))
+            curves.append(Curve(variant, kernel, "kernel", MICROBENCH, pts, shapes=preset))
     return curves, notes
 
 
-def calibration_from_kernels(path: str | Path, profile, copy_bytes_per_s: float, copy_source: str,
-                             step_profiles: list[str | Path] = (), commit: str = ""):
-    """A DeviceCalibration of `profile` (the device the kernels ran on) from one kernels_gpu.py log or
-    JSON, with the non-GEMM step cost fitted from `step_profiles` (harness/plan/step_cost.py), or stated
-    as none when there are none. Returns (calibration, notes on what was left out)."""
+def calibration_from_kernels(paths, profile, copy_bytes_per_s: float, copy_source: str,
+                             step_profiles: list[str | Path] = (), commit: str = "",
+                             prefill_profiles: list[str | Path] = ()):
+    """A DeviceCalibration of `profile` (the device the kernels ran on) from one or more kernels_gpu.py logs
+    or JSONs (one per block size: a kernel timed at two presets' blocks gets a curve for each), with the
+    non-GEMM step cost fitted from `step_profiles` (harness/plan/step_cost.py), or stated as none when
+    there are none, and the non-GEMM prefill cost from `prefill_profiles` (step_cost.fit_prefill; without
+    them the file projects no prefill). Returns (calibration, notes on what was left out)."""
     from datetime import datetime, timezone
 
     from harness.plan import step_cost
     from harness.plan.curves import DeviceCalibration
 
-    rows, header = read_rows(path)
-    records, notes = records_from_rows(rows, profile.id, str(path))
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    records, notes, headers = [], [], []
+    for path in paths:
+        rows, header = read_rows(path)
+        recs, skipped = records_from_rows(rows, profile.id, str(path))
+        records, notes, headers = records + recs, notes + skipped, headers + [{"file": str(path), **header}]
+    presets = [h["model"] for h in headers]
+    if len(set(presets)) != len(presets):
+        raise ValueError(f"two kernel files time the same block ({', '.join(presets)}): give one per preset")
     notes += [f"{r.variant} {r.model} M={r.batch_size}: failed: {r.reason}" for r in records if r.status != "ok"]
     curves, more = block_curves(records, copy_bytes_per_s)
     if not curves:
-        raise ValueError(f"{path}: no kernel of a registry variant measured at every shape")
+        raise ValueError(f"{', '.join(map(str, paths))}: no kernel of a registry variant measured at every shape")
     datasheet = profile.bandwidth_bytes_per_s or copy_bytes_per_s
-    prov = {"sources": [str(path)], "device_measured_on": f"{profile.id} ({profile.name})",
-            "kernels_header": header, "harness_commit": commit, "backend": MICROBENCH,
+    prov = {"sources": [str(p) for p in paths], "device_measured_on": f"{profile.id} ({profile.name})",
+            "kernels_header": headers[0] if len(headers) == 1 else headers, "harness_commit": commit, "backend": MICROBENCH,
             "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "copy_bandwidth_bytes_per_s": copy_bytes_per_s, "copy_bandwidth_source": copy_source,
             "method": "phase kernel: other(M) = (s - w / copy) / (w / copy), s and w the seconds and weight bytes "
-                      "of one block's four linears (qkv, o, gate_up, down) summed at M; decode = that curve "
-                      "on the model's GEMM bytes + step_cost (non-GEMM seconds per step)",
+                      "of one block's four linears (qkv, o, gate_up, down) summed at M, per preset block timed; decode = "
+                      "that curve on the model's GEMM bytes (curves of several block sizes: linear in log block "
+                      "parameters between them) + step_cost (non-GEMM seconds per step)",
             "variants_of_kernels": {p: list(v) for p, v in KERNEL_VARIANTS}, "left_out": notes + more}
     cal = DeviceCalibration(profile.id, profile.compute_capability or profile.id, datasheet,
                             copy_bytes_per_s / datasheet, profile.peak("bf16"), curves, prov)
     cal.step_cost = step_cost.fit(list(step_profiles), cal) if step_profiles else step_cost.none()
+    cal.prefill_cost = step_cost.fit_prefill(list(prefill_profiles), cal) if prefill_profiles else None
     return cal, notes + more

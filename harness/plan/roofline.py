@@ -66,6 +66,8 @@ class PlanRow:
     weight_bytes: int = 0
     gemm_weight_bytes: int = 0         # the part a decode step reads through matrix products (no embedding table)
     layers: int = 0                    # transformer blocks (the per-layer step cost of kernel curves scales with it)
+    block_params: int = 0              # linear-layer parameters of one block (kernel curves are timed per block size)
+    head_weight_bytes: int = 0         # the lm_head's share of gemm_weight_bytes (a prefill runs it on the last token only)
     kv_cache_bytes: int = 0
     workspace_bytes: int = 0
     memory_need_bytes: int = 0
@@ -159,7 +161,12 @@ def weight_bytes(shape: ArchShape, v: VariantSpec, base: str) -> Bytes:
 def gemm_bytes(shape: ArchShape, b: Bytes) -> int:
     """Weight bytes a decode step reads through GEMMs: the block linears and the lm_head (the embedding
     table when tied to it); an untied embedding table is gathered one row per token, not read whole."""
-    return round(b.linear + (b.embedding if shape.tie_word_embeddings else b.lm_head))
+    return round(b.linear) + lm_head_gemm_bytes(shape, b)
+
+
+def lm_head_gemm_bytes(shape: ArchShape, b: Bytes) -> int:
+    """The lm_head's part of gemm_bytes (the embedding table when tied to it)."""
+    return round(b.embedding if shape.tie_word_embeddings else b.lm_head)
 
 
 def kv_cache_bytes(shape: ArchShape, context: int, batch: int, base: str) -> int:
@@ -233,7 +240,8 @@ def project(p: Profile, v: VariantSpec, w: Workload) -> PlanRow:
     power = max(p.power_range_w) if p.power_range_w else p.power_w
     row = PlanRow(profile=p.id, profile_class=p.class_, variant=v.name, model=w.model, context_tokens=N,
                   batch_size=B, status="ok", reason="", weight_bytes=wb.total,
-                  gemm_weight_bytes=gemm_bytes(shape, wb), layers=shape.num_hidden_layers, kv_cache_bytes=kv,
+                  gemm_weight_bytes=gemm_bytes(shape, wb), layers=shape.num_hidden_layers,
+                  block_params=shape.block_linear_params(), head_weight_bytes=lm_head_gemm_bytes(shape, wb), kv_cache_bytes=kv,
                   workspace_bytes=ws, memory_need_bytes=need, memory_usable_bytes=usable, headroom=w.headroom,
                   fits=fits, power_w=power, compute_format=v.compute_format(base))
     problems = _requirement_problems(p, v)

@@ -20,6 +20,7 @@ optimistic); a calibration without a step_cost entry gives no decode projection 
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -36,26 +37,42 @@ def none(layers: int = 32) -> dict:
             "sources": [], "method": "none: kernel curves only; the non-GEMM work of a step is omitted (optimistic)"}
 
 
-def read_profile(path: str | Path) -> dict:
+ATTENTION_GROUP = "attention"
+_ATTENTION_NAME = re.compile(r"flash|fmha|sdpa|attention")
+
+
+def read_profile(path: str | Path, phase: str = "decode") -> dict:
+    """One bench/profile_step.py JSON of `phase` (decode: one step; prefill: one whole prompt's prefill):
+    its wall ms, GEMM ms and attention ms. Profiles written before bench/profile_step.py grouped attention
+    first have cuDNN's Hopper SDPA kernel (..._sdpa_sm90_flash_fprop_wgmma_...) in the GEMM group: a top
+    kernel of that group whose name says attention is moved to attention here."""
     p = Path(path)
     try:
         d = json.loads(p.read_text(encoding="utf-8"))
-        if d.get("phase", "decode") != "decode":   # bench/profile_step.py --phase prefill: not a decode step
-            raise ValueError(f"a {d.get('phase')} profile, and the step cost is a decode step's")
+        if d.get("phase", "decode") != phase:   # --phase prefill profiles a prefill, not a decode step
+            want = "the step cost is a decode step's" if phase == "decode" else "the prefill cost is a prefill's"
+            raise ValueError(f"a {d.get('phase', 'decode')} profile, and {want}")
         step_ms = float(d["step_wall_ms_cuda_events"])
         gemm_ms = float(d["groups"][GEMM_GROUP]["ms_per_step"])
+        attn_ms = float(d["groups"].get(ATTENTION_GROUP, {}).get("ms_per_step", 0.0))
+        moved = sum(float(k["ms_per_step"]) for k in d.get("top_kernels", [])
+                    if k.get("group") == GEMM_GROUP and _ATTENTION_NAME.search(k["name"].lower()))
         return {"file": str(p), "model": d["model"], "variant": d["variant"], "batch": int(d["batch"]),
-                "prompt": int(d.get("prompt", 0)), "step_ms": step_ms, "gemm_ms": gemm_ms,
-                "non_gemm_ms": step_ms - gemm_ms, "kernel": d.get("kernel")}
+                "prompt": int(d.get("prompt", 0)), "step_ms": step_ms, "gemm_ms": gemm_ms - moved,
+                "attention_ms": attn_ms + moved, "non_gemm_ms": step_ms - (gemm_ms - moved), "kernel": d.get("kernel"),
+                **({"attention_moved_from_gemm_ms": moved} if moved else {})}
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{p}: not a bench/profile_step.py profile ({type(e).__name__}: {e})") from None
 
 
-def curve_gemm_ms(cal: DeviceCalibration, model: str, variant: str, m: int, kernel: str | None = None) -> float | None:
-    """GEMM milliseconds of one decode step of `model` at M per the variant's kernel curve, or None. A
-    format that picks its kernel (int4-wo) has curves per explicit kernel only: the one the profile's
-    `kernel` names, or the only one there is."""
+def curve_gemm_ms(cal: DeviceCalibration, model: str, variant: str, m: int, kernel: str | None = None,
+                  head_m: int | None = None) -> float | None:
+    """GEMM milliseconds of one step of `model` at M per the variant's kernel curve, or None. A format that
+    picks its kernel (int4-wo) has curves per explicit kernel only: the one the profile's `kernel` names,
+    or the only one there is. head_m: the lm_head's rows where they differ from M (a prefill runs it on
+    the last token of each prompt: M = the batch)."""
     from harness.plan.curves import curve_is_kernel, kernel_named
+    from harness.plan.roofline import lm_head_gemm_bytes
     from harness.variants import explicit_kernels
 
     kc = [c for c in cal.curves if c.variant == variant and c.phase == "kernel"]
@@ -63,14 +80,19 @@ def curve_gemm_ms(cal: DeviceCalibration, model: str, variant: str, m: int, kern
         ran, names = kernel_named(kernel), set(explicit_kernels(variant))
         kc = [c for c in cal.curves if c.phase == "kernel" and c.variant in names
               and (ran is None or curve_is_kernel(c, ran))]
-        kc = kc if len(kc) == 1 else []
-    at = kc[0].at(m) if kc else None
-    if at is None:
+        kc = kc if len({(c.variant, c.kernel) for c in kc}) == 1 else []
+    if not kc:
         return None
     shape = shape_of(model)
-    gb = gemm_bytes(shape, weight_bytes(shape, parse_variant(variant), "bf16"))
+    wb = weight_bytes(shape, parse_variant(variant), "bf16")
+    gb = gemm_bytes(shape, wb)
+    hb = lm_head_gemm_bytes(shape, wb) if head_m is not None else 0
+    at = cal.sized_kernel_at(kc[0].variant, kc[0].kernel, m, shape.block_linear_params())
+    ah = cal.sized_kernel_at(kc[0].variant, kc[0].kernel, head_m, shape.block_linear_params()) if hb else None
+    if at is None or (hb and ah is None):
+        return None
     copy = cal.datasheet_bandwidth_bytes_per_s * cal.copy_fraction
-    return gb * (1 + at[0]) / copy * 1e3
+    return ((gb - hb) * (1 + at[0][0]) + (hb * (1 + ah[0][0]) if hb else 0)) / copy * 1e3
 
 
 def fit(profile_paths: list[str | Path], cal: DeviceCalibration) -> dict:
@@ -94,3 +116,62 @@ def fit(profile_paths: list[str | Path], cal: DeviceCalibration) -> dict:
             "method": "non_gemm = step wall ms (CUDA events) - GEMM group ms, per profile of the engine's decode "
                       "graph (torch.profiler); value: median, low/high: min/max over the profiles; kernel_error: "
                       "max |profile GEMM ms / kernel-curve GEMM ms - 1|; constant in M, scaled by layers"}
+
+
+# Two prefill profiles determine both lines exactly (no residual to size an interval from): the projection
+# then carries this stated relative spread on the non-GEMM prefill term, labelled as such.
+PREFILL_PRIOR = 0.25
+
+
+def _line(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
+    """(intercept, slope, largest |relative residual|) of a least-squares line through (xs, ys)."""
+    n, mx, my = len(xs), statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    icpt = my - slope * mx
+    res = max(abs(icpt + slope * x - y) / y for x, y in zip(xs, ys) if y > 0) if n > 2 else 0.0
+    return icpt, slope, res
+
+
+def prefill_seconds(pc: dict, batch: int, prompt: int, layers: int | None = None) -> float:
+    """Non-GEMM seconds of one prefill of `batch` prompts of `prompt` tokens per a prefill_cost entry:
+    fixed + per_token x tokens + attention_fixed + attention_per_p2 x batch x prompt^2, scaled by layers."""
+    per = layers / pc["layers"] if layers and pc.get("layers") else 1.0
+    t = batch * prompt
+    return per * (pc["fixed_s"] + pc["per_token_s"] * t + pc["attention_fixed_s"]
+                  + pc["attention_per_p2_s"] * batch * prompt * prompt)
+
+
+def fit_prefill(profile_paths: list[str | Path], cal: DeviceCalibration) -> dict:
+    """The prefill_cost entry of a calibration file from bench/profile_step.py --phase prefill profiles at
+    two or more token counts: the non-GEMM, non-attention time (norms, rotary, the residual adds, the
+    activation, the KV write, launches) as a line in tokens (B x P), the attention as a line in B x P^2
+    (causal attention's work), both scaled by layers on another model. kernel_error: as for decode, the
+    largest |profile GEMM ms / the kernel curve's GEMM ms at M = B x P - 1|."""
+    rows = [read_profile(p, "prefill") for p in profile_paths]
+    layers = {shape_of(r["model"]).num_hidden_layers for r in rows}
+    if len(layers) != 1:
+        raise ValueError(f"prefill profiles of models with {sorted(layers)} layers: give one layer count")
+    tokens = [r["batch"] * r["prompt"] for r in rows]
+    if len(set(tokens)) < 2:
+        raise ValueError("prefill profiles at two or more token counts (batch x prompt) are needed for a line")
+    rest = [(r["non_gemm_ms"] - r["attention_ms"]) * 1e-3 for r in rows]
+    att = [r["attention_ms"] * 1e-3 for r in rows]
+    f0, f1, r1 = _line([float(t) for t in tokens], rest)
+    a0, a1, r2 = _line([float(r["batch"] * r["prompt"] ** 2) for r in rows], att)
+    devs = []
+    for r in rows:
+        cg = curve_gemm_ms(cal, r["model"], r["variant"], r["batch"] * r["prompt"], r.get("kernel"), head_m=r["batch"])
+        r["curve_gemm_ms"] = cg
+        r["gemm_vs_curve"] = None if cg is None else r["gemm_ms"] / cg - 1
+        if cg is not None:
+            devs.append(abs(r["gemm_vs_curve"]))
+    spread = max(r1, r2) if len(rows) > 2 else PREFILL_PRIOR
+    return {"fixed_s": f0, "per_token_s": f1, "attention_fixed_s": a0, "attention_per_p2_s": a1,
+            "layers": layers.pop(), "kernel_error": max(devs) if devs else 0.0, "spread": spread,
+            "spread_source": "largest relative residual of the two lines" if len(rows) > 2 else
+                             f"stated prior of {PREFILL_PRIOR:.0%}: two profiles fit the lines exactly",
+            "sources": [r["file"] for r in rows], "by_profile": rows,
+            "method": "per prefill profile: rest = wall ms - GEMM ms - attention ms, a line in tokens (B x P); "
+                      "attention ms a line in B x P^2; least squares; scaled by layers; prefill = KV write / "
+                      "block GEMMs through the kernel curve at M = B x P + lm_head at M = B + these (the KV write is in rest)"}

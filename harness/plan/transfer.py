@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.plan.curves import KERNEL_PLUS_STEP, Curve, DeviceCalibration
+from harness.plan.curves import KERNEL_PLUS_PREFILL, KERNEL_PLUS_STEP, Curve, DeviceCalibration
 from harness.profiles.schema import Profile
 
 DEFAULT_TRANSFER_ERROR = 0.10   # used where a calibration file states none; see the module doc
@@ -41,8 +41,18 @@ class Projection:
         return self.ok and self.low <= x <= self.high
 
 
+def _other(cal: DeviceCalibration, cv: Curve, m: float, block_params: int | None) -> tuple[tuple, str]:
+    """((other, low, high) at M, which blocks): a kernel-plus-step curve through the kernel's curves at
+    the projected model's block size (DeviceCalibration.sized_kernel_at), any other curve as it is."""
+    if cv.source in (KERNEL_PLUS_STEP, KERNEL_PLUS_PREFILL):
+        got = cal.sized_kernel_at(cv.variant, cv.kernel, m, block_params)
+        if got is not None:
+            return got
+    return cv.at(m), ""
+
+
 def _pick(cals: list[DeviceCalibration], target: Profile, variant: str, phase: str,
-          m: float, kernel: str | None = None) -> tuple[DeviceCalibration, Curve] | str:
+          m: float, kernel: str | None = None, block_params: int | None = None) -> tuple[DeviceCalibration, Curve] | str:
     """The curve that projects `variant` at M. A format that chooses its kernel per batch (int4-wo) is
     projected with the curve of the kernel that ran where that is known (`kernel`: a record's kernel
     string, for validation), else with the fastest of its kernels' curves at M, as the runner chooses."""
@@ -69,7 +79,7 @@ def _pick(cals: list[DeviceCalibration], target: Profile, variant: str, phase: s
         ranges = "; ".join(f"{cv.kernel} on {c.profile}: M {cv.m_range[0]}-{cv.m_range[1]}" for c, cv in found)
         return f"no {phase} curve for {variant} at M={m:g} on arch {arch} (measured {ranges})"
     if explicit and ran is None and len({cv.kernel for _, cv in inside}) > 1:
-        return min(inside, key=lambda x: x[1].at(m)[0])           # the fastest kernel at this M
+        return min(inside, key=lambda x: _other(x[0], x[1], m, block_params)[0][0])   # the fastest kernel at this M
     return max(inside, key=lambda x: sum(p.n for p in x[1].points))
 
 
@@ -83,12 +93,13 @@ def _err(cal: DeviceCalibration, target: Profile) -> float:
 
 
 def _kernel_step(cal: DeviceCalibration, cv: Curve, target: Profile, m: int, gemm_bytes: float, kv_bytes: float,
-                 layers: int | None) -> Projection:
-    """A decode step from a kernel curve: KV / copy + the GEMM bytes through the kernel's other(M) +
-    the calibration's non-GEMM step cost (harness/plan/step_cost.py), scaled by layers / its model's
-    layers and, on another device, by the compute peaks. Interval: the step cost's low..high and the
-    GEMM term x (1 -/+ kernel_error), widened by transfer_error off the calibrated device."""
-    other, lo, hi = cv.at(m)
+                 layers: int | None, block_params: int | None) -> Projection:
+    """A decode step from a kernel curve: KV / copy + the GEMM bytes through the kernel's other(M) (at the
+    model's block size where the kernel was timed at several) + the calibration's non-GEMM step cost
+    (harness/plan/step_cost.py), scaled by layers / its model's layers and, on another device, by the
+    compute peaks. Interval: the step cost's low..high and the GEMM term x (1 -/+ kernel_error), widened
+    by transfer_error off the calibrated device."""
+    (other, lo, hi), blocks = _other(cal, cv, m, block_params)
     sc = cal.step_cost
     copy_s = cal.datasheet_bandwidth_bytes_per_s * cal.copy_fraction
     copy_t = target.bandwidth_bytes_per_s * cal.copy_fraction
@@ -104,24 +115,68 @@ def _kernel_step(cal: DeviceCalibration, cv: Curve, target: Profile, m: int, gem
     e = _err(cal, target)
     fast = step(lo, max(copy_s, copy_t), float(sc["low_s"]), 1 - ke)
     slow = step(hi, min(copy_s, copy_t), float(sc["high_s"]), 1 + ke)
-    label = f"{_label(cal, cv, target)}, non-GEMM {float(sc['non_gemm_s']) * per * 1e3:.3f} ms/step"
+    label = (f"{_label(cal, cv, target)}{f', {blocks}' if blocks else ''}, "
+             f"non-GEMM {float(sc['non_gemm_s']) * per * 1e3:.3f} ms/step")
     return Projection(m / step(other, copy_t, float(sc["non_gemm_s"]), 1.0), m / slow / (1 + e), m / fast * (1 + e),
                       label)
 
 
+def _kernel_prefill(cal: DeviceCalibration, cv: Curve, target: Profile, batch: int, prompt: int, gemm_bytes: float,
+                    head_bytes: float, layers: int | None, block_params: int | None) -> Projection:
+    """A prefill from a kernel curve: the blocks' GEMM bytes through the kernel's other(M) at M = batch x
+    prompt, the lm_head's at M = batch (the last token of each prompt), plus the calibration's non-GEMM
+    prefill cost (step_cost.prefill_seconds: norms, rotary, KV write, launches by tokens; attention by
+    batch x prompt^2), scaled by layers and, on another device, by the compute peaks. Interval: the GEMM
+    terms x (1 -/+ kernel_error), the non-GEMM term x (1 -/+ its spread), the memory terms at the
+    faster / slower bandwidth, widened by transfer_error off the calibrated device."""
+    from harness.plan.step_cost import prefill_seconds
+
+    pc, m = cal.prefill_cost, batch * prompt
+    (o, lo, hi), blocks = _other(cal, cv, m, block_params)
+    head, _ = _other(cal, cv, batch, block_params)
+    if head is None:
+        return Projection(None, None, None, f"no kernel curve of {cv.variant} at M={batch} (the lm_head's rows)")
+    oh, loh, hih = head
+    copy_s = cal.datasheet_bandwidth_bytes_per_s * cal.copy_fraction
+    copy_t = target.bandwidth_bytes_per_s * cal.copy_fraction
+    peak_t = target.peak("bf16")
+    scale = cal.bf16_peak_flops / peak_t if cal.bf16_peak_flops and peak_t else 1.0
+    ng = prefill_seconds(pc, batch, prompt, layers) * scale
+    ke, sp = float(pc.get("kernel_error") or 0.0), float(pc.get("spread") or 0.0)
+    body = gemm_bytes - head_bytes
+
+    def total(ob: float, ohd: float, copy: float, k: float, n: float) -> float:
+        g = body / copy + ob * body / copy_s * scale + head_bytes / copy + ohd * head_bytes / copy_s * scale
+        return g * k + ng * n
+
+    e = _err(cal, target)
+    fast = total(lo, loh, max(copy_s, copy_t), 1 - ke, 1 - sp)
+    slow = total(hi, hih, min(copy_s, copy_t), 1 + ke, 1 + sp)
+    label = (f"{_label(cal, cv, target)}{f', {blocks}' if blocks else ''}, non-GEMM prefill {ng * 1e3:.2f} ms "
+             f"(+/-{sp:.0%}, {pc.get('spread_source', '')})")
+    return Projection(m / total(o, oh, copy_t, 1.0, 1.0), m / slow / (1 + e), m / fast * (1 + e), label)
+
+
 def project_step(cals: list[DeviceCalibration], target: Profile, variant: str, phase: str, m: int,
                  weight_bytes: float, kv_bytes: float, gemm_bytes: float | None = None,
-                 layers: int | None = None, kernel: str | None = None) -> Projection:
-    """Tokens/s of one step of M tokens (decode: M = batch; prefill: M = batch x prompt). gemm_bytes and
-    layers are used by decode curves derived from kernel curves (the others fold them into other(M))."""
+                 layers: int | None = None, kernel: str | None = None, block_params: int | None = None,
+                 batch: int | None = None, head_bytes: float = 0.0) -> Projection:
+    """Tokens/s of one step of M tokens (decode: M = batch; prefill: M = batch x prompt). gemm_bytes,
+    layers and block_params (the model's linear parameters per block) are used by curves derived from
+    kernel curves (the others fold them into other(M)); a prefill from kernel curves also needs the batch
+    and the lm_head's bytes."""
     if not target.bandwidth_bytes_per_s:
         return Projection(None, None, None, f"{target.id}: bandwidth not published")
-    got = _pick(cals, target, variant, phase, m, kernel)
+    got = _pick(cals, target, variant, phase, m, kernel, block_params)
     if isinstance(got, str):
         return Projection(None, None, None, got)
     cal, cv = got
     if cv.source == KERNEL_PLUS_STEP and cal.step_cost is not None:
-        return _kernel_step(cal, cv, target, m, gemm_bytes or weight_bytes, kv_bytes, layers)
+        return _kernel_step(cal, cv, target, m, gemm_bytes or weight_bytes, kv_bytes, layers, block_params)
+    if cv.source == KERNEL_PLUS_PREFILL and cal.prefill_cost is not None:
+        if not batch or not gemm_bytes:
+            return Projection(None, None, None, f"prefill of {variant} from kernel curves needs the batch and GEMM bytes")
+        return _kernel_prefill(cal, cv, target, batch, m // batch, gemm_bytes, head_bytes, layers, block_params)
     other, lo, hi = cv.at(m)
     copy_s = cal.datasheet_bandwidth_bytes_per_s * cal.copy_fraction
     copy_t = target.bandwidth_bytes_per_s * cal.copy_fraction
@@ -138,13 +193,17 @@ def project_step(cals: list[DeviceCalibration], target: Profile, variant: str, p
 
 def project_decode(cals: list[DeviceCalibration], target: Profile, variant: str, batch: int,
                    weight_bytes: float, kv_bytes: float, gemm_bytes: float | None = None,
-                   layers: int | None = None, kernel: str | None = None) -> Projection:
-    return project_step(cals, target, variant, "decode", batch, weight_bytes, kv_bytes, gemm_bytes, layers, kernel)
+                   layers: int | None = None, kernel: str | None = None, block_params: int | None = None) -> Projection:
+    return project_step(cals, target, variant, "decode", batch, weight_bytes, kv_bytes, gemm_bytes, layers, kernel,
+                        block_params)
 
 
 def project_prefill(cals: list[DeviceCalibration], target: Profile, variant: str, tokens: int,
-                    weight_bytes: float, kv_bytes: float, kernel: str | None = None) -> Projection:
-    return project_step(cals, target, variant, "prefill", tokens, weight_bytes, kv_bytes, kernel=kernel)
+                    weight_bytes: float, kv_bytes: float, kernel: str | None = None, *, batch: int | None = None,
+                    gemm_bytes: float | None = None, head_bytes: float = 0.0, layers: int | None = None,
+                    block_params: int | None = None) -> Projection:
+    return project_step(cals, target, variant, "prefill", tokens, weight_bytes, kv_bytes, gemm_bytes, layers, kernel,
+                        block_params, batch, head_bytes)
 
 
 def apply_curves(rows, cals: list[DeviceCalibration], profiles: dict[str, Profile]):
@@ -155,9 +214,11 @@ def apply_curves(rows, cals: list[DeviceCalibration], profiles: dict[str, Profil
         if p is None or row.status == "unsupported" or not cals:
             continue
         d = project_decode(cals, p, row.variant, row.batch_size, row.weight_bytes, row.kv_cache_bytes,
-                           row.gemm_weight_bytes or None, row.layers or None)
+                           row.gemm_weight_bytes or None, row.layers or None, block_params=row.block_params or None)
         q = project_prefill(cals, p, row.variant, row.batch_size * row.context_tokens, row.weight_bytes,
-                            row.kv_cache_bytes)
+                            row.kv_cache_bytes, batch=row.batch_size, gemm_bytes=row.gemm_weight_bytes or None,
+                            head_bytes=row.head_weight_bytes, layers=row.layers or None,
+                            block_params=row.block_params or None)
         row.curve_decode_tok_s, row.curve_decode_low, row.curve_decode_high = d.tok_s, d.low, d.high
         row.curve_prefill_tok_s, row.curve_prefill_low, row.curve_prefill_high = q.tok_s, q.low, q.high
         row.curve_from = d.source if d.source == q.source else f"decode: {d.source}; prefill: {q.source}"

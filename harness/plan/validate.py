@@ -83,10 +83,11 @@ def project_cell(c: Cell, cals: list[DeviceCalibration], profiles: Mapping[str, 
     if c.phase == "decode":
         row = project(p, v, Workload(c.model, shape, c.prompt_tokens + c.new_tokens, c.batch))
         return project_decode(others, p, c.variant, c.batch, row.weight_bytes, row.kv_cache_bytes,
-                              row.gemm_weight_bytes, row.layers, kernel=c.kernel)
+                              row.gemm_weight_bytes, row.layers, kernel=c.kernel, block_params=row.block_params)
     row = project(p, v, Workload(c.model, shape, c.prompt_tokens, c.batch))
     return project_prefill(others, p, c.variant, c.batch * c.prompt_tokens, row.weight_bytes, row.kv_cache_bytes,
-                           kernel=c.kernel)
+                           kernel=c.kernel, batch=c.batch, gemm_bytes=row.gemm_weight_bytes,
+                           head_bytes=row.head_weight_bytes, layers=row.layers, block_params=row.block_params)
 
 
 def summary(cells: list[Cell], within: float = 0.25) -> dict:

@@ -94,9 +94,38 @@ def _tinygemm(model, ctx) -> int:
     return n
 
 
+def bf16i4bf16_shuffled_shape(x: torch.Tensor, w: torch.Tensor, w_scale_group: torch.Tensor,
+                              w_zero_group: torch.Tensor) -> torch.Tensor:
+    """The output mslk's bf16 x int4 CUTLASS GEMM allocates, as a fake (meta) tensor: bf16 [M, N], M the
+    rows of X (all but its last dimension), N the rows of the packed W ([..., N, K/2] int8), as its
+    bf16i4bf16_dispatch does (`at::empty({M, N}, bf16)`)."""
+    m = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    n = w.numel() // w.shape[-1] if w.shape[-1] else 0
+    return x.new_empty((m, n), dtype=torch.bfloat16)
+
+
+@functools.lru_cache(maxsize=None)
+def register_mslk_fake() -> str:
+    """mslk-cuda 1.1.0 registers Meta kernels for its other int4 GEMMs (f8i4bf16_shuffled, the batched and
+    rowwise ones) but not for `mslk::bf16i4bf16_shuffled`, the one torchao's preshuffled bf16 int4
+    linear calls, so torch.compile cannot trace it ("Operator does not support running with fake
+    tensors") and the engine falls back to an uncompiled CUDA graph. This registers the output shape as
+    its fake kernel where mslk has none. Returns what it did."""
+    op = "mslk::bf16i4bf16_shuffled"
+    try:
+        import mslk  # noqa: F401  (loads the library that defines the op)
+        if torch._C._dispatch_has_kernel_for_dispatch_key(op, "Meta"):
+            return "mslk has its own Meta kernel"
+        torch.library.register_fake(op)(bf16i4bf16_shuffled_shape)
+        return "fake kernel registered by the harness"
+    except Exception as e:  # noqa: BLE001  (no mslk, or an op by another schema: compile falls back as before)
+        return f"not registered: {type(e).__name__}: {str(e)[:120]}"
+
+
 def _cutlass(model, ctx) -> int:
     from torchao.quantization import Int4WeightOnlyConfig
 
+    register_mslk_fake()
     return _torchao(model, ctx, Int4WeightOnlyConfig(group_size=GROUP, int4_packing_format="preshuffled"))
 
 
