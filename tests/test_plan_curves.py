@@ -52,13 +52,15 @@ def test_fit_gives_one_curve_per_kernel_with_spread_per_m(P):
     assert any("transformers-generate" in s for s in skipped)
 
 
-def test_curve_interpolates_as_a_power_of_m_and_refuses_outside():
+def test_curve_follows_the_roofline_between_points_and_refuses_outside():
     c = Curve("baseline", "k", "decode", "records", [Point(1, 0.1, 0.1, 0.1, 1), Point(16, 0.5, 0.4, 0.6, 1)])
-    # log2 4 is half way from log2 1 to log2 16: 1 + other is the geometric mean of 1.1 and 1.5
-    assert c.at(4)[0] == pytest.approx((1.1 * 1.5) ** 0.5 - 1) and c.at(4)[2] == pytest.approx((1.1 * 1.6) ** 0.5 - 1)
-    # a compute-bound kernel (time in proportion to M: 1 + other = M x 2 here) stays on its line between far points
-    lin = Curve("baseline", "k", "kernel", "microbench", [Point(32, 63.0, 63.0, 63.0, 1), Point(2048, 4095.0, 4095.0, 4095.0, 1)])
-    assert lin.at(128)[0] == pytest.approx(255.0)
+    assert c.at(4)[0] == pytest.approx(0.1)                  # 1.5 x 4 / 16 < 1.1: still the memory-bound end
+    assert c.at(12)[0] == pytest.approx(1.5 * 12 / 16 - 1) and c.at(12)[2] == pytest.approx(1.6 * 12 / 16 - 1)
+    assert c.at(16)[0] == pytest.approx(0.5) and c.at(1)[0] == pytest.approx(0.1)
+    # bf16 at the 8B block (kernels.log, 2026-12-01): 1.1x its memory time at M = 32, 10.3x at 2048; at 128
+    # the roofline gives max(1.1, 10.3 x 128 / 2048) = 1.1x (the measured prefill GEMMs: 1.2x), a power law 2.3x
+    g = Curve("baseline", "k", "kernel", "microbench", [Point(32, 0.1, 0.1, 0.1, 1), Point(2048, 9.3, 9.3, 9.3, 1)])
+    assert g.at(128)[0] == pytest.approx(0.1) and g.at(1024)[0] == pytest.approx(10.3 / 2 - 1)
     assert c.at(32) is None and c.at(0.5) is None
 
 
@@ -152,6 +154,21 @@ def test_validate_plan_excludes_the_cells_own_device(tmp_path):
     assert "curves from h200-sxm-141gb" in lines[("h100-sxm-80gb", "baseline", "1")]   # never its own
     assert "no decode curve for w4a8" in lines[("h200-sxm-141gb", "w4a8", "1")]
     assert "measured median inside the interval" in res.stdout
+
+
+def test_validation_shows_but_does_not_count_a_cell_that_fell_back(tmp_path):
+    """The projections are of the compiled CUDA graph: a cell measured on the uncompiled graph (a compile
+    that failed) is listed with its path, out of the counts."""
+    h100 = _run(tmp_path, "h100", [rec(tok_s=170.0), rec(batch=8, tok_s=1250.0)])
+    h200 = _run(tmp_path, "h200", [rec(profile="h200-sxm-141gb", tok_s=210.0, copy=4.2e12, device="cuda",
+                                       decode_path="compiled+cuda-graph"),
+                                   rec(profile="h200-sxm-141gb", batch=8, tok_s=900.0, copy=4.2e12, device="cuda",
+                                       decode_path="cuda-graph")])
+    res = CliRunner().invoke(validate_plan, ["--measured", str(h200), "--calibrate-with", str(h100)])
+    assert res.exit_code == 0, res.output
+    assert "cells: 1; projected: 1; no curve: 0; not counted: 1 measured on a fallback path" in res.stdout
+    (row,) = [ln for ln in res.stdout.splitlines() if ln.startswith("| h200") and "| 8 |" in ln]
+    assert "not counted: cuda-graph" in row
 
 
 def kernel_rec(variant, m, s_per_call, layer_bytes=117e6):

@@ -20,7 +20,7 @@ from harness.plan.curves import DeviceCalibration
 from harness.plan.roofline import Workload, project
 from harness.plan.transfer import Projection, project_decode, project_prefill
 from harness.profiles.schema import Profile
-from harness.records import Record, primary
+from harness.records import Record, primary, slow_path
 from harness.variants import parse_variant
 
 
@@ -37,6 +37,7 @@ class Cell:
     source: str
     projection: Projection | None = None
     kernel: str | None = None      # what ran the linears (the record's kernel), where known
+    fallback: str | None = None    # the decode path where the cell fell back from the compiled graph (records.slow_path)
 
     @property
     def median(self) -> float:
@@ -50,16 +51,19 @@ class Cell:
 def cells_from_records(records: Iterable[Record], source: str, backend: str = "pytorch") -> list[Cell]:
     groups: dict[tuple, dict[str, list[float]]] = {}
     kernels: dict[tuple, str | None] = {}
+    paths: dict[tuple, str | None] = {}
     for r in primary(records):
         if r.status != "ok" or r.backend != backend:
             continue
         key = (r.profile, r.model, r.variant, r.batch_size, r.prompt_tokens, r.new_tokens)
         g = groups.setdefault(key, {})
         kernels.setdefault(key, r.kernel)
+        paths.setdefault(key, slow_path(r))
         for phase, x in (("decode", r.decode_tok_s), ("prefill", r.prefill_tok_s)):
             if x:
                 g.setdefault(phase, []).append(x)
-    return [Cell(*k, phase, xs, source, kernel=kernels[k]) for k, g in groups.items() for phase, xs in g.items()]
+    return [Cell(*k, phase, xs, source, kernel=kernels[k], fallback=paths[k]) for k, g in groups.items()
+            for phase, xs in g.items()]
 
 
 def cells_from_reference(path: str | Path) -> list[Cell]:
@@ -91,9 +95,13 @@ def project_cell(c: Cell, cals: list[DeviceCalibration], profiles: Mapping[str, 
 
 
 def summary(cells: list[Cell], within: float = 0.25) -> dict:
-    proj = [c for c in cells if c.error is not None]
+    """Counts over the cells; a cell that fell back from the compiled graph (Cell.fallback) is shown but
+    not counted: the projections are of the compiled engine."""
+    counted = [c for c in cells if not c.fallback]
+    proj = [c for c in counted if c.error is not None]
     errs = [abs(c.error) for c in proj]
-    return {"cells": len(cells), "projected": len(proj), "no_curve": len(cells) - len(proj),
+    return {"cells": len(counted), "projected": len(proj), "no_curve": len(counted) - len(proj),
+            "fallback": len(cells) - len(counted),
             "within": sum(e <= within for e in errs), "median_abs_error": statistics.median(errs) if errs else None,
             "max_abs_error": max(errs) if errs else None,
             "inside_interval": sum(c.projection.contains(c.median) for c in proj)}
@@ -122,7 +130,9 @@ def to_markdown(cells: list[Cell], cals: list[DeviceCalibration], title: str, no
              f"Calibrations used ({whose}): "
              + "; ".join(f"{k.profile} (arch {k.arch}, from {', '.join(k.provenance.get('sources', [])) or k.path}, "
                          f"harness {k.provenance.get('harness_commit') or '?'})" for k in cals) + ".", "",
-             f"- cells: {s['cells']}; projected: {s['projected']}; no curve: {s['no_curve']}",
+             f"- cells: {s['cells']}; projected: {s['projected']}; no curve: {s['no_curve']}"
+             + (f"; not counted: {s['fallback']} measured on a fallback path (not the compiled CUDA graph the "
+                "projections are of; their rows say which)" if s["fallback"] else ""),
              f"- within {within:.0%} of the measurement: {s['within']} of {s['projected']} projected "
              f"(bar: every cell; {'met' if all_in else 'NOT met'})",
              f"- median |error|: {pct(s['median_abs_error'])}{med}; "
@@ -135,6 +145,8 @@ def to_markdown(cells: list[Cell], cals: list[DeviceCalibration], title: str, no
         p = c.projection
         proj = "-" if p is None or not p.ok else f"{_fmt(p.tok_s)} [{_fmt(p.low)}, {_fmt(p.high)}]"
         inside = "-" if p is None or not p.ok else ("yes" if p.contains(c.median) else "**no**")
+        if c.fallback:
+            inside = f"not counted: {c.fallback}"
         err = "-" if c.error is None else (f"{c.error:+.1%}" if abs(c.error) <= within else f"**{c.error:+.1%}**")
         lines.append(f"| {c.profile} | {c.model} | {c.variant} | {c.batch} | {c.prompt_tokens}+{c.new_tokens} | "
                      f"{c.phase} | {_measured(c)} | {proj} | {err} | {inside} | "
