@@ -38,7 +38,7 @@ M8="--model synthetic:llama-3.1-8b --new-tokens 64 --prompt-tokens 128"
 RUNS=/tmp/runs; mkdir -p $RUNS
 # a bench/profile_step.py JSON on stdin -> its step figures (the keys named) and its kernel groups
 profsum() { python3 -c "import json,sys; d=json.load(sys.stdin); print({k: d.get(k) for k in sys.argv[1:]}); print(json.dumps(d['groups'], indent=0))" "$@"; }
-pack() { tar -C $RUNS -czf "$OUT/$1.tar.gz" --exclude='*.parquet' --exclude='*.csv' --exclude='charts' $(ls $RUNS) && rm -rf $RUNS/*; }
+pack() { tar -C $RUNS -czf "$OUT/$1.tar.gz" --exclude='*.parquet' --exclude='*.csv' --exclude='charts' --exclude='report.html' --exclude='.lock' $(ls $RUNS) && rm -rf $RUNS/*; }
 for stage in "$@"; do
   t0=$(date +%s)
   case $stage in
