@@ -62,6 +62,7 @@ def build_engine(args):
     eng = CudaGraphEngine(model, dev, args.batch, args.prompt, args.new, compile_step=True,
                           tune=args.tune, compile_mode=args.compile_mode,
                           decode_attention=args.decode_attention)
+    eng.choose_prefill()   # the prefill the cell runs: compiled or eager, by measurement (engine.prefill)
     return eng, applied.kernel
 
 
@@ -122,7 +123,7 @@ def main() -> None:
     out = {
         "model": args.model, "variant": args.variant, "batch": args.batch, "prompt": args.prompt, "kernel": kernel,
         "engine": eng.name, "phase": args.phase,
-        "prefill_in_graph": eng.g_prefill is not None, "tuned": eng.tuned, "decode_attention": eng.decode_attention, "steps_profiled": n,
+        "prefill_in_graph": eng.g_prefill is not None, "prefill_choice": eng.prefill, "tuned": eng.tuned, "decode_attention": eng.decode_attention, "steps_profiled": n,
         "step_wall_ms_cuda_events": wall_s * 1e3,
         "kernels_per_step": len(kernels) / n,
         "kernel_time_per_step_ms": sum(v[1] for v in by_group.values()) / n / 1e3,

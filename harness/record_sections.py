@@ -27,6 +27,7 @@ class EngineInfo:
     coordinate_descent_tuning: bool | None = None
     decode_attention: str | None = None          # attention of the compiled decode step: sdpa | flex
     compile_choice: dict[str, Any] | None = None  # chosen configuration, each candidate's step time, source
+    prefill: dict[str, Any] | None = None         # eager or compiled prefill: chosen, both times, source
     reused: bool | None = None                   # built by an earlier measurement of the same cell
     notes: tuple[str, ...] = ()                  # why a faster decode path was not used
     variant_notes: str | None = None             # what the variant's apply chose or found (kernel choice, AWQ)

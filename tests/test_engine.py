@@ -80,6 +80,29 @@ def test_cuda_graph_engine_matches_lean_eager_fp32(tiny_loaded):
 
 
 @pytest.mark.gpu
+def test_prefill_compiled_or_eager_by_measurement_and_tokens_unchanged(tiny_loaded):
+    """choose_prefill times the eager prefill against the compiled one (the decode step's compiled
+    module at the prompt's shape), keeps the faster, and the pass gives the same tokens either way."""
+    from harness.backends.pytorch.cuda_engine import CudaGraphEngine
+
+    dev = torch.device("cuda")
+    m = tiny_loaded.instantiate(dev, torch.float32)
+    ids = torch.randint(0, tiny_loaded.vocab_size, (4, 24), generator=torch.Generator().manual_seed(5)).to(dev)
+    ref = _hf_greedy(m, ids, 16).cpu()
+    eng = CudaGraphEngine(m, dev, 4, 24, 16, compile_step=True)
+    before = eng.setup_s
+    p = eng.choose_prefill()
+    assert p["source"] == "measured in this run" and p["eager_s"] > 0 and not str(p.get("compiled", "")).startswith("failed"), p
+    assert p["compiled_s"] > 0 and p["chosen"] == ("compiled" if p["compiled_s"] < p["eager_s"] else "eager")
+    assert eng.setup_s == pytest.approx(before + p["setup_s"])
+    assert (eng.prefill_fn is eng.step) == (p["chosen"] == "compiled") and eng.g_prefill is not None
+    r = eng.run_pass(ids, 16)
+    assert (r.tokens == ref).float().mean() >= 0.95
+    plain = CudaGraphEngine(m, dev, 4, 24, 16, compile_step=False)
+    assert plain.choose_prefill()["chosen"] == "eager" and plain.prefill_fn is plain.dec
+
+
+@pytest.mark.gpu
 def test_llama8b_bf16_logits_as_accurate_as_transformers():
     """Random bf16 weights give near-ties, so greedy tokens are compared through logits. Teacher-forced
     on transformers' own greedy sequence (prompt + 32 tokens), both transformers in bf16 and the lean

@@ -186,7 +186,8 @@ def assemble_record(cell, ctx, settings, o: CellOutcome):
         "compile_mode": choice.facts.get("compile_mode"),
         "coordinate_descent_tuning": choice.facts.get("coordinate_descent_tuning"),
         "decode_attention": choice.facts.get("decode_attention"),
-        "compile_choice": choice.facts.get("compile_choice"), "reused": not choice.fresh,
+        "compile_choice": choice.facts.get("compile_choice"), "prefill": choice.facts.get("prefill"),
+        "reused": not choice.fresh,
         "notes": list(choice.notes)}})
     typed = {}
     for name, d in sections.items():

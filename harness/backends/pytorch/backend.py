@@ -82,6 +82,7 @@ class PytorchBackend:
             facts["coordinate_descent_tuning"] = eng.tuned
             facts["decode_attention"] = eng.decode_attention
             facts["compile_choice"] = {"source": f"--tune {s.tune}" if compile_step else "not compiled"}
+            facts["prefill"] = eng.choose_prefill()
             return EngineChoice(eng, tuple(notes), facts=facts)
         key = cc.choice_key(torch.cuda.get_device_name(dev), prepared.model_spec, prepared.variant_name,
                             cell.batch_size, cell.prompt_tokens, cell.new_tokens, s.compile_mode, cc.versions())
@@ -100,6 +101,7 @@ class PytorchBackend:
 
         eng, choice = cc.choose(key, build_named, cc.median_step_s, release, cc.ChoiceCache())
         eng.setup_s = sum(setup)   # every candidate compiled here is set-up of this cell
+        facts["prefill"] = eng.choose_prefill()   # after the decode choice: one prefill compile, not one per candidate
         facts["coordinate_descent_tuning"] = eng.tuned
         facts["decode_attention"] = eng.decode_attention
         facts["compile_choice"] = {"chosen": choice.name, "step_s": choice.step_s, "source": choice.source,

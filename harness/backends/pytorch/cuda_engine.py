@@ -83,13 +83,15 @@ class CudaGraphEngine:
         self.out = torch.zeros((batch, new_tokens), **z)
         self.g_prefill = None
         self.g_decode = None
+        self.prefill_fn = self.dec        # the eager prefill; choose_prefill may put the compiled one here
+        self.prefill = {"chosen": "eager", "source": "not compared"}
         with torch.inference_mode():
             self._capture()
         self.setup_s = time.perf_counter() - t0
 
     # graph bodies: only tensor ops on static buffers
     def _prefill_body(self) -> None:
-        nxt = self.dec(self.prompt, self.prompt_pos).argmax(-1)
+        nxt = self.prefill_fn(self.prompt, self.prompt_pos).argmax(-1)
         self.out[:, 0] = nxt
         self.tok.copy_(nxt[:, None])
         self.pos.fill_(self.P)
@@ -115,11 +117,70 @@ class CudaGraphEngine:
             self.g_decode = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.g_decode):
                 self._decode_body()
-        if self.B * self.P <= PREFILL_GRAPH_MAX_TOKENS:
-            self.g_prefill = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.g_prefill):
-                self._prefill_body()
+        self.g_prefill = self._prefill_graph()
         torch.cuda.synchronize(self.device)
+
+    def _prefill_graph(self) -> "torch.cuda.CUDAGraph | None":
+        """The prefill captured as a graph (None above PREFILL_GRAPH_MAX_TOKENS: run as calls)."""
+        if self.B * self.P > PREFILL_GRAPH_MAX_TOKENS:
+            return None
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            self._prefill_body()
+        return g
+
+    def _prefill_s(self, n: int = 3) -> float:
+        """Mean seconds of `n` prefills as the pass runs them (graph replays, or calls), CUDA events."""
+        return mean_replay_s(self.g_prefill.replay if self.g_prefill is not None else self._prefill_body, n,
+                             self.device)
+
+    @torch.inference_mode()
+    def choose_prefill(self) -> dict:
+        """With a compiled decode step: the prefill through the same compiled module (inductor fuses the
+        norms, rotary, adds and activation that an eager prefill runs as about 40 aten kernels a layer)
+        against the eager one, each timed as the pass runs it (its own graph's replays, or calls above
+        PREFILL_GRAPH_MAX_TOKENS); the faster is kept and the other released. A compiled prefill that
+        fails keeps the eager one, with the reason. Returns (and keeps in self.prefill) what was chosen,
+        both times and the set-up seconds it took; the time is added to setup_s."""
+        if self.step is self.dec:
+            self.prefill = {"chosen": "eager", "source": "the decode step is not compiled"}
+            return self.prefill
+        t0 = time.perf_counter()
+        _inductor_settings(self.tuned)   # the decode step's settings (a compile choice may have left others)
+        eager_s = self._prefill_s()
+        keep_fn, keep_graph = self.prefill_fn, self.g_prefill
+        try:
+            self.prefill_fn, self.g_prefill = self.step, None
+            s = torch.cuda.Stream(self.device)
+            s.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(s):
+                for _ in range(2):   # compilation for the prompt's shape, then a warm call
+                    self._prefill_body()
+            torch.cuda.current_stream(self.device).wait_stream(s)
+            torch.cuda.synchronize(self.device)
+            self.g_prefill = self._prefill_graph()
+            compiled_s = self._prefill_s()
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001  (the eager prefill stays; the record says why)
+            if "CUDA error" in str(e):
+                raise   # a poisoned context: nothing else can run here
+            self.prefill_fn, self.g_prefill = keep_fn, keep_graph
+            self.prefill = {"chosen": "eager", "eager_s": eager_s, "source": "measured in this run",
+                            "compiled": f"failed: {type(e).__name__}: {str(e)[:200]}"}
+        else:
+            if compiled_s < eager_s:
+                del keep_graph
+                chosen = "compiled"
+            else:
+                self.prefill_fn, self.g_prefill = keep_fn, keep_graph
+                chosen = "eager"
+            self.prefill = {"chosen": chosen, "eager_s": eager_s, "compiled_s": compiled_s,
+                            "source": "measured in this run"}
+        torch.cuda.synchronize(self.device)
+        self.prefill["setup_s"] = time.perf_counter() - t0
+        self.setup_s += self.prefill["setup_s"]
+        return self.prefill
 
     @torch.inference_mode()
     def run_pass(self, ids: torch.Tensor, new_tokens: int) -> PassResult:
