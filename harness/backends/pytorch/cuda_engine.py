@@ -140,7 +140,7 @@ class CudaGraphEngine:
         norms, rotary, adds and activation that an eager prefill runs as about 40 aten kernels a layer)
         against the eager one, each timed as the pass runs it (its own graph's replays, or calls above
         PREFILL_GRAPH_MAX_TOKENS); the faster is kept and the other released. A compiled prefill that
-        fails keeps the eager one, with the reason. Returns (and keeps in self.prefill) what was chosen,
+        fails (out of memory included: the eager one ran in that memory) keeps the eager one, with the reason. Returns (and keeps in self.prefill) what was chosen,
         both times and the set-up seconds it took; the time is added to setup_s."""
         if self.step is self.dec:
             self.prefill = {"chosen": "eager", "source": "the decode step is not compiled"}
@@ -160,12 +160,12 @@ class CudaGraphEngine:
             torch.cuda.synchronize(self.device)
             self.g_prefill = self._prefill_graph()
             compiled_s = self._prefill_s()
-        except torch.OutOfMemoryError:
-            raise
         except Exception as e:  # noqa: BLE001  (the eager prefill stays; the record says why)
-            if "CUDA error" in str(e):
+            if "CUDA error" in str(e) and not isinstance(e, torch.OutOfMemoryError):
                 raise   # a poisoned context: nothing else can run here
+            # out of memory too: the eager prefill ran in this memory before the compiled one was tried
             self.prefill_fn, self.g_prefill = keep_fn, keep_graph
+            torch.cuda.empty_cache()
             self.prefill = {"chosen": "eager", "eager_s": eager_s, "source": "measured in this run",
                             "compiled": f"failed: {type(e).__name__}: {str(e)[:200]}"}
         else:
