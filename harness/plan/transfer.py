@@ -88,6 +88,14 @@ def _label(cal: DeviceCalibration, cv: Curve, target: Profile) -> str:
     return f"{where} {cal.profile} ({cv.kernel}, {cv.source})"
 
 
+def _scales(cal: DeviceCalibration, target: Profile) -> tuple[float, float, float]:
+    """(copy bandwidth of the calibrated device, the target's at the same copy fraction, the compute-peak
+    ratio calibrated / target that scales the time beyond memory traffic)."""
+    peak_t = target.peak("bf16")
+    return (cal.datasheet_bandwidth_bytes_per_s * cal.copy_fraction, target.bandwidth_bytes_per_s * cal.copy_fraction,
+            cal.bf16_peak_flops / peak_t if cal.bf16_peak_flops and peak_t else 1.0)
+
+
 def _err(cal: DeviceCalibration, target: Profile) -> float:
     return 0.0 if cal.profile == target.id else float(cal.provenance.get("transfer_error", DEFAULT_TRANSFER_ERROR))
 
@@ -101,10 +109,7 @@ def _kernel_step(cal: DeviceCalibration, cv: Curve, target: Profile, m: int, gem
     by transfer_error off the calibrated device."""
     (other, lo, hi), blocks = _other(cal, cv, m, block_params)
     sc = cal.step_cost
-    copy_s = cal.datasheet_bandwidth_bytes_per_s * cal.copy_fraction
-    copy_t = target.bandwidth_bytes_per_s * cal.copy_fraction
-    peak_t = target.peak("bf16")
-    scale = cal.bf16_peak_flops / peak_t if cal.bf16_peak_flops and peak_t else 1.0
+    copy_s, copy_t, scale = _scales(cal, target)
     per = (layers / sc["layers"] if layers and sc.get("layers") else 1.0) * scale
     ke = float(sc.get("kernel_error") or 0.0)
 
@@ -137,10 +142,7 @@ def _kernel_prefill(cal: DeviceCalibration, cv: Curve, target: Profile, batch: i
     if head is None:
         return Projection(None, None, None, f"no kernel curve of {cv.variant} at M={batch} (the lm_head's rows)")
     oh, loh, hih = head
-    copy_s = cal.datasheet_bandwidth_bytes_per_s * cal.copy_fraction
-    copy_t = target.bandwidth_bytes_per_s * cal.copy_fraction
-    peak_t = target.peak("bf16")
-    scale = cal.bf16_peak_flops / peak_t if cal.bf16_peak_flops and peak_t else 1.0
+    copy_s, copy_t, scale = _scales(cal, target)
     ng = prefill_seconds(pc, batch, prompt, layers) * scale
     ke, sp = float(pc.get("kernel_error") or 0.0), float(pc.get("spread") or 0.0)
     body = gemm_bytes - head_bytes
@@ -178,10 +180,7 @@ def project_step(cals: list[DeviceCalibration], target: Profile, variant: str, p
             return Projection(None, None, None, f"prefill of {variant} from kernel curves needs the batch and GEMM bytes")
         return _kernel_prefill(cal, cv, target, batch, m // batch, gemm_bytes, head_bytes, layers, block_params)
     other, lo, hi = cv.at(m)
-    copy_s = cal.datasheet_bandwidth_bytes_per_s * cal.copy_fraction
-    copy_t = target.bandwidth_bytes_per_s * cal.copy_fraction
-    peak_t = target.peak("bf16")
-    scale = cal.bf16_peak_flops / peak_t if cal.bf16_peak_flops and peak_t else 1.0
+    copy_s, copy_t, scale = _scales(cal, target)
 
     def step(o: float, copy: float) -> float:
         return (weight_bytes + kv_bytes) / copy + o * weight_bytes / copy_s * scale
