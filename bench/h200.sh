@@ -75,7 +75,7 @@ for stage in "$@"; do
       grep -v -i warn $OUT/kernels-70b.log | grep -E "M= +(1|8|32|2048) |failed|shapes|gemlite" | head -60 ;;
     kernels8)
       # the 8B block at every M the 70B one has (its 2026-12-01 log has M = 1, 8, 32, 2048 only)
-      timeout ${KERNELS_TIMEOUT_S:-300} python3 bench/kernels_gpu.py --model llama-3.1-8b --kernels "${KERNELS:-bf16,int4,fp8}" \
+      timeout ${KERNELS_TIMEOUT_S:-300} python3 bench/kernels_gpu.py --model llama-3.1-8b --kernels "${KERNELS:-bf16,int4,fp8,w4a8}" \
         --m ${KERNELS_M:-1,2,4,8,16,32,64,128,256,2048} --out $OUT/kernels-8b.json > $OUT/kernels-8b.log 2>&1
       grep -v -i warn $OUT/kernels-8b.log | grep -E "M= +(1|8|32|2048) |failed|shapes|gemlite" | head -60 ;;
     gputests-kernels)

@@ -8,8 +8,9 @@ The block's linears as the lean decoder runs them: q/k/v fused (qkv), o, gate/up
 The first line printed names the preset (`shapes of <preset>: ...`), so a log says which block it timed.
 
 Kernels: bf16 cuBLAS (F.linear), torchao Int4WeightOnlyConfig with tile_packed_to_4d (tinygemm) and
-preshuffled (mslk CUTLASS) packings, torchao Float8WeightOnlyConfig, GemLite's Triton kernels
-(A16W4 group 128, A16W8 fp8 and int8 channel-wise). GB/s is weight bytes read per call / time.
+preshuffled (mslk CUTLASS) packings, torchao Float8WeightOnlyConfig, torchao's w4a8
+(Float8DynamicActivationInt4WeightConfig: mslk's fp8 x int4 CUTLASS GEMM with the activation quantized per
+call), GemLite's Triton kernels (A16W4 group 128, A16W8 fp8 and int8 channel-wise). GB/s is weight bytes read per call / time.
 A kernel that fails prints its error and is recorded with it (no figure).
 """
 from __future__ import annotations
@@ -62,7 +63,7 @@ def time_call(fn, x, calls: int) -> float:
 
 
 def kernels():
-    from torchao.quantization import Float8WeightOnlyConfig, Int4WeightOnlyConfig
+    from torchao.quantization import Float8DynamicActivationInt4WeightConfig, Float8WeightOnlyConfig, Int4WeightOnlyConfig
     return {
         "bf16 cuBLAS": lambda lin: lin,
         "int4 tinygemm (torchao tile_packed_to_4d)": lambda lin: torchao_linear(
@@ -71,6 +72,10 @@ def kernels():
             lin, Int4WeightOnlyConfig(group_size=128, int4_packing_format="preshuffled")),
         "int4 GemLite A16W4 g128": gemlite_int4,
         "fp8 torchao Float8WeightOnlyConfig": lambda lin: torchao_linear(lin, Float8WeightOnlyConfig()),
+        # w4a8: the activation's dynamic fp8 quantization (mslk Triton) + mslk's fp8 x int4 CUTLASS GEMM, as
+        # the registry's w4a8 variant runs them (harness/variants/quant.py)
+        "w4a8 CUTLASS (torchao Float8DynamicActivationInt4WeightConfig, mslk)": lambda lin: torchao_linear(
+            lin, Float8DynamicActivationInt4WeightConfig()),
         "fp8 GemLite A16W8": lambda lin: gemlite_w8(lin, fp8=True),
         "int8 GemLite A16W8": lambda lin: gemlite_w8(lin, fp8=False),
     }

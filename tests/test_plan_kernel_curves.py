@@ -60,6 +60,8 @@ def test_log_rows_records_and_variants(log):
     assert any("int8 GemLite" in s for s in skipped)               # no registry variant runs it
     tiny = {r.variant for r in recs if r.kernel.startswith("int4 tinygemm")}
     assert tiny == {"int4-wo[tinygemm]"}            # int4-wo picks among its kernels per M (transfer.py)
+    from harness.plan.kernel_log import variants_of
+    assert variants_of("w4a8 CUTLASS (torchao Float8DynamicActivationInt4WeightConfig, mslk)") == ("w4a8",)
     failed = [r for r in recs if r.status == "failed"]
     assert {r.variant for r in failed} == {"fp8-wo[gemlite]"} and "boom" in failed[0].reason
     r = next(r for r in recs if r.variant == "baseline" and r.model == "llama-3.1-8b:o" and r.batch_size == 8)

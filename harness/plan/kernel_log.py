@@ -58,6 +58,7 @@ KERNEL_VARIANTS = (
     ("int4 GemLite", ("int4-wo[gemlite]",)),
     ("fp8 GemLite", ("fp8-wo[gemlite]",)),
     ("fp8 torchao", ("fp8-wo[torchao]",)),
+    ("w4a8 CUTLASS", ("w4a8",)),
 )
 
 _OK = re.compile(r"^(?P<kernel>\S.*?)\s+(?P<shape>qkv|o|gate_up|down)\s+M=\s*(?P<m>\d+)\s+(?P<us>[\d.]+) us\s+"
