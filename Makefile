@@ -12,7 +12,7 @@ LLAMA_SPEC ?= llama-cpp-python==0.3.36
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 RUN_ARGS ?=
 
-.PHONY: run test install microbench nightly browser bench-ort clean
+.PHONY: run test install microbench nightly browser bench-ort calibrate clean
 
 $(BIN)/python:
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
@@ -47,6 +47,13 @@ browser:
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	    (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
 	    echo "chromium not installed (run as root: apt-get install -y chromium); the HTML browser test will skip"; }
+
+# The planner's calibration of this machine (results/calibration-<profile>-<UTC>.json): on a CUDA machine
+# the kernel curves (kernel timings at the 8B and 70B blocks, step and prefill profiles: harness calibrate
+# --kernels), elsewhere the copy bandwidth and a small sweep.
+calibrate: $(VENV)/.installed
+	@if $(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
+	  $(BIN)/harness calibrate --kernels; else $(BIN)/harness calibrate; fi
 
 # A fixed small sweep on the embedded default model, added to the history and compared with the
 # previous entry of the same machine and profile: exit 1 on a regression, 2 when no cell is in common.

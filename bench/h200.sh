@@ -78,6 +78,11 @@ for stage in "$@"; do
       timeout ${KERNELS_TIMEOUT_S:-300} python3 bench/kernels_gpu.py --model llama-3.1-8b --kernels "${KERNELS:-bf16,int4,fp8,w4a8}" \
         --m ${KERNELS_M:-1,2,4,8,16,32,64,128,256,2048} --out $OUT/kernels-8b.json > $OUT/kernels-8b.log 2>&1
       grep -v -i warn $OUT/kernels-8b.log | grep -E "M= +(1|8|32|2048) |failed|shapes|gemlite" | head -60 ;;
+    calibrate)
+      # the whole kernel-curve calibration in one command (kernel timings per block, step and prefill profiles)
+      timeout $(( $(left_s) - 5 )) $H calibrate --kernels --kernel-blocks ${KBLOCKS:-llama-3.1-8b} \
+        --out $OUT/calibration/h200-kernels.json 2>&1 | tail -20
+      tar -C $OUT -czf $OUT/calibration.tar.gz calibration && rm -rf $OUT/calibration ;;
     gputests-kernels)
       timeout 150 python3 -m pytest -q -m gpu --benchmark-disable -p no:cacheprovider tests/test_gpu_kernels.py 2>&1 \
         | tee "$OUT/gpu-tests-kernels.log" | tail -8 ;;

@@ -4,6 +4,7 @@ step cost from step profiles, projection through them, and the CLI (`calibrate -
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -328,3 +329,64 @@ def test_prefill_cost_from_prefill_profiles_and_projection_by_hand(P, log, tmp_p
     gem.write_text(gem.read_text().replace("bf16 cuBLAS", "int4 GemLite A16W4 g128"))
     gcal, _ = calibration_from_kernels(gem, h200, COPY, "test", prefill_profiles=[a, b])
     assert gcal.kernel_prefill("int4-wo[gemlite]") is None        # dequantize + cuBLAS: not what was timed
+
+
+def test_calibrate_kernels_runs_the_bench_scripts_and_fits_their_outputs(tmp_path, monkeypatch):
+    """`harness calibrate --kernels` on CUDA: the copy meter, bench/kernels_gpu.py per block and
+    bench/profile_step.py for the step and prefill profiles, each a child process whose outputs are kept,
+    then the fit. Here the children are stand-ins that write what the scripts write (no GPU)."""
+    import subprocess
+    import types
+
+    import torch
+
+    import harness.cli.calibrate as cli
+    import harness.meters.bandwidth as bw
+    from harness.plan.kernel_log import block_shapes
+
+    calls, real_run = [], subprocess.run
+
+    def child(cmd, stdout=None, stderr=None, **kw):
+        if not str(cmd[1]).endswith(".py"):
+            return real_run(cmd, stdout=stdout, stderr=stderr, **kw)      # git, for the provenance
+        calls.append(cmd)
+        out = Path(cmd[cmd.index("--out") + 1])
+        if cmd[1].endswith("kernels_gpu.py"):
+            preset = cmd[cmd.index("--model") + 1]
+            rows = [{"kernel": "bf16 cuBLAS", "shape": s, "N": n, "K": k, "M": m, "us": 2 * n * k / COPY * 1e6 * 1.2,
+                     "weight_bytes": 2 * n * k} for m in (1, 8, 2048) for s, (n, k) in block_shapes(preset).items()]
+            out.write_text(json.dumps({"device": "fake", "model": preset, "rows": rows}))
+        elif "--phase" in cmd:
+            prompt = int(cmd[cmd.index("--prompt") + 1])
+            out.write_text(json.dumps({"model": "synthetic:llama-3.1-8b", "variant": "baseline", "batch": 1,
+                                       "prompt": prompt, "phase": "prefill", "step_wall_ms_cuda_events": 5 + prompt / 50,
+                                       "groups": {step_cost.GEMM_GROUP: {"ms_per_step": 3 + prompt / 80},
+                                                  "attention": {"ms_per_step": 0.2 + prompt / 400}}}))
+        else:
+            v = cmd[cmd.index("--variant") + 1] if "--variant" in cmd else "baseline"
+            out.write_text(json.dumps({"model": "synthetic:llama-3.1-8b", "variant": v, "batch": 1, "prompt": 128,
+                                       "step_wall_ms_cuda_events": 4.7, "groups": {step_cost.GEMM_GROUP: {"ms_per_step": 3.9}}}))
+        return types.SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bw, "measure_copy_bandwidth", lambda *a, **k: types.SimpleNamespace(value_per_s=COPY))
+    monkeypatch.setattr(subprocess, "run", child)
+    out = tmp_path / "cal.json"
+    res = CliRunner().invoke(cli.calibrate, ["--kernels", "--profile", "h200-sxm-141gb", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    scripts = [Path(c[1]).name for c in calls]
+    assert scripts == ["kernels_gpu.py"] * 2 + ["profile_step.py"] * 4
+    assert calls[0][calls[0].index("--m") + 1] == cli.KERNEL_M
+    cal = load_calibration(out)
+    assert sorted(c.shapes for c in cal.curves) == ["llama-3.1-70b", "llama-3.1-8b"]
+    assert cal.step_cost["non_gemm_s"] == pytest.approx(0.8e-3) and cal.prefill_cost is not None
+    assert cal.provenance["copy_bandwidth_source"].startswith("harness calibrate --kernels")
+    kept = {p.name for p in next(tmp_path.glob("calibration-kernels-*")).iterdir()}
+    assert {"kernels-llama-3.1-8b.json", "kernels-llama-3.1-8b.log", "prefill-bf16-p2048.json"} <= kept
+    res = CliRunner().invoke(cli.calibrate, ["--kernels", "--kernel-blocks", "llama-9", "--profile", "h200-sxm-141gb"])
+    assert res.exit_code == 2 and "not a preset" in res.output
+
+
+def test_calibrate_kernels_needs_cuda():
+    res = CliRunner().invoke(calibrate_cli, ["--kernels"])
+    assert res.exit_code == 2 and "no CUDA device" in res.output

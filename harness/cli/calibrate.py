@@ -4,6 +4,12 @@ file) and `harness validate-plan` (measured cells beside projections from other 
 `calibrate` without --from-records measures: the device's copy bandwidth (harness.meters.bandwidth),
 then a small sweep through `harness run` in a child process (the same engine and records as any run),
 then fits the curves from that run's records. On a CPU-only machine it runs on the CPU.
+
+`calibrate --kernels` (CUDA) measures the kernel-curve calibration instead, each step in a child process
+of the repository's bench/ scripts, their outputs kept beside the file: the copy bandwidth, the
+weight-only kernels at each preset block of --kernel-blocks (bench/kernels_gpu.py, M = KERNEL_M), the
+engine's decode step (bf16 and int4-wo, batch 1) and prefill (bf16, prompts 128 and 2048) under
+bench/profile_step.py; then fits them as --from-kernels with --step-profile and --prefill-profile would.
 """
 from __future__ import annotations
 
@@ -18,6 +24,67 @@ from harness.cli.profiles import _load, profiles_dir_option
 
 SWEEP = {"model": "synthetic:tiny", "variants": "baseline", "batch": "1,2,4,8", "prompt_tokens": "32",
          "new_tokens": "16"}
+KERNEL_M = "1,2,4,8,16,32,64,128,256,2048"   # decode batches and one prefill size (issue 14's M range)
+# (file stem, bench/profile_step.py arguments): the step and prefill profiles --kernels takes
+PROFILES = (("step-bf16-b1", ["--batch", "1"]), ("step-int4-b1", ["--batch", "1", "--variant", "int4-wo"]),
+            ("prefill-bf16-p128", ["--phase", "prefill", "--prompt", "128", "--new", "2", "--steps", "10"]),
+            ("prefill-bf16-p2048", ["--phase", "prefill", "--prompt", "2048", "--new", "2", "--steps", "10"]))
+
+
+def bench_dir() -> Path:
+    """The repository's bench/ folder (beside the harness package in a checkout)."""
+    return Path(__file__).resolve().parents[2] / "bench"
+
+
+def _child(cmd: list[str], log: Path) -> None:
+    """One measuring child process, its output in `log`; a failure names the command and the log."""
+    click.echo("calibrate: " + " ".join(cmd[1:]), err=True)
+    with open(log, "w", encoding="utf-8") as f:
+        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise click.ClickException(f"{' '.join(cmd[1:3])} exited {done.returncode} (its output: {log})")
+
+
+def _measure_kernels(folder: Path, blocks: list[str], profs: dict, profile_id: str | None):
+    """The --kernels measurement (module doc) into `folder`; returns the fitted calibration."""
+    import torch
+
+    from harness.meters.bandwidth import GIB, measure_copy_bandwidth
+    from harness.models.presets import PRESETS
+    from harness.profiles.detection import detect as detect_profile
+
+    if not torch.cuda.is_available():
+        raise click.UsageError("--kernels times CUDA kernels: this machine has no CUDA device")
+    bench = bench_dir()
+    if not (bench / "kernels_gpu.py").is_file():
+        raise click.UsageError(f"--kernels runs the repository's bench/ scripts, not found at {bench}: run it "
+                               "from a checkout of the harness")
+    bad = [b for b in blocks if b not in PRESETS]
+    if bad:
+        raise click.BadParameter(f"{', '.join(bad)}: not a preset ({', '.join(sorted(PRESETS))})",
+                                 param_hint="--kernel-blocks")
+    if profile_id is None:
+        profile_id = detect_profile(profiles=profs).profile.id
+    if profile_id not in profs:
+        raise click.BadParameter(f"{profile_id!r}: not a loaded profile", param_hint="--profile")
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = measure_copy_bandwidth("cuda", buffer_bytes=2 * GIB).value_per_s
+    click.echo(f"calibrate: copy bandwidth {copy / 1e9:.1f} GB/s", err=True)
+    py = sys.executable
+    kernels = []
+    for b in blocks:
+        out = folder / f"kernels-{b}.json"
+        _child([py, str(bench / "kernels_gpu.py"), "--model", b, "--m", KERNEL_M, "--out", str(out)],
+               folder / f"kernels-{b}.log")
+        kernels.append(out)
+    made = {}
+    for stem, args in PROFILES:
+        out = folder / f"{stem}.json"
+        _child([py, str(bench / "profile_step.py"), *args, "--out", str(out)], folder / f"{stem}.log")
+        made[stem] = out
+    return _from_kernels(tuple(kernels), profs, profile_id, copy, f"harness calibrate --kernels ({folder})",
+                         tuple(v for k, v in made.items() if k.startswith("step-")),
+                         tuple(v for k, v in made.items() if k.startswith("prefill-")))
 
 
 def _write(cals, out: Path | None, profile_id: str | None) -> list[Path]:
@@ -96,6 +163,11 @@ def _from_kernels(paths: tuple[Path, ...], profs: dict, profile_id: str | None, 
               multiple=True, help="With --from-kernels: bench/profile_step.py --phase prefill JSON at two or more "
                                   "prompt lengths (repeatable): fits the non-GEMM prefill cost. Without them the file "
                                   "projects no prefill.")
+@click.option("--kernels", "kernels", is_flag=True, default=False,
+              help="CUDA: measure the kernel-curve calibration (kernel timings per block, step and prefill "
+                   "profiles; see the module doc) instead of a sweep.")
+@click.option("--kernel-blocks", default="llama-3.1-8b,llama-3.1-70b", show_default=True,
+              help="With --kernels: presets whose block shapes the kernels are timed at (comma-separated).")
 @click.option("--profile", "profile_id", default=None, help="Keep only this profile's calibration.")
 @click.option("--device", default="auto", show_default=True, help="Device to measure on: auto (cuda if present), cpu, cuda:N.")
 @click.option("--model", default=None, help=f"Sweep model (default {SWEEP['model']}).")
@@ -104,7 +176,7 @@ def _from_kernels(paths: tuple[Path, ...], profs: dict, profile_id: str | None, 
 @profiles_dir_option
 def calibrate(out: Path | None, from_records: tuple[Path, ...], from_kernels: tuple[Path, ...], copy_bw: float | None,
               copy_source: str, step_profiles: tuple[Path, ...], prefill_profiles: tuple[Path, ...],
-              profile_id: str | None, device: str,
+              kernels: bool, kernel_blocks: str, profile_id: str | None, device: str,
               model: str | None, variants: str | None, batch: str | None, profiles_dir: Path | None) -> None:
     """Measure kernel efficiency curves on this machine (or fit them from run folders) and write a
     calibration file for `harness plan --calibrate-with`.
@@ -112,12 +184,20 @@ def calibrate(out: Path | None, from_records: tuple[Path, ...], from_kernels: tu
     \b
         harness calibrate --from-records results/reference/h100/decode-8b-prompt128 --out h100.json
         harness calibrate --device cpu --out cpu.json      # measures: copy bandwidth + a small sweep
+        harness calibrate --kernels --out h200.json        # CUDA: kernel timings + step/prefill profiles
     """
     from harness.plan.sources import fit_records
     from harness.profiles.detection import detect as detect_profile
     from harness.records import load_records
 
     profs = _load(profiles_dir)
+    if kernels:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        folder = (out.parent if out else Path("results")) / f"calibration-kernels-{stamp}"
+        cal = _measure_kernels(folder, [b.strip() for b in kernel_blocks.split(",") if b.strip()], profs, profile_id)
+        for p in _write([cal], out, None):
+            click.echo(str(p))
+        return
     if from_kernels:
         for p in _write([_from_kernels(from_kernels, profs, profile_id, copy_bw, copy_source, step_profiles,
                                              prefill_profiles)], out, None):
