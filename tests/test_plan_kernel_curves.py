@@ -390,3 +390,29 @@ def test_calibrate_kernels_runs_the_bench_scripts_and_fits_their_outputs(tmp_pat
 def test_calibrate_kernels_needs_cuda():
     res = CliRunner().invoke(calibrate_cli, ["--kernels"])
     assert res.exit_code == 2 and "no CUDA device" in res.output
+
+
+def test_a_per_batch_format_prefills_with_the_kernel_it_picked_for_decode(P, tmp_path):
+    """The runner picks one kernel per cell at M = the batch; the planner's int4-wo prefill follows that
+    pick (GemLite at batch 8 here: no prefill curve, said so), not the fastest prefill kernel."""
+    from harness.plan.kernel_log import block_shapes
+    from harness.plan.transfer import project_prefill
+
+    h200 = P["h200-sxm-141gb"]
+    lines = ["shapes of llama-3.1-8b: ..."]
+    for m in (1, 8, 2048):
+        for s, (n, k) in block_shapes("llama-3.1-8b").items():
+            wb = n * k // 2
+            lines.append(line("int4 tinygemm (torchao tile_packed_to_4d)", s, m, wb / COPY * 1e6 * (2 if m == 1 else 9), wb))
+            lines.append(line("int4 GemLite A16W4 g128", s, m, wb / COPY * 1e6 * (3 if m == 1 else 4), wb))
+    log = tmp_path / "k.log"
+    log.write_text("\n".join(lines) + "\n")
+    pre = [_prefill_profile(tmp_path, f"p{n}.json", n, 10.0 + n / 100, 6.0, 0.1) for n in (128, 2048)]
+    cal, _ = calibration_from_kernels(log, h200, COPY, "test", prefill_profiles=pre)
+    shape = shape_of("synthetic:llama-3.1-8b")
+    wb = weight_bytes(shape, parse_variant("int4-wo"), "bf16")
+    kw = dict(gemm_bytes=gemm_bytes(shape, wb), layers=32, block_params=shape.block_linear_params())
+    one = project_prefill([cal], h200, "int4-wo", 128, wb.total, 0.0, batch=1, **kw)
+    assert one.ok and "tinygemm" in one.source
+    eight = project_prefill([cal], h200, "int4-wo", 8 * 128, wb.total, 0.0, batch=8, **kw)
+    assert not eight.ok and "int4-wo picks gemlite at batch 8" in eight.source

@@ -201,8 +201,23 @@ def project_prefill(cals: list[DeviceCalibration], target: Profile, variant: str
                     weight_bytes: float, kv_bytes: float, kernel: str | None = None, *, batch: int | None = None,
                     gemm_bytes: float | None = None, head_bytes: float = 0.0, layers: int | None = None,
                     block_params: int | None = None) -> Projection:
-    return project_step(cals, target, variant, "prefill", tokens, weight_bytes, kv_bytes, gemm_bytes, layers, kernel,
-                        block_params, batch, head_bytes)
+    """A format that picks its kernel per batch (int4-wo) prefills with the kernel it picked for the decode
+    batch, as the runner does (one kernel per cell, chosen at M = the batch): where `kernel` is not known
+    (planning), that is the kernel of its fastest decode curve at the batch."""
+    from harness.plan.curves import kernel_named
+    from harness.variants import explicit_kernels
+
+    picked = None
+    if kernel is None and batch and explicit_kernels(variant):
+        dec = _pick(cals, target, variant, "decode", batch, None, block_params)
+        if not isinstance(dec, str):
+            kernel = dec[1].kernel
+            picked = kernel_named(kernel)
+    p = project_step(cals, target, variant, "prefill", tokens, weight_bytes, kv_bytes, gemm_bytes, layers, kernel,
+                     block_params, batch, head_bytes)
+    if picked and not p.ok:
+        return Projection(None, None, None, f"{variant} picks {picked} at batch {batch} (decode curves); {p.source}")
+    return p
 
 
 def apply_curves(rows, cals: list[DeviceCalibration], profiles: dict[str, Profile]):
