@@ -325,6 +325,10 @@ def test_prefill_cost_from_prefill_profiles_and_projection_by_hand(P, log, tmp_p
         step_cost.read_profile(_profile(tmp_path, "d.json", "baseline", 4.7, 3.9), "prefill")
     with pytest.raises(ValueError, match="two or more token counts"):
         step_cost.fit_prefill([a, a], cal)
+    b4 = _prefill_profile(tmp_path, "b4.json", 2, 9.0, 5.0, 0.4)            # batch 4 x prompt 2: tokens 8, work 16
+    b4.write_text(json.dumps({**json.loads(b4.read_text()), "batch": 4}))
+    with pytest.raises(ValueError, match="batch x prompt\\^2"):
+        step_cost.fit_prefill([a, b4], cal)                                  # prompt 4 at batch 1: work 16 too
     gem = _block_log(tmp_path, "llama-3.1-8b", 1.5, "g.log")
     gem.write_text(gem.read_text().replace("bf16 cuBLAS", "int4 GemLite A16W4 g128"))
     gcal, _ = calibration_from_kernels(gem, h200, COPY, "test", prefill_profiles=[a, b])

@@ -155,10 +155,13 @@ def fit_prefill(profile_paths: list[str | Path], cal: DeviceCalibration) -> dict
     tokens = [r["batch"] * r["prompt"] for r in rows]
     if len(set(tokens)) < 2:
         raise ValueError("prefill profiles at two or more token counts (batch x prompt) are needed for a line")
+    work = [float(r["batch"] * r["prompt"] ** 2) for r in rows]
+    if len(set(work)) < 2:
+        raise ValueError("prefill profiles at two or more batch x prompt^2 (attention's work) are needed for a line")
     rest = [(r["non_gemm_ms"] - r["attention_ms"]) * 1e-3 for r in rows]
     att = [r["attention_ms"] * 1e-3 for r in rows]
     f0, f1, r1 = _line([float(t) for t in tokens], rest)
-    a0, a1, r2 = _line([float(r["batch"] * r["prompt"] ** 2) for r in rows], att)
+    a0, a1, r2 = _line(work, att)
     devs = []
     for r in rows:
         cg = curve_gemm_ms(cal, r["model"], r["variant"], r["batch"] * r["prompt"], r.get("kernel"), head_m=r["batch"])
