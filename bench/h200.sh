@@ -38,6 +38,12 @@ M8="--model synthetic:llama-3.1-8b --new-tokens 64 --prompt-tokens 128"
 RUNS=/tmp/runs; mkdir -p $RUNS
 # a bench/profile_step.py JSON on stdin -> its step figures (the keys named) and its kernel groups
 profsum() { python3 -c "import json,sys; d=json.load(sys.stdin); print({k: d.get(k) for k in sys.argv[1:]}); print(json.dumps(d['groups'], indent=0))" "$@"; }
+# bench/kernels_gpu.py at one preset's block (PRESET TAG KERNELS) -> $OUT/kernels-TAG.{json,log}, a summary printed
+kblock() {
+  timeout ${KERNELS_TIMEOUT_S:-300} python3 bench/kernels_gpu.py --model $1 --kernels "$3" \
+    --m ${KERNELS_M:-1,2,4,8,16,32,64,128,256,2048} --out $OUT/kernels-$2.json > $OUT/kernels-$2.log 2>&1
+  grep -v -i warn $OUT/kernels-$2.log | grep -E "M= +(1|8|32|2048) |failed|shapes|gemlite" | head -60
+}
 pack() { tar -C $RUNS -czf "$OUT/$1.tar.gz" --exclude='*.parquet' --exclude='*.csv' --exclude='charts' --exclude='report.html' --exclude='.lock' $(ls $RUNS) && rm -rf $RUNS/*; }
 for stage in "$@"; do
   t0=$(date +%s)
@@ -70,14 +76,10 @@ for stage in "$@"; do
       pack diag ;;
     kernels70)
       # kernel timings at the 70B block's shapes, M = 1..256 and a prefill size (planner curves for 70B)
-      timeout ${KERNELS_TIMEOUT_S:-300} python3 bench/kernels_gpu.py --model llama-3.1-70b --kernels "bf16,int4,fp8" \
-        --m ${KERNELS_M:-1,2,4,8,16,32,64,128,256,2048} --out $OUT/kernels-70b.json > $OUT/kernels-70b.log 2>&1
-      grep -v -i warn $OUT/kernels-70b.log | grep -E "M= +(1|8|32|2048) |failed|shapes|gemlite" | head -60 ;;
+      kblock llama-3.1-70b 70b "bf16,int4,fp8" ;;
     kernels8)
       # the 8B block at every M the 70B one has (its 2026-12-01 log has M = 1, 8, 32, 2048 only)
-      timeout ${KERNELS_TIMEOUT_S:-300} python3 bench/kernels_gpu.py --model llama-3.1-8b --kernels "${KERNELS:-bf16,int4,fp8,w4a8}" \
-        --m ${KERNELS_M:-1,2,4,8,16,32,64,128,256,2048} --out $OUT/kernels-8b.json > $OUT/kernels-8b.log 2>&1
-      grep -v -i warn $OUT/kernels-8b.log | grep -E "M= +(1|8|32|2048) |failed|shapes|gemlite" | head -60 ;;
+      kblock llama-3.1-8b 8b "${KERNELS:-bf16,int4,fp8,w4a8}" ;;
     calibrate)
       # the whole kernel-curve calibration in one command (kernel timings per block, step and prefill profiles)
       timeout $(( $(left_s) - 5 )) $H calibrate --kernels --kernel-blocks ${KBLOCKS:-llama-3.1-8b} \

@@ -25,10 +25,10 @@ from harness.cli.profiles import _load, profiles_dir_option
 SWEEP = {"model": "synthetic:tiny", "variants": "baseline", "batch": "1,2,4,8", "prompt_tokens": "32",
          "new_tokens": "16"}
 KERNEL_M = "1,2,4,8,16,32,64,128,256,2048"   # decode batches and one prefill size (issue 14's M range)
-# (file stem, bench/profile_step.py arguments): the step and prefill profiles --kernels takes
-PROFILES = (("step-bf16-b1", ["--batch", "1"]), ("step-int4-b1", ["--batch", "1", "--variant", "int4-wo"]),
-            ("prefill-bf16-p128", ["--phase", "prefill", "--prompt", "128", "--new", "2", "--steps", "10"]),
-            ("prefill-bf16-p2048", ["--phase", "prefill", "--prompt", "2048", "--new", "2", "--steps", "10"]))
+# (file stem, bench/profile_step.py arguments) of the step and the prefill profiles --kernels takes
+STEP_PROFILES = (("step-bf16-b1", ["--batch", "1"]), ("step-int4-b1", ["--batch", "1", "--variant", "int4-wo"]))
+PREFILL_PROFILES = (("prefill-bf16-p128", ["--phase", "prefill", "--prompt", "128", "--new", "2", "--steps", "10"]),
+                    ("prefill-bf16-p2048", ["--phase", "prefill", "--prompt", "2048", "--new", "2", "--steps", "10"]))
 
 
 def bench_dir() -> Path:
@@ -77,14 +77,15 @@ def _measure_kernels(folder: Path, blocks: list[str], profs: dict, profile_id: s
         _child([py, str(bench / "kernels_gpu.py"), "--model", b, "--m", KERNEL_M, "--out", str(out)],
                folder / f"kernels-{b}.log")
         kernels.append(out)
-    made = {}
-    for stem, args in PROFILES:
-        out = folder / f"{stem}.json"
-        _child([py, str(bench / "profile_step.py"), *args, "--out", str(out)], folder / f"{stem}.log")
-        made[stem] = out
+
+    def profiled(specs) -> tuple[Path, ...]:
+        for stem, args in specs:
+            _child([py, str(bench / "profile_step.py"), *args, "--out", str(folder / f"{stem}.json")],
+                   folder / f"{stem}.log")
+        return tuple(folder / f"{stem}.json" for stem, _ in specs)
+
     return _from_kernels(tuple(kernels), profs, profile_id, copy, f"harness calibrate --kernels ({folder})",
-                         tuple(v for k, v in made.items() if k.startswith("step-")),
-                         tuple(v for k, v in made.items() if k.startswith("prefill-")))
+                         profiled(STEP_PROFILES), profiled(PREFILL_PROFILES))
 
 
 def _write(cals, out: Path | None, profile_id: str | None) -> list[Path]:

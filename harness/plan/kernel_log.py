@@ -35,15 +35,15 @@ _HEADER = re.compile(r"^shapes of (?P<preset>\S+):")
 
 
 def block_shapes(preset: str) -> dict[str, tuple[int, int]]:
-    """{name: (N, K)} of one decoder block of `preset` (harness/models/presets.py) as the lean decoder runs
-    it: q/k/v fused (qkv), o, gate/up fused (gate_up), down."""
+    """{name: (N, K)} of one decoder block of `preset` as the lean decoder runs it (lean.fuse_projections):
+    the preset's linears (ArchShape.linear_shapes) with q/k/v fused into qkv and gate/up into gate_up."""
     from harness.models.presets import PRESETS
     if preset not in PRESETS:
         raise ValueError(f"{preset!r}: not a preset ({', '.join(sorted(PRESETS))})")
-    a = PRESETS[preset]
-    h, hd, i = a.hidden_size, a.head_dim_, a.intermediate_size
-    q, kv = a.num_attention_heads * hd, a.num_key_value_heads * hd
-    return {"qkv": (q + 2 * kv, h), "o": (h, q), "gate_up": (2 * i, h), "down": (h, i)}
+    lin = {name: (out, inp) for name, inp, out in PRESETS[preset].linear_shapes()}
+    fused = lambda *names: (sum(lin[n][0] for n in names), lin[names[0]][1])   # noqa: E731
+    return {"qkv": fused("q_proj", "k_proj", "v_proj"), "o": lin["o_proj"], "gate_up": fused("gate_proj", "up_proj"),
+            "down": lin["down_proj"]}
 
 
 # kernel name prefix in bench/kernels_gpu.py -> the registry variants that run it (harness/variants/catalog.py,

@@ -105,19 +105,23 @@ class CudaGraphEngine:
         self.idx.add_(1)
 
     def _capture(self) -> None:
-        s = torch.cuda.Stream(self.device)
-        s.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(s):
-            for _ in range(3):  # warm-up: compilation, cuBLAS/cuSPARSELt handles, autotuning
-                self._prefill_body()
-                self._decode_body()
-        torch.cuda.current_stream(self.device).wait_stream(s)
-        torch.cuda.synchronize(self.device)
+        # warm-up: compilation, cuBLAS/cuSPARSELt handles, autotuning
+        self._warm(lambda: (self._prefill_body(), self._decode_body()), 3)
         if self.N > 1:
             self.g_decode = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.g_decode):
                 self._decode_body()
         self.g_prefill = self._prefill_graph()
+        torch.cuda.synchronize(self.device)
+
+    def _warm(self, fn, n: int) -> None:
+        """`n` calls of `fn` on a side stream before a graph capture (as CUDA graphs require), synchronized."""
+        s = torch.cuda.Stream(self.device)
+        s.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(s):
+            for _ in range(n):
+                fn()
+        torch.cuda.current_stream(self.device).wait_stream(s)
         torch.cuda.synchronize(self.device)
 
     def _prefill_graph(self) -> "torch.cuda.CUDAGraph | None":
@@ -140,8 +144,9 @@ class CudaGraphEngine:
         norms, rotary, adds and activation that an eager prefill runs as about 40 aten kernels a layer)
         against the eager one, each timed as the pass runs it (its own graph's replays, or calls above
         PREFILL_GRAPH_MAX_TOKENS); the faster is kept and the other released. A compiled prefill that
-        fails (out of memory included: the eager one ran in that memory) keeps the eager one, with the reason. Returns (and keeps in self.prefill) what was chosen,
-        both times and the set-up seconds it took; the time is added to setup_s."""
+        fails (out of memory included: the eager one ran in that memory) keeps the eager one, with the
+        reason. Returns (and keeps in self.prefill) what was chosen, both times and the set-up seconds it
+        took; the time is added to setup_s."""
         if self.step is self.dec:
             self.prefill = {"chosen": "eager", "source": "the decode step is not compiled"}
             return self.prefill
@@ -151,13 +156,7 @@ class CudaGraphEngine:
         keep_fn, keep_graph = self.prefill_fn, self.g_prefill
         try:
             self.prefill_fn, self.g_prefill = self.step, None
-            s = torch.cuda.Stream(self.device)
-            s.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(s):
-                for _ in range(2):   # compilation for the prompt's shape, then a warm call
-                    self._prefill_body()
-            torch.cuda.current_stream(self.device).wait_stream(s)
-            torch.cuda.synchronize(self.device)
+            self._warm(self._prefill_body, 2)   # compilation for the prompt's shape, then a warm call
             self.g_prefill = self._prefill_graph()
             compiled_s = self._prefill_s()
         except Exception as e:  # noqa: BLE001  (the eager prefill stays; the record says why)
