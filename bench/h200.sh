@@ -40,7 +40,8 @@ RUNS=/tmp/runs; mkdir -p $RUNS
 profsum() { python3 -c "import json,sys; d=json.load(sys.stdin); print({k: d.get(k) for k in sys.argv[1:]}); print(json.dumps(d['groups'], indent=0))" "$@"; }
 # bench/kernels_gpu.py at one preset's block (PRESET TAG KERNELS) -> $OUT/kernels-TAG.{json,log}, a summary printed
 kblock() {
-  timeout ${KERNELS_TIMEOUT_S:-300} python3 bench/kernels_gpu.py --model $1 --kernels "$3" \
+  local t=$(( $(left_s) - 10 )); if [ "${KERNELS_TIMEOUT_S:-300}" -lt "$t" ]; then t=${KERNELS_TIMEOUT_S:-300}; fi
+  timeout $t python3 bench/kernels_gpu.py --model $1 --kernels "$3" \
     --m ${KERNELS_M:-1,2,4,8,16,32,64,128,256,2048} --out $OUT/kernels-$2.json > $OUT/kernels-$2.log 2>&1
   grep -v -i warn $OUT/kernels-$2.log | grep -E "M= +(1|8|32|2048) |failed|shapes|gemlite" | head -60
 }

@@ -64,19 +64,21 @@ def time_call(fn, x, calls: int) -> float:
 
 def kernels():
     from torchao.quantization import Float8DynamicActivationInt4WeightConfig, Float8WeightOnlyConfig, Int4WeightOnlyConfig
+    # the CUTLASS kernels before GemLite's (whose Triton autotuning at large blocks can take minutes), so a
+    # timed-out call still holds them
     return {
         "bf16 cuBLAS": lambda lin: lin,
         "int4 tinygemm (torchao tile_packed_to_4d)": lambda lin: torchao_linear(
             lin, Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d")),
         "int4 CUTLASS (torchao preshuffled, mslk)": lambda lin: torchao_linear(
             lin, Int4WeightOnlyConfig(group_size=128, int4_packing_format="preshuffled")),
-        "int4 GemLite A16W4 g128": gemlite_int4,
-        "fp8 torchao Float8WeightOnlyConfig": lambda lin: torchao_linear(lin, Float8WeightOnlyConfig()),
         # w4a8: the activation's dynamic fp8 quantization (mslk Triton) + mslk's fp8 x int4 CUTLASS GEMM, as
         # the registry's w4a8 variant runs them (harness/variants/quant.py)
         "w4a8 CUTLASS (torchao Float8DynamicActivationInt4WeightConfig, mslk)": lambda lin: torchao_linear(
             lin, Float8DynamicActivationInt4WeightConfig()),
         "fp8 GemLite A16W8": lambda lin: gemlite_w8(lin, fp8=True),
+        "int4 GemLite A16W4 g128": gemlite_int4,
+        "fp8 torchao Float8WeightOnlyConfig": lambda lin: torchao_linear(lin, Float8WeightOnlyConfig()),
         "int8 GemLite A16W8": lambda lin: gemlite_w8(lin, fp8=False),
     }
 

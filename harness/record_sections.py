@@ -31,6 +31,8 @@ class EngineInfo:
     reused: bool | None = None                   # built by an earlier measurement of the same cell
     notes: tuple[str, ...] = ()                  # why a faster decode path was not used
     variant_notes: str | None = None             # what the variant's apply chose or found (kernel choice, AWQ)
+    build_peak_bytes: int | None = None          # layer-by-layer build: the CUDA allocator's peak over it (before
+                                                 # the timed window, whose peak is Record.peak_vram_bytes)
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,12 @@ def test_curve_follows_the_roofline_between_points_and_refuses_outside():
     g = Curve("baseline", "k", "kernel", "microbench", [Point(32, 0.1, 0.1, 0.1, 1), Point(2048, 9.3, 9.3, 9.3, 1)])
     assert g.at(128)[0] == pytest.approx(0.1) and g.at(1024)[0] == pytest.approx(10.3 / 2 - 1)
     assert c.at(32) is None and c.at(0.5) is None
+    # a kernel slower at a smaller M than at a larger one (GemLite int4 at the 8B block, 2026-12-03: its M = 2-4
+    # kernel reads 9x slower than memory, the M = 8 one 3.7x): a measured M is its own figure, not the slower
+    # neighbour's
+    k = Curve("int4-wo[gemlite]", "k", "kernel", "microbench",
+              [Point(4, 9.0, 9.0, 9.0, 4), Point(8, 3.66, 3.66, 3.66, 4), Point(16, 3.67, 3.67, 3.67, 4)])
+    assert k.at(8)[0] == pytest.approx(3.66) and k.at(4)[0] == pytest.approx(9.0) and k.at(16)[0] == pytest.approx(3.67)
 
 
 def test_calibration_file_round_trip_and_bad_file(P, tmp_path):

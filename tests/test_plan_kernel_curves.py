@@ -244,7 +244,7 @@ def test_kernels_timed_at_two_block_sizes_project_each_model_through_its_own(P, 
     assert p.tok_s == pytest.approx(1 / (gb / COPY * 1.1), rel=0.01) and "llama-3.1-70b block" in p.source
     p_old = project_decode([cal], h200, "baseline", 1, wb.total, 0.0, gb, 80)   # no block size given: the fuller curve
     assert p_old.tok_s == pytest.approx(1 / (gb / COPY * 1.5), rel=0.01)
-    with pytest.raises(ValueError, match="two kernel files time the same block"):
+    with pytest.raises(ValueError, match="a kernel file is given twice"):
         calibration_from_kernels([small, small], h200, COPY, "test")
     with pytest.raises(ValueError, match="not a preset"):
         block_shapes("llama-9000")
@@ -270,7 +270,7 @@ def test_cli_takes_several_kernel_files(P, tmp_path):
     assert load_calibration(out).prefill_cost["sources"] == [str(p) for p in pre]
     res = CliRunner().invoke(calibrate_cli, ["--from-kernels", str(small), "--from-kernels", str(small), "--profile",
                                              "h200-sxm-141gb", "--copy-bandwidth", str(COPY), "--out", str(out)])
-    assert res.exit_code == 2 and "same block" in res.output
+    assert res.exit_code == 2 and "given twice" in res.output
 
 
 def _prefill_profile(tmp_path, name, prompt, step_ms, gemm_ms, attn_ms, sdpa_in_gemm_ms=0.0):
@@ -314,7 +314,17 @@ def test_prefill_cost_from_prefill_profiles_and_projection_by_hand(P, log, tmp_p
                         block_params=shape.block_linear_params())
     want = (gb - hb) * (1 + o8) / COPY + hb * (1 + o1) / COPY + 5.5e-3
     assert p.tok_s == pytest.approx(8 / want, rel=0.01) and p.low < p.tok_s < p.high
-    assert "non-GEMM prefill 5.50 ms (+/-25%" in p.source
+    assert "non-GEMM prefill 5.50 ms of eager prefills (+/-25%" in p.source   # profiles without a prefill choice
+    assert pc["prefill_path"] == "eager"
+    comp = _prefill_profile(tmp_path, "c8.json", 8, 9.0, 6.5, 1.0)
+    comp.write_text(json.dumps({**json.loads(comp.read_text()), "prefill_choice": {"chosen": "compiled"}}))
+    with pytest.raises(ValueError, match="prefill profiles of compiled and eager prefills"):
+        step_cost.fit_prefill([a, comp], cal)
+    from harness.plan.validate import Cell, prefill_mismatch
+    cell = lambda path: Cell("h200-sxm-141gb", "synthetic:llama-3.1-8b", "baseline", 1, 128, 64, "prefill", [1.0],  # noqa: E731
+                             "t", prefill_path=path)
+    assert "measured with a compiled prefill, the prefill cost is of eager prefills" in prefill_mismatch(cell("compiled"), [cal])
+    assert prefill_mismatch(cell("eager"), [cal]) == "" and prefill_mismatch(cell(None), [cal]) == ""
     no_batch = project_prefill([cal], h200, "baseline", 8, wb.total, 0.0)
     assert not no_batch.ok and "needs the batch" in no_batch.source
     assert cal.kernel_prefill("int4-wo[tinygemm]") is not None
@@ -420,3 +430,44 @@ def test_a_per_batch_format_prefills_with_the_kernel_it_picked_for_decode(P, tmp
     assert one.ok and "tinygemm" in one.source
     eight = project_prefill([cal], h200, "int4-wo", 8 * 128, wb.total, 0.0, batch=8, **kw)
     assert not eight.ok and "int4-wo picks gemlite at batch 8" in eight.source
+
+
+def test_two_files_of_one_block_take_each_kernel_from_the_later(P, tmp_path):
+    """A later kernels_gpu.py run at the same block (more M, a kernel re-timed) replaces that kernel's
+    timings of the earlier file; a kernel only the earlier file timed stays, and the note says what was
+    replaced."""
+    from harness.plan.kernel_log import block_shapes, calibration_from_kernels
+
+    h200 = P["h200-sxm-141gb"]
+
+    def log(name, kernels):
+        lines = ["shapes of llama-3.1-8b: ..."]
+        for kname, scale, ms in kernels:
+            for m in ms:
+                for s, (n, k) in block_shapes("llama-3.1-8b").items():
+                    wb = 2 * n * k if kname.startswith("bf16") else n * k // 2
+                    lines.append(line(kname, s, m, wb / COPY * 1e6 * scale, wb))
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+        return tmp_path / name
+
+    old = log("old.log", [("bf16 cuBLAS", 2.0, (1, 8)), ("int4 tinygemm (torchao tile_packed_to_4d)", 3.0, (1,))])
+    new = log("new.log", [("bf16 cuBLAS", 1.25, (1, 4, 8))])
+    cal, notes = calibration_from_kernels([old, new], h200, COPY, "test")
+    base = next(c for c in cal.curves if c.variant == "baseline")
+    assert [p.m for p in base.points] == [1, 4, 8] and base.at(1)[0] == pytest.approx(0.25, rel=0.01)
+    tiny = next(c for c in cal.curves if c.variant == "int4-wo[tinygemm]")
+    assert tiny.at(1)[0] == pytest.approx(2.0, rel=0.01)
+    assert any(f"bf16 cuBLAS at the llama-3.1-8b block: timings of {old} replaced by {new}" == n for n in notes)
+    assert cal.provenance["sources"] == [str(old), str(new)]
+
+
+def test_validation_cells_know_their_prefill_path():
+    """A record's engine.prefill says which prefill ran (compiled or eager); records from before the
+    compiled prefill carry no choice and ran the eager one; the committed H200 cells of both kinds."""
+    from harness.plan.validate import cells_from_records
+    from harness.records import load_records
+
+    root = Path(__file__).resolve().parent.parent / "results/reference/h200"
+    new = cells_from_records(load_records(root / "session6-20261203/cells-8b-b1"), "s6")
+    old = cells_from_records(load_records(root / "session5-20261203/cells-8b-b1"), "s5")
+    assert {c.prefill_path for c in new} == {"compiled"} and {c.prefill_path for c in old} == {"eager"}

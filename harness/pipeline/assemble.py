@@ -183,6 +183,7 @@ def assemble_record(cell, ctx, settings, o: CellOutcome):
         "load_s": facts.get("load_s"), "apply_s": facts.get("apply_s"),
         "calibration_tokens": facts.get("calibration_tokens"), "fused_projections": facts.get("fused_projections"),
         "layers_changed": facts.get("layers_changed"), "variant_notes": facts.get("variant_notes"),
+        "build_peak_bytes": facts.get("build_peak_bytes"),
         "compile_mode": choice.facts.get("compile_mode"),
         "coordinate_descent_tuning": choice.facts.get("coordinate_descent_tuning"),
         "decode_attention": choice.facts.get("decode_attention"),

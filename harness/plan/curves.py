@@ -86,6 +86,8 @@ class Curve:
         pts = sorted(self.points, key=lambda p: p.m)
         if not pts or m < pts[0].m or m > pts[-1].m:
             return None
+        if (hit := next((p for p in pts if p.m == m), None)) is not None:   # a measured M is its own point, even
+            return hit.value, hit.low, hit.high                             # where a smaller M was slower
         for a, b in zip(pts, pts[1:] + pts[-1:]):
             if a.m <= m <= b.m:
                 if b.m == a.m or m == a.m:

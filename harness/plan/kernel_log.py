@@ -171,11 +171,30 @@ def block_curves(records: list[Record], copy_bytes_per_s: float) -> tuple[list[C
     return curves, notes
 
 
+def latest_per_kernel(records: list[Record]) -> tuple[list[Record], list[str]]:
+    """Records of several kernel files, keeping for each (block preset, kernel) only the last file that timed
+    that kernel at that block: a later run of a kernel (more M, a newer build) replaces its earlier timings
+    instead of mixing two runs in one curve, and kernels only an earlier file has stay. Returns the records
+    kept and one note per (preset, kernel) replaced."""
+    last: dict[tuple[str, str], str] = {}
+    for r in records:
+        last[(r.model.split(":", 1)[0], r.kernel)] = r.provenance["source"]
+    kept, notes = [], {}
+    for r in records:
+        key = (r.model.split(":", 1)[0], r.kernel)
+        if r.provenance["source"] == last[key]:
+            kept.append(r)
+        else:
+            notes[key] = f"{key[1]} at the {key[0]} block: timings of {r.provenance['source']} replaced by {last[key]}"
+    return kept, list(notes.values())
+
+
 def calibration_from_kernels(paths, profile, copy_bytes_per_s: float, copy_source: str,
                              step_profiles: list[str | Path] = (), commit: str = "",
                              prefill_profiles: list[str | Path] = ()):
     """A DeviceCalibration of `profile` (the device the kernels ran on) from one or more kernels_gpu.py logs
-    or JSONs (one per block size: a kernel timed at two presets' blocks gets a curve for each), with the
+    or JSONs (a kernel timed at two presets' blocks gets a curve for each; two files of one block: a kernel
+    in both is taken from the later one, `latest_per_kernel`), with the
     non-GEMM step cost fitted from `step_profiles` (harness/plan/step_cost.py), or stated as none when
     there are none, and the non-GEMM prefill cost from `prefill_profiles` (step_cost.fit_prefill; without
     them the file projects no prefill). Returns (calibration, notes on what was left out)."""
@@ -185,14 +204,15 @@ def calibration_from_kernels(paths, profile, copy_bytes_per_s: float, copy_sourc
     from harness.plan.curves import DeviceCalibration
 
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if len({Path(p).resolve() for p in paths}) != len(paths):
+        raise ValueError(f"a kernel file is given twice ({', '.join(map(str, paths))})")
     records, notes, headers = [], [], []
     for path in paths:
         rows, header = read_rows(path)
         recs, skipped = records_from_rows(rows, profile.id, str(path))
         records, notes, headers = records + recs, notes + skipped, headers + [{"file": str(path), **header}]
-    presets = [h["model"] for h in headers]
-    if len(set(presets)) != len(presets):
-        raise ValueError(f"two kernel files time the same block ({', '.join(presets)}): give one per preset")
+    records, replaced = latest_per_kernel(records)
+    notes += replaced
     notes += [f"{r.variant} {r.model} M={r.batch_size}: failed: {r.reason}" for r in records if r.status != "ok"]
     curves, more = block_curves(records, copy_bytes_per_s)
     if not curves:

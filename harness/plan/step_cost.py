@@ -60,9 +60,16 @@ def read_profile(path: str | Path, phase: str = "decode") -> dict:
         return {"file": str(p), "model": d["model"], "variant": d["variant"], "batch": int(d["batch"]),
                 "prompt": int(d.get("prompt", 0)), "step_ms": step_ms, "gemm_ms": gemm_ms - moved,
                 "attention_ms": attn_ms + moved, "non_gemm_ms": step_ms - (gemm_ms - moved), "kernel": d.get("kernel"),
+                "prefill_path": prefill_path(d.get("prefill_choice")),
                 **({"attention_moved_from_gemm_ms": moved} if moved else {})}
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{p}: not a bench/profile_step.py profile ({type(e).__name__}: {e})") from None
+
+
+def prefill_path(choice: dict | None) -> str:
+    """"compiled" or "eager": the prefill a profile or a record's engine.prefill ran (profiles and records
+    from before CudaGraphEngine.choose_prefill ran the eager one and carry no choice)."""
+    return str((choice or {}).get("chosen") or "eager")
 
 
 def curve_gemm_ms(cal: DeviceCalibration, model: str, variant: str, m: int, kernel: str | None = None,
@@ -158,6 +165,9 @@ def fit_prefill(profile_paths: list[str | Path], cal: DeviceCalibration) -> dict
     work = [float(r["batch"] * r["prompt"] ** 2) for r in rows]
     if len(set(work)) < 2:
         raise ValueError("prefill profiles at two or more batch x prompt^2 (attention's work) are needed for a line")
+    paths = {r["prefill_path"] for r in rows}
+    if len(paths) != 1:
+        raise ValueError(f"prefill profiles of {' and '.join(sorted(paths))} prefills: give profiles of one prefill path")
     rest = [(r["non_gemm_ms"] - r["attention_ms"]) * 1e-3 for r in rows]
     att = [r["attention_ms"] * 1e-3 for r in rows]
     f0, f1, r1 = _line([float(t) for t in tokens], rest)
@@ -172,6 +182,7 @@ def fit_prefill(profile_paths: list[str | Path], cal: DeviceCalibration) -> dict
     spread = max(r1, r2) if len(rows) > 2 else PREFILL_PRIOR
     return {"fixed_s": f0, "per_token_s": f1, "attention_fixed_s": a0, "attention_per_p2_s": a1,
             "layers": layers.pop(), "kernel_error": max(devs) if devs else 0.0, "spread": spread,
+            "prefill_path": paths.pop(),
             "spread_source": "largest relative residual of the two lines" if len(rows) > 2 else
                              f"stated prior of {PREFILL_PRIOR:.0%}: two profiles fit the lines exactly",
             "sources": [r["file"] for r in rows], "by_profile": rows,

@@ -155,7 +155,7 @@ def _kernel_prefill(cal: DeviceCalibration, cv: Curve, target: Profile, batch: i
     fast = total(lo, loh, max(copy_s, copy_t), 1 - ke, 1 - sp)
     slow = total(hi, hih, min(copy_s, copy_t), 1 + ke, 1 + sp)
     label = (f"{_label(cal, cv, target)}{f', {blocks}' if blocks else ''}, non-GEMM prefill {ng * 1e3:.2f} ms "
-             f"(+/-{sp:.0%}, {pc.get('spread_source', '')})")
+             f"of {pc.get('prefill_path', 'eager')} prefills (+/-{sp:.0%}, {pc.get('spread_source', '')})")
     return Projection(m / total(o, oh, copy_t, 1.0, 1.0), m / slow / (1 + e), m / fast * (1 + e), label)
 
 

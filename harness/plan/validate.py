@@ -18,6 +18,7 @@ from typing import Iterable, Mapping
 from harness.models.spec import shape_of
 from harness.plan.curves import DeviceCalibration
 from harness.plan.roofline import Workload, project
+from harness.plan.step_cost import prefill_path
 from harness.plan.transfer import Projection, project_decode, project_prefill
 from harness.profiles.schema import Profile
 from harness.records import Record, primary, slow_path
@@ -38,6 +39,7 @@ class Cell:
     projection: Projection | None = None
     kernel: str | None = None      # what ran the linears (the record's kernel), where known
     fallback: str | None = None    # the decode path where the cell fell back from the compiled graph (records.slow_path)
+    prefill_path: str | None = None  # the prefill the cell ran (engine.prefill: compiled | eager), where known
 
     @property
     def median(self) -> float:
@@ -52,6 +54,7 @@ def cells_from_records(records: Iterable[Record], source: str, backend: str = "p
     groups: dict[tuple, dict[str, list[float]]] = {}
     kernels: dict[tuple, str | None] = {}
     paths: dict[tuple, str | None] = {}
+    prefills: dict[tuple, str | None] = {}
     for r in primary(records):
         if r.status != "ok" or r.backend != backend:
             continue
@@ -59,11 +62,12 @@ def cells_from_records(records: Iterable[Record], source: str, backend: str = "p
         g = groups.setdefault(key, {})
         kernels.setdefault(key, r.kernel)
         paths.setdefault(key, slow_path(r))
+        prefills.setdefault(key, prefill_path(r.engine.prefill) if r.engine.compile_mode else None)
         for phase, x in (("decode", r.decode_tok_s), ("prefill", r.prefill_tok_s)):
             if x:
                 g.setdefault(phase, []).append(x)
-    return [Cell(*k, phase, xs, source, kernel=kernels[k], fallback=paths[k]) for k, g in groups.items()
-            for phase, xs in g.items()]
+    return [Cell(*k, phase, xs, source, kernel=kernels[k], fallback=paths[k], prefill_path=prefills[k])
+            for k, g in groups.items() for phase, xs in g.items()]
 
 
 def cells_from_reference(path: str | Path) -> list[Cell]:
@@ -92,6 +96,15 @@ def project_cell(c: Cell, cals: list[DeviceCalibration], profiles: Mapping[str, 
     return project_prefill(others, p, c.variant, c.batch * c.prompt_tokens, row.weight_bytes, row.kv_cache_bytes,
                            kernel=c.kernel, batch=c.batch, gemm_bytes=row.gemm_weight_bytes,
                            head_bytes=row.head_weight_bytes, layers=row.layers, block_params=row.block_params)
+
+
+def prefill_mismatch(c: Cell, cals: list[DeviceCalibration]) -> str:
+    """A remark where a prefill cell ran another prefill path than the one the calibrations' non-GEMM
+    prefill cost was fitted on (the row is counted: the planner projects that cell with that cost)."""
+    fitted = {k.prefill_cost.get("prefill_path", "eager") for k in cals if k.prefill_cost}
+    if c.phase != "prefill" or not c.prefill_path or not fitted or c.prefill_path in fitted:
+        return ""
+    return f"; measured with a {c.prefill_path} prefill, the prefill cost is of {'/'.join(sorted(fitted))} prefills"
 
 
 def summary(cells: list[Cell], within: float = 0.25) -> dict:
@@ -148,7 +161,8 @@ def to_markdown(cells: list[Cell], cals: list[DeviceCalibration], title: str, no
         if c.fallback:
             inside = f"not counted: {c.fallback}"
         err = "-" if c.error is None else (f"{c.error:+.1%}" if abs(c.error) <= within else f"**{c.error:+.1%}**")
+        why = (p.source if p else "-") + prefill_mismatch(c, cals)
         lines.append(f"| {c.profile} | {c.model} | {c.variant} | {c.batch} | {c.prompt_tokens}+{c.new_tokens} | "
                      f"{c.phase} | {_measured(c)} | {proj} | {err} | {inside} | "
-                     f"{(p.source if p else '-').replace('|', '/')} | {c.source} |")
+                     f"{why.replace('|', '/')} | {c.source} |")
     return "\n".join(lines) + "\n"

@@ -183,7 +183,8 @@ class TorchPrepared:
         self.facts = {"apply_s": apply_s, "load_s": self.loaded.load_s, "calibration_s": applied.calibration_s,
                       "layers_changed": applied.layers_changed, "variant_notes": applied.notes or None,
                       "calibration_tokens": CALIBRATION_SEQS * CALIBRATION_TOKENS, "fused_projections": self.fused,
-                      "weights_note": self.loaded.weights_note}
+                      "weights_note": self.loaded.weights_note,
+                      "build_peak_bytes": getattr(self, "build_peak_bytes", None) if self.layerwise else None}
         self._quality = self._evaluate_quality() if self.backend.evaluates_quality else None
 
     def _layerwise_possible(self, variant) -> bool:
@@ -213,6 +214,7 @@ class TorchPrepared:
         self.fused = self.use_lean and variant.entry.fusable
         built = layerwise.build(cfg, self.torch_device, self.torch_dtype, variant, ctx, fuse=self.fused)
         self.model = built.model
+        self.build_peak_bytes = built.peak_bytes if self.torch_device.type == "cuda" else None
         return built.result
 
     def _evaluate_quality(self):

@@ -7,7 +7,8 @@ are materialized on the device; then each decoder layer is materialized with ran
 std = the config's initializer_range, as transformers initializes a new model; norms at 1, biases at
 0), its projections fused where the engine fuses them, and the variant applied to it alone, with the
 policy seeing the layer's full module names (`model.layers.7.self_attn.q_proj`), before the next layer
-exists. lm_head goes last. The weights are random as in the whole-model path, but not the same random
+exists. lm_head goes first (the largest linear: its quantization's temporaries should not sit on top of
+every quantized layer). The weights are random as in the whole-model path, but not the same random
 values (a different order of draws): speed, memory and energy only, as for every synthetic model.
 
 Only variants whose apply needs nothing but the linears take this path (no calibration pass through
@@ -111,6 +112,18 @@ def build(config, device: torch.device, dtype: torch.dtype, variant, ctx: ApplyC
         except NothingApplied:
             pass  # the policy keeps this module; the whole model is checked below
 
+    # lm_head first, while only the embeddings are resident: it is the largest linear (Llama-3.1-70B:
+    # 128256 x 8192), and quantizing it holds several full-precision temporaries of its size. Built last, on
+    # top of every quantized layer, it set the build's peak (lab H200, 2026-12-03: 51.1 GB for
+    # int4-wo[tinygemm] and 60.8 GB for int4-wo choosing CUTLASS, against 39 GB of weights)
+    if not getattr(config, "tie_word_embeddings", False):
+        _materialize(model.lm_head, device, std)
+        peak_cpu = max(peak_cpu, _resident_bytes(model))
+        holder = nn.Module()
+        holder.lm_head = model.lm_head
+        apply_to(holder, "")
+        model.lm_head = holder.lm_head
+        gc.collect()
     for i, layer in enumerate(inner.layers):
         _materialize(layer, device, std)
         peak_cpu = max(peak_cpu, _resident_bytes(model))
@@ -120,13 +133,6 @@ def build(config, device: torch.device, dtype: torch.dtype, variant, ctx: ApplyC
             torch.cuda.empty_cache()
     if getattr(config, "tie_word_embeddings", False):
         model.lm_head.weight = inner.embed_tokens.weight
-    else:
-        _materialize(model.lm_head, device, std)
-        peak_cpu = max(peak_cpu, _resident_bytes(model))
-        holder = nn.Module()
-        holder.lm_head = model.lm_head
-        apply_to(holder, "")
-        model.lm_head = holder.lm_head
     changed = sum(r.layers_changed for r in results)
     if changed == 0:
         raise NothingApplied(f"{variant.name} transformed no layer of the layer-by-layer build")
