@@ -144,6 +144,7 @@ class TorchPrepared:
         self.loaded = cached_model(cache, self.model_spec, self.settings.trust_remote_code)
         self.shape = self.loaded.shape
         self.layerwise, self._weights_need = False, None
+        self.build_peak_bytes = None   # the layer-by-layer build's CUDA allocator peak (before the timed window)
         try:
             self._check_fit()
         except CellSkip:
@@ -184,7 +185,7 @@ class TorchPrepared:
                       "layers_changed": applied.layers_changed, "variant_notes": applied.notes or None,
                       "calibration_tokens": CALIBRATION_SEQS * CALIBRATION_TOKENS, "fused_projections": self.fused,
                       "weights_note": self.loaded.weights_note,
-                      "build_peak_bytes": getattr(self, "build_peak_bytes", None) if self.layerwise else None}
+                      "build_peak_bytes": self.build_peak_bytes}
         self._quality = self._evaluate_quality() if self.backend.evaluates_quality else None
 
     def _layerwise_possible(self, variant) -> bool:
