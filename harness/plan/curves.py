@@ -88,10 +88,8 @@ class Curve:
             return None
         if (hit := next((p for p in pts if p.m == m), None)) is not None:   # a measured M is its own point, even
             return hit.value, hit.low, hit.high                             # where a smaller M was slower
-        for a, b in zip(pts, pts[1:] + pts[-1:]):
-            if a.m <= m <= b.m:
-                if b.m == a.m or m == a.m:
-                    return a.value, a.low, a.high
+        for a, b in zip(pts, pts[1:]):   # m lies strictly between two measured M here
+            if a.m < m < b.m:
                 mix = lambda x, y: max(1 + x, (1 + y) * m / b.m) - 1   # noqa: E731
                 return mix(a.value, b.value), mix(a.low, b.low), mix(a.high, b.high)
         return None
