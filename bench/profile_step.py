@@ -121,7 +121,7 @@ def main() -> None:
         by_name[e.name][0] += 1
         by_name[e.name][1] += d
     out = {
-        "model": args.model, "variant": args.variant, "batch": args.batch, "prompt": args.prompt, "kernel": kernel,
+        "model": args.model, "variant": args.variant, "batch": args.batch, "prompt": args.prompt, "new": args.new, "kernel": kernel,
         "engine": eng.name, "phase": args.phase,
         "prefill_in_graph": eng.g_prefill is not None, "prefill_choice": eng.prefill, "tuned": eng.tuned, "decode_attention": eng.decode_attention, "steps_profiled": n,
         "step_wall_ms_cuda_events": wall_s * 1e3,

@@ -14,7 +14,7 @@ from harness.models.spec import shape_of
 from harness.plan import step_cost
 from harness.plan.curves import load_calibration
 from harness.plan.kernel_log import block_curves, calibration_from_kernels, read_rows, records_from_rows, rows_from_log
-from harness.plan.roofline import gemm_bytes, weight_bytes
+from harness.plan.roofline import gemm_bytes, kv_cache_bytes, weight_bytes
 from harness.plan.transfer import project_decode
 from harness.profiles import load_profiles
 from harness.variants import parse_variant
@@ -99,11 +99,13 @@ def test_block_curve_sums_the_four_shapes_and_drops_incomplete_m(log):
     assert any("baseline" in n and "M=8" in n and "down" in n for n in notes)
 
 
-def _profile(tmp_path, name, variant, step_ms, gemm_ms):
+def _profile(tmp_path, name, variant, step_ms, gemm_ms, batch=1, prompt=128, attention_ms=None, **extra):
     p = tmp_path / name
-    p.write_text(json.dumps({"model": "synthetic:llama-3.1-8b", "variant": variant, "batch": 1, "prompt": 128,
-                             "step_wall_ms_cuda_events": step_ms,
-                             "groups": {step_cost.GEMM_GROUP: {"ms_per_step": gemm_ms}}}))
+    groups = {step_cost.GEMM_GROUP: {"ms_per_step": gemm_ms}}
+    if attention_ms is not None:
+        groups[step_cost.ATTENTION_GROUP] = {"ms_per_step": attention_ms}
+    p.write_text(json.dumps({"model": "synthetic:llama-3.1-8b", "variant": variant, "batch": batch, "prompt": prompt,
+                             "step_wall_ms_cuda_events": step_ms, "groups": groups, **extra}))
     return p
 
 
@@ -115,8 +117,10 @@ def test_step_cost_from_profiles_and_projection_by_hand(P, log, tmp_path):
     b = _profile(tmp_path, "b.json", "int4-wo", 3.0, 2.3)
     cal, _ = calibration_from_kernels(log, h200, COPY, "test", [a, b])
     sc = cal.step_cost
-    assert (sc["low_s"], sc["non_gemm_s"], sc["high_s"]) == pytest.approx((0.7e-3, 0.75e-3, 0.8e-3))
     shape = shape_of("synthetic:llama-3.1-8b")
+    kv_s = kv_cache_bytes(shape, 128 + step_cost.PROFILE_NEW_DEFAULT, 1, "bf16") / COPY   # the profiles' cache read
+    assert (sc["low_s"], sc["non_gemm_s"], sc["high_s"]) == pytest.approx((0.7e-3 - kv_s, 0.75e-3 - kv_s, 0.8e-3 - kv_s))
+    assert "attention_vs_kv" not in sc                                   # one cache size: no line
     wbytes = weight_bytes(shape, parse_variant("baseline"), "bf16")
     gb = gemm_bytes(shape, wbytes)
     assert gb == pytest.approx(wbytes.total - wbytes.embedding - wbytes.other, rel=1e-6)   # untied embedding not read
@@ -126,12 +130,12 @@ def test_step_cost_from_profiles_and_projection_by_hand(P, log, tmp_path):
     assert sc["kernel_error"] == pytest.approx(max(abs(d) for d in dev.values()))
     kv = 25e6
     p = project_decode([cal], h200, "baseline", 1, wbytes.total, kv, gb, 32)
-    assert p.tok_s == pytest.approx(1 / (kv / COPY + curve_ms * 1e-3 + 0.75e-3), rel=0.01)
-    assert p.low < p.tok_s < p.high and "non-GEMM 0.750 ms/step" in p.source
+    assert p.tok_s == pytest.approx(1 / (kv / COPY + curve_ms * 1e-3 + 0.75e-3 - kv_s), rel=0.01)
+    assert p.low < p.tok_s < p.high and "non-GEMM 0.744 ms/step" in p.source
     p0 = project_decode([cal0], h200, "baseline", 1, wbytes.total, kv, gb, 32)
     assert p0.tok_s > p.tok_s and p0.low == pytest.approx(p0.high)          # kernel only: faster, no spread
     p16 = project_decode([cal], h200, "baseline", 1, wbytes.total, kv, gb, 16)
-    assert 1 / p16.tok_s == pytest.approx(1 / p.tok_s - 0.375e-3, rel=0.01)  # the step cost scales with layers
+    assert 1 / p16.tok_s == pytest.approx(1 / p.tok_s - (0.75e-3 - kv_s) / 2, rel=0.01)  # scales with layers
     cal.step_cost = None                                                       # no stated cost: no projection
     assert "no decode curve" in project_decode([cal], h200, "baseline", 1, wbytes.total, kv, gb, 32).source
     with pytest.raises(ValueError, match="not a bench/profile_step.py profile"):
@@ -140,6 +144,30 @@ def test_step_cost_from_profiles_and_projection_by_hand(P, log, tmp_path):
     pre.write_text(json.dumps({**json.loads(pre.read_text()), "phase": "prefill"}))
     with pytest.raises(ValueError, match="a prefill profile, and the step cost is a decode step's"):
         step_cost.read_profile(pre)
+
+
+def test_step_cost_takes_the_kv_read_out_of_a_long_cache_profile(P, log, tmp_path):
+    """A profile at batch 32 over a 2,112-token cache spends its KV read (8.9 GB at 8B) in attention: the fit
+    takes KV / copy out of its non-GEMM figure (the projection adds it back per cell), and with two cache
+    sizes states the attention group's time as a line in KV bytes."""
+    h200 = P["h200-sxm-141gb"]
+    shape = shape_of("synthetic:llama-3.1-8b")
+    kv_small = kv_cache_bytes(shape, 128 + 64, 1, "bf16")
+    kv_big = kv_cache_bytes(shape, 2048 + 64, 32, "bf16")
+    assert kv_big == pytest.approx(32 * 2112 * 131072)
+    a = _profile(tmp_path, "a.json", "baseline", 4.7, 3.9, attention_ms=0.25, new=64)
+    # attention = 0.25 ms + the extra KV at the copy bandwidth; the rest of the non-GEMM work as in a
+    big = _profile(tmp_path, "b.json", "baseline", 4.1 + 0.55 + 0.25 + kv_big / COPY * 1e3, 4.1, batch=32,
+                   prompt=2048, attention_ms=0.25 + (kv_big - kv_small) / COPY * 1e3, new=64)
+    cal, _ = calibration_from_kernels(log, h200, COPY, "test", [a, big])
+    sc = cal.step_cost
+    by = {r["batch"]: r for r in sc["by_profile"]}
+    assert by[32]["kv_bytes"] == kv_big and by[32]["non_gemm_ms"] == pytest.approx(0.8)
+    assert by[1]["non_gemm_ms"] == pytest.approx(0.8 - kv_small / COPY * 1e3)
+    assert sc["high_s"] == pytest.approx(0.8e-3) and sc["low_s"] < sc["high_s"]
+    av = sc["attention_vs_kv"]
+    assert av["read_bytes_per_s"] == pytest.approx(COPY, rel=1e-6) and av["fixed_s"] == pytest.approx(
+        0.25e-3 - kv_small / COPY, rel=1e-6)
 
 
 def test_cli_from_kernels_and_validate_same_device(P, log, tmp_path):
@@ -261,13 +289,13 @@ def test_cli_takes_several_kernel_files(P, tmp_path):
                                              "h200-sxm-141gb", "--copy-bandwidth", str(COPY), "--out", str(out)])
     assert res.exit_code == 0, res.output
     cal = load_calibration(out)
-    assert cal.provenance["sources"] == [str(small), str(big)] and len(cal.curves) == 2 and cal.prefill_cost is None
+    assert cal.provenance["sources"] == [str(small), str(big)] and len(cal.curves) == 2 and cal.prefill_costs == []
     pre = [_prefill_profile(tmp_path, f"p{n}.json", n, 10.0 + n, 6.0, 0.1 * n) for n in (4, 8)]
     res = CliRunner().invoke(calibrate_cli, ["--from-kernels", str(small), "--profile", "h200-sxm-141gb",
                                              "--copy-bandwidth", str(COPY), "--out", str(out),
                                              "--prefill-profile", str(pre[0]), "--prefill-profile", str(pre[1])])
     assert res.exit_code == 0, res.output
-    assert load_calibration(out).prefill_cost["sources"] == [str(p) for p in pre]
+    assert load_calibration(out).prefill_costs[0]["sources"] == [str(p) for p in pre]
     res = CliRunner().invoke(calibrate_cli, ["--from-kernels", str(small), "--from-kernels", str(small), "--profile",
                                              "h200-sxm-141gb", "--copy-bandwidth", str(COPY), "--out", str(out)])
     assert res.exit_code == 2 and "given twice" in res.output
@@ -299,7 +327,7 @@ def test_prefill_cost_from_prefill_profiles_and_projection_by_hand(P, log, tmp_p
     row = step_cost.read_profile(a, "prefill")
     assert (row["gemm_ms"], row["attention_ms"], row["attention_moved_from_gemm_ms"]) == pytest.approx((6.0, 0.75, 0.25))
     cal, _ = calibration_from_kernels(log, h200, COPY, "test", prefill_profiles=[a, b])
-    pc = cal.prefill_cost
+    [pc] = cal.prefill_costs
     assert pc["per_token_s"] == pytest.approx((4.5 - 3.25) / 4 * 1e-3) and pc["fixed_s"] == pytest.approx(2.0e-3)
     assert pc["attention_per_p2_s"] == pytest.approx(0.25 / 48 * 1e-3)
     assert pc["spread"] == step_cost.PREFILL_PRIOR and "two profiles" in pc["spread_source"]
@@ -320,17 +348,29 @@ def test_prefill_cost_from_prefill_profiles_and_projection_by_hand(P, log, tmp_p
     comp.write_text(json.dumps({**json.loads(comp.read_text()), "prefill_choice": {"chosen": "compiled"}}))
     with pytest.raises(ValueError, match="prefill profiles of compiled and eager prefills"):
         step_cost.fit_prefill([a, comp], cal)
+    comp4 = _prefill_profile(tmp_path, "c4.json", 4, 7.5, 6.0, 0.5)
+    comp4.write_text(json.dumps({**json.loads(comp4.read_text()), "prefill_choice": {"chosen": "compiled"}}))
+    both, _ = calibration_from_kernels(log, h200, COPY, "test", prefill_profiles=[a, comp, b, comp4])
+    assert [c["prefill_path"] for c in both.prefill_costs] == ["compiled", "eager"]
+    kw = dict(batch=1, gemm_bytes=gb, head_bytes=hb, layers=32, block_params=shape.block_linear_params())
+    eager = project_prefill([both], h200, "baseline", 8, wb.total, 0.0, prefill_path="eager", **kw)
+    assert eager.tok_s == pytest.approx(p.tok_s) and "of eager prefills" in eager.source
+    compiled = project_prefill([both], h200, "baseline", 8, wb.total, 0.0, prefill_path="compiled", **kw)
+    assert compiled.tok_s > eager.tok_s and "of compiled prefills" in compiled.source
+    chosen = project_prefill([both], h200, "baseline", 8, wb.total, 0.0, **kw)   # planning: the engine's choice
+    assert chosen.tok_s == compiled.tok_s and "the faster of 2 prefill paths" in chosen.source
     from harness.plan.validate import Cell, prefill_mismatch
     cell = lambda path: Cell("h200-sxm-141gb", "synthetic:llama-3.1-8b", "baseline", 1, 128, 64, "prefill", [1.0],  # noqa: E731
                              "t", prefill_path=path)
     assert "measured with a compiled prefill, the prefill cost is of eager prefills" in prefill_mismatch(cell("compiled"), [cal])
     assert prefill_mismatch(cell("eager"), [cal]) == "" and prefill_mismatch(cell(None), [cal]) == ""
+    assert prefill_mismatch(cell("compiled"), [both]) == ""
     no_batch = project_prefill([cal], h200, "baseline", 8, wb.total, 0.0)
     assert not no_batch.ok and "needs the batch" in no_batch.source
     assert cal.kernel_prefill("int4-wo[tinygemm]") is not None
     out = tmp_path / "c.json"
     out.write_text(cal.to_json())
-    assert load_calibration(out).prefill_cost["fixed_s"] == pytest.approx(pc["fixed_s"])
+    assert load_calibration(out).prefill_costs[0]["fixed_s"] == pytest.approx(pc["fixed_s"])
     with pytest.raises(ValueError, match="a decode profile, and the prefill cost is a prefill's"):
         step_cost.read_profile(_profile(tmp_path, "d.json", "baseline", 4.7, 3.9), "prefill")
     with pytest.raises(ValueError, match="two or more token counts"):
@@ -379,7 +419,8 @@ def test_calibrate_kernels_runs_the_bench_scripts_and_fits_their_outputs(tmp_pat
         else:
             v = cmd[cmd.index("--variant") + 1] if "--variant" in cmd else "baseline"
             out.write_text(json.dumps({"model": "synthetic:llama-3.1-8b", "variant": v, "batch": 1, "prompt": 128,
-                                       "step_wall_ms_cuda_events": 4.7, "groups": {step_cost.GEMM_GROUP: {"ms_per_step": 3.9}}}))
+                                       "new": 64, "step_wall_ms_cuda_events": 4.7,
+                                       "groups": {step_cost.GEMM_GROUP: {"ms_per_step": 3.9}}}))
         return types.SimpleNamespace(returncode=0)
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -389,11 +430,12 @@ def test_calibrate_kernels_runs_the_bench_scripts_and_fits_their_outputs(tmp_pat
     res = CliRunner().invoke(cli.calibrate, ["--kernels", "--profile", "h200-sxm-141gb", "--out", str(out)])
     assert res.exit_code == 0, res.output
     scripts = [Path(c[1]).name for c in calls]
-    assert scripts == ["kernels_gpu.py"] * 2 + ["profile_step.py"] * 4
+    assert scripts == ["kernels_gpu.py"] * 2 + ["profile_step.py"] * 7
     assert calls[0][calls[0].index("--m") + 1] == cli.KERNEL_M
     cal = load_calibration(out)
     assert sorted(c.shapes for c in cal.curves) == ["llama-3.1-70b", "llama-3.1-8b"]
-    assert cal.step_cost["non_gemm_s"] == pytest.approx(0.8e-3) and cal.prefill_cost is not None
+    kv_s = kv_cache_bytes(shape_of("synthetic:llama-3.1-8b"), 192, 1, "bf16") / COPY
+    assert cal.step_cost["non_gemm_s"] == pytest.approx(0.8e-3 - kv_s) and len(cal.prefill_costs) == 1
     assert cal.provenance["copy_bandwidth_source"].startswith("harness calibrate --kernels")
     kept = {p.name for p in next(tmp_path.glob("calibration-kernels-*")).iterdir()}
     assert {"kernels-llama-3.1-8b.json", "kernels-llama-3.1-8b.log", "prefill-bf16-p2048.json"} <= kept

@@ -26,9 +26,12 @@ SWEEP = {"model": "synthetic:tiny", "variants": "baseline", "batch": "1,2,4,8", 
          "new_tokens": "16"}
 KERNEL_M = "1,2,4,8,16,32,64,128,256,2048"   # decode batches and one prefill size (issue 14's M range)
 # (file stem, bench/profile_step.py arguments) of the step and the prefill profiles --kernels takes
-STEP_PROFILES = (("step-bf16-b1", ["--batch", "1"]), ("step-int4-b1", ["--batch", "1", "--variant", "int4-wo"]))
-PREFILL_PROFILES = (("prefill-bf16-p128", ["--phase", "prefill", "--prompt", "128", "--new", "2", "--steps", "10"]),
-                    ("prefill-bf16-p2048", ["--phase", "prefill", "--prompt", "2048", "--new", "2", "--steps", "10"]))
+# (the lab H200's profiles of 2026-12-03: the decode steps span batch 1-32 and caches of 192-2,112 tokens,
+# the prefills three prompt lengths, so each fit has a residual)
+STEP_PROFILES = (("step-bf16-b1", ["--batch", "1"]), ("step-int4-b1", ["--batch", "1", "--variant", "int4-wo"]),
+                 ("step-bf16-b8", ["--batch", "8"]), ("step-bf16-b32-p2048", ["--batch", "32", "--prompt", "2048"]))
+PREFILL_PROFILES = tuple((f"prefill-bf16-p{p}", ["--phase", "prefill", "--prompt", str(p), "--new", "2", "--steps", "10"])
+                         for p in (128, 512, 2048))
 
 
 def bench_dir() -> Path:

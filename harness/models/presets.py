@@ -48,8 +48,26 @@ class ArchShape:
             ("gate_proj", h, i), ("up_proj", h, i), ("down_proj", i, h),
         ]
 
+    def fused_linear_shapes(self) -> list[tuple[str, int, int]]:
+        """linear_shapes() as the lean decoder runs them (lean.fuse_projections): q/k/v fused into
+        qkv_proj and gate/up into gate_up_proj, output rows stacked."""
+        lin = {name: (i, o) for name, i, o in self.linear_shapes()}
+
+        def fused(name: str, *parts: str) -> tuple[str, int, int]:
+            return name, lin[parts[0]][0], sum(lin[p][1] for p in parts)
+
+        return [fused("qkv_proj", "q_proj", "k_proj", "v_proj"), ("o_proj", *lin["o_proj"]),
+                fused("gate_up_proj", "gate_proj", "up_proj"), ("down_proj", *lin["down_proj"])]
+
     def block_linear_params(self) -> int:
         return sum(i * o for _, i, o in self.linear_shapes())
+
+    def block_params(self) -> int:
+        """Parameters of one decoder block: its linears, its norms and (Qwen2) the q/k/v biases."""
+        per_block = self.block_linear_params() + self.norms_per_block * self.hidden_size  # RMSNorm weights
+        if self.attention_bias:
+            per_block += (self.num_attention_heads + 2 * self.num_key_value_heads) * self.head_dim_
+        return per_block
 
     def embedding_params(self) -> int:
         return self.vocab_size * self.hidden_size
@@ -60,12 +78,8 @@ class ArchShape:
 
     def param_count(self) -> int:
         """All parameters, counting a tied lm_head once."""
-        h = self.hidden_size
-        per_block = self.block_linear_params() + self.norms_per_block * h  # RMSNorm weights
-        if self.attention_bias:
-            per_block += (self.num_attention_heads + 2 * self.num_key_value_heads) * self.head_dim_
         head = 0 if self.tie_word_embeddings else self.lm_head_params()
-        return self.embedding_params() + self.num_hidden_layers * per_block + h + head
+        return self.embedding_params() + self.num_hidden_layers * self.block_params() + self.hidden_size + head
 
     def kv_bytes_per_token(self, bytes_per_value: float = 2.0) -> float:
         """K and V for every layer for one token (GQA: KV heads, not query heads)."""

@@ -117,7 +117,9 @@ class DeviceCalibration:
     provenance: dict = field(default_factory=dict)
     path: str = ""
     step_cost: dict | None = None          # non-GEMM seconds per decode step (harness/plan/step_cost.py)
-    prefill_cost: dict | None = None       # non-GEMM seconds of a prefill, by tokens (step_cost.fit_prefill)
+    # non-GEMM seconds of a prefill, by tokens (step_cost.fit_prefill): one entry per prefill path profiled
+    # (eager, compiled: the engine chooses the faster by measurement, CudaGraphEngine.choose_prefill)
+    prefill_costs: list[dict] = field(default_factory=list)
 
     def curves_for(self, variant: str, phase: str) -> list[Curve]:
         found = self._own_curves(variant, phase)
@@ -153,11 +155,11 @@ class DeviceCalibration:
         return Curve(variant, kv[0].kernel, "decode", KERNEL_PLUS_STEP, kv[0].points)
 
     def kernel_prefill(self, variant: str) -> Curve | None:
-        """Where the file has a prefill_cost: the variant's kernel curve as its prefill curve (transfer.py
+        """Where the file has a prefill cost: the variant's kernel curve as its prefill curve (transfer.py
         adds the non-GEMM prefill cost). Not for GemLite's kernels: their prefill dequantizes the weights
         and calls cuBLAS (harness/variants/gemlite.py), which bench/kernels_gpu.py does not time."""
         kv = [c for c in self.curves if c.variant == variant and c.phase == "kernel" and not curve_is_kernel(c, "gemlite")]
-        if self.prefill_cost is None or not kv:
+        if not self.prefill_costs or not kv:
             return None
         return Curve(variant, kv[0].kernel, "prefill", KERNEL_PLUS_PREFILL, kv[0].points)
 
@@ -206,9 +208,16 @@ class DeviceCalibration:
         dev = {k: getattr(self, k) for k in ("profile", "arch", "datasheet_bandwidth_bytes_per_s",
                                                "copy_fraction", "bf16_peak_flops")}
         extra = {} if self.step_cost is None else {"step_cost": self.step_cost}
-        extra.update({} if self.prefill_cost is None else {"prefill_cost": self.prefill_cost})
+        extra.update({"prefill_costs": self.prefill_costs} if self.prefill_costs else {})
         return json.dumps({"format": FORMAT_VERSION, "device": dev, "provenance": self.provenance, **extra,
                            "curves": [asdict(c) for c in self.curves]}, indent=1) + "\n"
+
+
+def _prefill_costs(d: dict) -> list[dict]:
+    """The file's prefill costs; files written before 2026-12-03 evening hold one, as "prefill_cost"."""
+    if "prefill_costs" in d:
+        return list(d["prefill_costs"])
+    return [d["prefill_cost"]] if d.get("prefill_cost") else []
 
 
 def load_calibration(path: str | Path) -> DeviceCalibration:
@@ -226,7 +235,7 @@ def load_calibration(path: str | Path) -> DeviceCalibration:
                 raise CalibrationFileError(f"{path}: curve {c.variant}/{c.phase}: bad phase or no points")
         return DeviceCalibration(dev["profile"], str(dev["arch"]), float(dev["datasheet_bandwidth_bytes_per_s"]),
                                  float(dev["copy_fraction"]), dev.get("bf16_peak_flops"), curves,
-                                 d.get("provenance", {}), str(path), d.get("step_cost"), d.get("prefill_cost"))
+                                 d.get("provenance", {}), str(path), d.get("step_cost"), _prefill_costs(d))
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise CalibrationFileError(f"{path}: not a calibration file ({type(e).__name__}: {e})") from None
 

@@ -36,14 +36,11 @@ _HEADER = re.compile(r"^shapes of (?P<preset>\S+):")
 
 def block_shapes(preset: str) -> dict[str, tuple[int, int]]:
     """{name: (N, K)} of one decoder block of `preset` as the lean decoder runs it (lean.fuse_projections):
-    the preset's linears (ArchShape.linear_shapes) with q/k/v fused into qkv and gate/up into gate_up."""
+    ArchShape.fused_linear_shapes, named as bench/kernels_gpu.py names them (qkv, o, gate_up, down)."""
     from harness.models.presets import PRESETS
     if preset not in PRESETS:
         raise ValueError(f"{preset!r}: not a preset ({', '.join(sorted(PRESETS))})")
-    lin = {name: (out, inp) for name, inp, out in PRESETS[preset].linear_shapes()}
-    fused = lambda *names: (sum(lin[n][0] for n in names), lin[names[0]][1])   # noqa: E731
-    return {"qkv": fused("q_proj", "k_proj", "v_proj"), "o": lin["o_proj"], "gate_up": fused("gate_proj", "up_proj"),
-            "down": lin["down_proj"]}
+    return {name.removesuffix("_proj"): (out, inp) for name, inp, out in PRESETS[preset].fused_linear_shapes()}
 
 
 # kernel name prefix in bench/kernels_gpu.py -> the registry variants that run it (harness/variants/catalog.py,
@@ -196,8 +193,8 @@ def calibration_from_kernels(paths, profile, copy_bytes_per_s: float, copy_sourc
     or JSONs (a kernel timed at two presets' blocks gets a curve for each; two files of one block: a kernel
     in both is taken from the later one, `latest_per_kernel`), with the
     non-GEMM step cost fitted from `step_profiles` (harness/plan/step_cost.py), or stated as none when
-    there are none, and the non-GEMM prefill cost from `prefill_profiles` (step_cost.fit_prefill; without
-    them the file projects no prefill). Returns (calibration, notes on what was left out)."""
+    there are none, and the non-GEMM prefill cost from `prefill_profiles`, one per prefill path they ran
+    (step_cost.fit_prefill_paths; without them the file projects no prefill). Returns (calibration, notes on what was left out)."""
     from datetime import datetime, timezone
 
     from harness.plan import step_cost
@@ -230,5 +227,5 @@ def calibration_from_kernels(paths, profile, copy_bytes_per_s: float, copy_sourc
     cal = DeviceCalibration(profile.id, profile.compute_capability or profile.id, datasheet,
                             copy_bytes_per_s / datasheet, profile.peak("bf16"), curves, prov)
     cal.step_cost = step_cost.fit(list(step_profiles), cal) if step_profiles else step_cost.none()
-    cal.prefill_cost = step_cost.fit_prefill(list(prefill_profiles), cal) if prefill_profiles else None
+    cal.prefill_costs = step_cost.fit_prefill_paths(list(prefill_profiles), cal)
     return cal, notes + more

@@ -2,11 +2,14 @@
 calibrations built from kernel curves alone.
 
 A kernel curve times the linear layers only; a decode step also runs attention over the cache, norms,
-rotary and the cache write, the activation, sampling, and idles between kernels inside its graph. From a
-profile of the engine's own decode graph: non-GEMM seconds = step wall time (CUDA events) - the GEMM
-group's kernel time. It is held per step for the profiled model's layer count and scaled by layers on
-another model; it is taken as constant in M (measured at batch 1: the attention's cache read grows with
-the batch, and that read is already in the projection's KV / copy term).
+rotary and the cache write, the activation, sampling, and idles between kernels inside its graph. The
+projection (harness/plan/transfer.py) counts the attention's read of the whole static cache as KV bytes
+at the copy bandwidth; from a profile of the engine's own decode graph, the rest: non-GEMM seconds = step
+wall time (CUDA events) - the GEMM group's kernel time - the profiled cell's KV bytes / copy bandwidth. It
+is held per step for the profiled model's layer count and scaled by layers on another model, and taken
+as constant in M and context (lab H200, 2026-12-03: 0.65-0.87 ms over batch 1-32 and caches of 192-2,112
+tokens; the attention group's time over the same profiles is a line in KV bytes read at about the copy
+bandwidth: `attention_vs_kv`, kept as the evidence for the KV term).
 
 The term: `non_gemm_s` the median over the profiles, `low_s` / `high_s` their min and max. Beside it,
 `kernel_error`: the largest |profile GEMM time / the kernel curve's GEMM time for the profiled cell - 1|
@@ -26,7 +29,7 @@ from pathlib import Path
 
 from harness.models.spec import shape_of
 from harness.plan.curves import DeviceCalibration
-from harness.plan.roofline import gemm_bytes, weight_bytes
+from harness.plan.roofline import gemm_bytes, kv_cache_bytes, weight_bytes
 from harness.variants import parse_variant
 
 GEMM_GROUP = "gemm (cuBLAS/CUTLASS/nvjet)"   # bench/profile_step.py's group of the matrix-product kernels
@@ -38,6 +41,9 @@ def none(layers: int = 32) -> dict:
 
 
 ATTENTION_GROUP = "attention"
+# bench/profile_step.py's --new default: the new tokens (the static cache beyond the prompt) of profiles
+# written before it recorded them
+PROFILE_NEW_DEFAULT = 64
 _ATTENTION_NAME = re.compile(r"flash|fmha|sdpa|attention")
 
 
@@ -58,7 +64,7 @@ def read_profile(path: str | Path, phase: str = "decode") -> dict:
         moved = sum(float(k["ms_per_step"]) for k in d.get("top_kernels", [])
                     if k.get("group") == GEMM_GROUP and _ATTENTION_NAME.search(k["name"].lower()))
         return {"file": str(p), "model": d["model"], "variant": d["variant"], "batch": int(d["batch"]),
-                "prompt": int(d.get("prompt", 0)), "step_ms": step_ms, "gemm_ms": gemm_ms - moved,
+                "prompt": int(d.get("prompt", 0)), "new": int(d.get("new", PROFILE_NEW_DEFAULT)), "step_ms": step_ms, "gemm_ms": gemm_ms - moved,
                 "attention_ms": attn_ms + moved, "non_gemm_ms": step_ms - (gemm_ms - moved), "kernel": d.get("kernel"),
                 "prefill_path": prefill_path(d.get("prefill_choice")),
                 **({"attention_moved_from_gemm_ms": moved} if moved else {})}
@@ -110,8 +116,12 @@ def fit(profile_paths: list[str | Path], cal: DeviceCalibration) -> dict:
     layers = {shape_of(r["model"]).num_hidden_layers for r in rows}
     if len(layers) != 1:
         raise ValueError(f"step profiles of models with {sorted(layers)} layers: give one layer count")
+    copy = cal.datasheet_bandwidth_bytes_per_s * cal.copy_fraction
     devs = []
     for r in rows:
+        r["kv_bytes"] = kv_cache_bytes(shape_of(r["model"]), r["prompt"] + r["new"], r["batch"], "bf16")
+        r["kv_ms"] = r["kv_bytes"] / copy * 1e3
+        r["non_gemm_ms"] -= r["kv_ms"]          # the projection's KV / copy term: not counted twice
         cg = curve_gemm_ms(cal, r["model"], r["variant"], r["batch"], r.get("kernel"))
         r["curve_gemm_ms"] = cg
         r["gemm_vs_curve"] = None if cg is None else r["gemm_ms"] / cg - 1
@@ -120,9 +130,19 @@ def fit(profile_paths: list[str | Path], cal: DeviceCalibration) -> dict:
     ng = [r["non_gemm_ms"] * 1e-3 for r in rows]
     return {"non_gemm_s": statistics.median(ng), "low_s": min(ng), "high_s": max(ng), "layers": layers.pop(),
             "kernel_error": max(devs) if devs else 0.0, "sources": [r["file"] for r in rows], "by_profile": rows,
-            "method": "non_gemm = step wall ms (CUDA events) - GEMM group ms, per profile of the engine's decode "
-                      "graph (torch.profiler); value: median, low/high: min/max over the profiles; kernel_error: "
-                      "max |profile GEMM ms / kernel-curve GEMM ms - 1|; constant in M, scaled by layers"}
+            **({"attention_vs_kv": attention_vs_kv(rows)} if len({r["kv_bytes"] for r in rows}) > 1 else {}),
+            "method": "non_gemm = step wall ms (CUDA events) - GEMM group ms - KV bytes of the profiled cache / "
+                      "copy bandwidth, per profile of the engine's decode graph (torch.profiler); value: median, "
+                      "low/high: min/max over the profiles; kernel_error: max |profile GEMM ms / kernel-curve GEMM "
+                      "ms - 1|; constant in M and context, scaled by layers"}
+
+
+def attention_vs_kv(rows: list[dict]) -> dict:
+    """The profiles' attention-group ms as a line in the KV bytes their cache holds: the fixed part and
+    the bandwidth the slope implies (evidence for the projection's KV / copy term, not used by it)."""
+    icpt, slope, res = _line([float(r["kv_bytes"]) for r in rows], [r["attention_ms"] * 1e-3 for r in rows])
+    return {"fixed_s": icpt, "read_bytes_per_s": 1 / slope if slope > 0 else None, "largest_relative_residual": res,
+            "method": "least squares of attention-group seconds on KV bytes (batch x (prompt + new) x KV bytes per token)"}
 
 
 # Two prefill profiles determine both lines exactly (no residual to size an interval from): the projection
@@ -147,6 +167,15 @@ def prefill_seconds(pc: dict, batch: int, prompt: int, layers: int | None = None
     t = batch * prompt
     return per * (pc["fixed_s"] + pc["per_token_s"] * t + pc["attention_fixed_s"]
                   + pc["attention_per_p2_s"] * batch * prompt * prompt)
+
+
+def fit_prefill_paths(profile_paths: list[str | Path], cal: DeviceCalibration) -> list[dict]:
+    """One prefill cost (fit_prefill) per prefill path the profiles ran (eager, compiled), each from that
+    path's profiles: the engine runs whichever it measured faster, so the projection keeps both."""
+    by_path: dict[str, list[str | Path]] = {}
+    for p in profile_paths:
+        by_path.setdefault(read_profile(p, "prefill")["prefill_path"], []).append(p)
+    return [fit_prefill(ps, cal) for _, ps in sorted(by_path.items())]
 
 
 def fit_prefill(profile_paths: list[str | Path], cal: DeviceCalibration) -> dict:

@@ -18,7 +18,7 @@ or an M outside the measured range, gets no projection and a note saying which c
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from harness.plan.curves import KERNEL_PLUS_PREFILL, KERNEL_PLUS_STEP, Curve, DeviceCalibration
 from harness.profiles.schema import Profile
@@ -126,17 +126,17 @@ def _kernel_step(cal: DeviceCalibration, cv: Curve, target: Profile, m: int, gem
                       label)
 
 
-def _kernel_prefill(cal: DeviceCalibration, cv: Curve, target: Profile, batch: int, prompt: int, gemm_bytes: float,
-                    head_bytes: float, layers: int | None, block_params: int | None) -> Projection:
+def _kernel_prefill(cal: DeviceCalibration, pc: dict, cv: Curve, target: Profile, batch: int, prompt: int,
+                    gemm_bytes: float, head_bytes: float, layers: int | None, block_params: int | None) -> Projection:
     """A prefill from a kernel curve: the blocks' GEMM bytes through the kernel's other(M) at M = batch x
     prompt, the lm_head's at M = batch (the last token of each prompt), plus the calibration's non-GEMM
-    prefill cost (step_cost.prefill_seconds: norms, rotary, KV write, launches by tokens; attention by
+    prefill cost `pc` (step_cost.prefill_seconds: norms, rotary, KV write, launches by tokens; attention by
     batch x prompt^2), scaled by layers and, on another device, by the compute peaks. Interval: the GEMM
     terms x (1 -/+ kernel_error), the non-GEMM term x (1 -/+ its spread), the memory terms at the
     faster / slower bandwidth, widened by transfer_error off the calibrated device."""
     from harness.plan.step_cost import prefill_seconds
 
-    pc, m = cal.prefill_cost, batch * prompt
+    m = batch * prompt
     (o, lo, hi), blocks = _other(cal, cv, m, block_params)
     head, _ = _other(cal, cv, batch, block_params)
     if head is None:
@@ -162,11 +162,12 @@ def _kernel_prefill(cal: DeviceCalibration, cv: Curve, target: Profile, batch: i
 def project_step(cals: list[DeviceCalibration], target: Profile, variant: str, phase: str, m: int,
                  weight_bytes: float, kv_bytes: float, gemm_bytes: float | None = None,
                  layers: int | None = None, kernel: str | None = None, block_params: int | None = None,
-                 batch: int | None = None, head_bytes: float = 0.0) -> Projection:
+                 batch: int | None = None, head_bytes: float = 0.0, prefill_path: str | None = None) -> Projection:
     """Tokens/s of one step of M tokens (decode: M = batch; prefill: M = batch x prompt). gemm_bytes,
     layers and block_params (the model's linear parameters per block) are used by curves derived from
     kernel curves (the others fold them into other(M)); a prefill from kernel curves also needs the batch
-    and the lm_head's bytes."""
+    and the lm_head's bytes, and takes the prefill cost of `prefill_path` (the path a measured cell ran)
+    where the calibration has it, else the faster of its paths' projections (the engine's choice)."""
     if not target.bandwidth_bytes_per_s:
         return Projection(None, None, None, f"{target.id}: bandwidth not published")
     got = _pick(cals, target, variant, phase, m, kernel, block_params)
@@ -175,10 +176,17 @@ def project_step(cals: list[DeviceCalibration], target: Profile, variant: str, p
     cal, cv = got
     if cv.source == KERNEL_PLUS_STEP and cal.step_cost is not None:
         return _kernel_step(cal, cv, target, m, gemm_bytes or weight_bytes, kv_bytes, layers, block_params)
-    if cv.source == KERNEL_PLUS_PREFILL and cal.prefill_cost is not None:
+    if cv.source == KERNEL_PLUS_PREFILL and cal.prefill_costs:
         if not batch or not gemm_bytes:
             return Projection(None, None, None, f"prefill of {variant} from kernel curves needs the batch and GEMM bytes")
-        return _kernel_prefill(cal, cv, target, batch, m // batch, gemm_bytes, head_bytes, layers, block_params)
+        costs = [pc for pc in cal.prefill_costs if pc.get("prefill_path", "eager") == prefill_path] or cal.prefill_costs
+        ps = [_kernel_prefill(cal, pc, cv, target, batch, m // batch, gemm_bytes, head_bytes, layers, block_params)
+              for pc in costs]
+        best = max(ps, key=lambda p: p.tok_s or 0.0)
+        if len(ps) > 1:
+            best = replace(best, source=f"{best.source}; the faster of {len(ps)} prefill paths, "
+                                                    f"as the engine chooses by measurement")
+        return best
     other, lo, hi = cv.at(m)
     copy_s, copy_t, scale = _scales(cal, target)
 
@@ -200,7 +208,7 @@ def project_decode(cals: list[DeviceCalibration], target: Profile, variant: str,
 def project_prefill(cals: list[DeviceCalibration], target: Profile, variant: str, tokens: int,
                     weight_bytes: float, kv_bytes: float, kernel: str | None = None, *, batch: int | None = None,
                     gemm_bytes: float | None = None, head_bytes: float = 0.0, layers: int | None = None,
-                    block_params: int | None = None) -> Projection:
+                    block_params: int | None = None, prefill_path: str | None = None) -> Projection:
     """A format that picks its kernel per batch (int4-wo) prefills with the kernel it picked for the decode
     batch, as the runner does (one kernel per cell, chosen at M = the batch): where `kernel` is not known
     (planning), that is the kernel of its fastest decode curve at the batch."""
@@ -214,7 +222,7 @@ def project_prefill(cals: list[DeviceCalibration], target: Profile, variant: str
             kernel = dec[1].kernel
             picked = kernel_named(kernel)
     p = project_step(cals, target, variant, "prefill", tokens, weight_bytes, kv_bytes, gemm_bytes, layers, kernel,
-                     block_params, batch, head_bytes)
+                     block_params, batch, head_bytes, prefill_path)
     if picked and not p.ok:
         return Projection(None, None, None, f"{variant} picks {picked} at batch {batch} (decode curves); {p.source}")
     return p

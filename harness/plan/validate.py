@@ -75,7 +75,7 @@ def cells_from_reference(path: str | Path) -> list[Cell]:
     for d in json.loads(Path(path).read_text(encoding="utf-8")):
         out.append(Cell(d["profile"], d["model"], d["variant"], int(d["batch"]), int(d["prompt_tokens"]),
                         int(d["new_tokens"]), d["phase"], [float(x) for x in d["measured_tok_s"]],
-                        d.get("source", str(path)), kernel=d.get("kernel")))
+                        d.get("source", str(path)), kernel=d.get("kernel"), prefill_path=d.get("prefill_path")))
     return out
 
 
@@ -94,14 +94,14 @@ def project_cell(c: Cell, cals: list[DeviceCalibration], profiles: Mapping[str, 
                               row.gemm_weight_bytes, row.layers, kernel=c.kernel, block_params=row.block_params)
     row = project(p, v, Workload(c.model, shape, c.prompt_tokens, c.batch))
     return project_prefill(others, p, c.variant, c.batch * c.prompt_tokens, row.weight_bytes, row.kv_cache_bytes,
-                           kernel=c.kernel, batch=c.batch, gemm_bytes=row.gemm_weight_bytes,
+                           kernel=c.kernel, batch=c.batch, gemm_bytes=row.gemm_weight_bytes, prefill_path=c.prefill_path,
                            head_bytes=row.head_weight_bytes, layers=row.layers, block_params=row.block_params)
 
 
 def prefill_mismatch(c: Cell, cals: list[DeviceCalibration]) -> str:
     """A remark where a prefill cell ran another prefill path than the one the calibrations' non-GEMM
     prefill cost was fitted on (the row is counted: the planner projects that cell with that cost)."""
-    fitted = {k.prefill_cost.get("prefill_path", "eager") for k in cals if k.prefill_cost}
+    fitted = {pc.get("prefill_path", "eager") for k in cals for pc in k.prefill_costs}
     if c.phase != "prefill" or not c.prefill_path or not fitted or c.prefill_path in fitted:
         return ""
     return f"; measured with a {c.prefill_path} prefill, the prefill cost is of {'/'.join(sorted(fitted))} prefills"

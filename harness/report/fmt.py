@@ -16,6 +16,10 @@ def mb(x) -> str:
     return NA if x is None else f"{x / 1e6:,.1f}"
 
 
+def gb(x) -> str:
+    return NA if x is None else f"{x / 1e9:,.2f}"
+
+
 def sig(x, n: int = 3) -> str:
     return NA if x is None else f"{x:.{n}g}"
 

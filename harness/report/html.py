@@ -75,7 +75,7 @@ def _cell_rows(records: list[Record]) -> list[dict]:
              "backend": r.backend, "batch": r.batch_size, "prompt": r.prompt_tokens, "status": r.status,
              "reason": r.reason, "decode": num(r.decode_tok_s), "prefill": num(r.prefill_tok_s), "ttft": ms(r.ttft_s),
              "tpot": f"{ms(r.tpot_p50_s)} / {ms(r.tpot_p99_s)}", "weights": mb(r.weight_bytes),
-             "vram": mb(r.peak_vram_bytes), "rss": mb(r.peak_rss_bytes),
+             "vram": mb(r.peak_vram_bytes), "build_peak": mb(r.engine.build_peak_bytes), "rss": mb(r.peak_rss_bytes),
              "energy": f"{sig(r.j_per_token_decode)} ({r.energy_source})", "verdict": r.quality_verdict or NA}
             for r in primary(records)]
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from harness.records import Record, cell_key, primary, slow_path, write_view
 from harness.report import claims, repeats
-from harness.report.fmt import NA, mb, md, ms, num, sig
+from harness.report.fmt import NA, gb, mb, md, ms, num, sig
 
 
 def _path_note(r) -> str:
@@ -148,16 +148,16 @@ def _energy_table(records: list[Record]) -> list[str]:
         return []
     out = ["", "## Energy, memory and bandwidth", "",
            "| model | variant | backend | batch | prompt | J/token decode (gross) | J/token decode (net of idle) | "
-           "J/prompt token | mean / peak W | idle W | peak VRAM GB | vs weights + KV + workspace | KV cache GB | "
-           "achieved GB/s | MBU | MFU (prefill) | flags |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "J/prompt token | mean / peak W | idle W | peak VRAM GB | vs weights + KV + workspace | build peak GB | "
+           "KV cache GB | achieved GB/s | MBU | MFU (prefill) | flags |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         net = r.energy.net_j_per_token_decode
         out.append(
             f"| {md(r.model)} | {md(r.variant)} | {md(r.backend)} | {r.batch_size} | {r.prompt_tokens} | "
             f"{sig(r.j_per_token_decode)} | {sig(net)} | {sig(r.j_per_token_prefill)} | {num(r.power_mean_w, 0)} / {num(r.power_peak_w, 0)} | "
-            f"{num(r.idle_power_w, 0)} | {num(r.peak_vram_bytes and r.peak_vram_bytes / 1e9, 2)} | {_vram_vs(r)} | "
-            f"{num(r.kv_cache_bytes and r.kv_cache_bytes / 1e9, 2)} | "
+            f"{num(r.idle_power_w, 0)} | {gb(r.peak_vram_bytes)} | {_vram_vs(r)} | {gb(r.engine.build_peak_bytes)} | "
+            f"{gb(r.kv_cache_bytes)} | "
             f"{num(r.achieved_bandwidth_bytes_per_s and r.achieved_bandwidth_bytes_per_s / 1e9, 0)} | {_pct(r.mbu)} | "
             f"{_pct(r.mfu)} | {md('; '.join(r.energy_flags)) or NA} |")
     out += ["", "Energy: NVML energy-counter deltas, two-loop method (decode J/token = (E_full - E_prefill) per pass / "
@@ -166,7 +166,9 @@ def _energy_table(records: list[Record]) -> list[str]:
             "the same run. MFU = prefill FLOP/s / the profile's peak for the variant's compute format. "
             "Peak VRAM vs weights + KV + workspace: workspace = activations of the prefill (planner formula) + CUDA "
             "context and libraries (NVML figure - torch reserved at the same moment); over 1.10x is flagged (allocator "
-            "slack: cached or fragmented blocks, leftovers of variant application)."]
+            "slack: cached or fragmented blocks, leftovers of variant application). Build peak: CUDA allocator peak "
+            "over the layer-by-layer build (torch.cuda.max_memory_allocated), before the timed window; "
+            f"{NA} where the cell was not built layer by layer."]
     return out
 
 

@@ -150,16 +150,17 @@ class TorchPrepared:
         except CellSkip:
             if not self._layerwise_possible(variant):
                 raise
-            # the bf16 instance does not fit; the variant's weights plus one bf16 layer may
+            # the bf16 instance does not fit; the layer-by-layer build's estimated peak may
             from harness.backends.pytorch import layerwise
             from harness.pipeline.assemble import planned_weight_bytes
 
             planned = planned_weight_bytes(self.shape, variant.name, self.dtype)
             if planned is None:
                 raise
-            self._weights_need = planned + layerwise.transient_bytes(self.shape, self.dtype_bytes)
-            self._fit_what = (f"{variant.name} weights as planned + one {self.torch_dtype} layer (or lm_head) "
-                              f"while building layer by layer")
+            self._weights_need = layerwise.need_bytes(self.shape, planned, self.dtype_bytes)
+            self._fit_what = (f"building layer by layer: {variant.name} weights as planned + one {self.torch_dtype} "
+                              f"layer + the quantization's estimated temporaries, or the lm_head stage, "
+                              f"whichever is larger")
             self._check_fit()
             self.layerwise = True
         self.corpus_name, self.corpus_text = load_corpus(self.settings.corpus)

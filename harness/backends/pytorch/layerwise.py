@@ -1,6 +1,7 @@
 """Big models on one card: a synthetic model built and quantized one decoder layer at a time on the
-device, so that peak memory is the variant's weights plus about one full-precision layer, not the
-bf16 instance the whole-model path quantizes (Llama-3.1-70B: 141 GB in bf16, about 40 GB at int4).
+device, so that peak memory is the variant's weights plus about one full-precision layer and the
+temporaries of quantizing its largest linear, not the bf16 instance the whole-model path quantizes
+(Llama-3.1-70B: 141 GB in bf16, about 40 GB at int4, a measured build peak of 44.5 GB).
 
 The model's structure is built on the meta device (no memory); embeddings, final norm and rotary tables
 are materialized on the device; then each decoder layer is materialized with random weights (normal,
@@ -13,7 +14,8 @@ values (a different order of draws): speed, memory and energy only, as for every
 
 Only variants whose apply needs nothing but the linears take this path (no calibration pass through
 the whole model): LAYERWISE below. The pipeline uses it for synthetic models on CUDA when the bf16
-instance does not fit but the variant's planned bytes plus one bf16 layer do (backend.py).
+instance does not fit but the build's estimated peak does (need_bytes below: the variant's planned bytes
+plus one bf16 layer and its quantization's temporaries, or the lm_head stage if larger; backend.py).
 """
 from __future__ import annotations
 
@@ -151,12 +153,32 @@ def build(config, device: torch.device, dtype: torch.dtype, variant, ctx: ApplyC
     return LayerwiseBuild(model, res, peak, source, time.perf_counter() - t0)
 
 
-def transient_bytes(shape, dtype_bytes: int) -> int:
-    """What the layer-by-layer build holds beyond the quantized weights: the larger of one
-    full-precision decoder layer and the full-precision lm_head, each quantized before the next exists."""
-    h, i = shape.hidden_size, shape.intermediate_size
-    hd = getattr(shape, "head_dim_", None) or h // shape.num_attention_heads
-    attn = h * hd * (shape.num_attention_heads * 2 + shape.num_key_value_heads * 2)
-    layer = attn + 3 * h * i + shape.norms_per_block * h
-    head = 0 if shape.tie_word_embeddings else h * shape.vocab_size
-    return int(max(layer, head) * dtype_bytes)
+# Bytes per element of a linear that quantizing it holds beyond its full-precision weight (torchao's
+# float32 working copy plus the integer codes). An estimate, fitted to one measurement on the lab H200,
+# 2026-12-03: Llama-3.1-70B int4-wo built layer by layer, CUDA allocator build peak 44.46 GB (batch 1,
+# tinygemm) and 44.07 GB (batch 8, CUTLASS) against 39.03 GB of quantized weights (records in
+# results/reference/h200/session7-20261203/llama70b-int4-b1 and -b8): 5.4 GB above the weights = one
+# bf16 layer (~1.71 GB) + ~3.7 GB, about 8 bytes per element of the 470M-element fused gate_up.
+QUANT_TEMP_BYTES_PER_ELEMENT = 8
+
+
+def need_bytes(shape, planned_bytes: int, dtype_bytes: int) -> int:
+    """The build's estimated peak, for the fit check: the larger of the lm_head stage and the last layer's
+    stage (the variant's weights as planned, `planned_bytes`, under the layer being quantized)."""
+    return max(lm_head_stage_bytes(shape, dtype_bytes), planned_bytes + layer_stage_bytes(shape, dtype_bytes))
+
+
+def lm_head_stage_bytes(shape, dtype_bytes: int) -> int:
+    """Resident while the lm_head is quantized, before any layer exists: the full-precision embeddings and
+    lm_head and the quantization's temporaries. 0 when tied (the lm_head is the embedding, not quantized)."""
+    if shape.tie_word_embeddings:
+        return 0
+    head = shape.lm_head_params()
+    return shape.embedding_params() * dtype_bytes + head * (dtype_bytes + QUANT_TEMP_BYTES_PER_ELEMENT)
+
+
+def layer_stage_bytes(shape, dtype_bytes: int) -> int:
+    """Held beyond the quantized weights while a decoder layer is quantized: the layer in full precision and
+    the temporaries of its largest linear, fused as the build fuses them (the larger case when it does not)."""
+    largest = max(i * o for _, i, o in shape.fused_linear_shapes())
+    return shape.block_params() * dtype_bytes + largest * QUANT_TEMP_BYTES_PER_ELEMENT
