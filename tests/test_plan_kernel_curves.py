@@ -221,13 +221,13 @@ def test_a_per_batch_format_projects_its_fastest_kernel_or_the_one_that_ran(P):
     assert project_decode([cal], h200, "baseline", 1, w, kv).source.startswith("no decode curve for baseline")
 
 
-def _block_log(tmp_path, preset, us_scale, name):
-    """A kernels_gpu.py log of `preset`'s block (its header line), bf16 at M=1 and 8 taking `us_scale` x the
+def _block_log(tmp_path, preset, us_scale, name, ms=(1, 8)):
+    """A kernels_gpu.py log of `preset`'s block (its header line), bf16 at M = `ms` taking `us_scale` x the
     copy time of its bytes."""
     from harness.plan.kernel_log import block_shapes
 
     lines = [f"shapes of {preset}: ..."]
-    for m in (1, 8):
+    for m in ms:
         for s, (n, k) in block_shapes(preset).items():
             wb = 2 * n * k
             lines.append(line("bf16 cuBLAS", s, m, wb / COPY * 1e6 * us_scale, wb))
@@ -379,10 +379,15 @@ def test_prefill_cost_from_prefill_profiles_and_projection_by_hand(P, log, tmp_p
     b4.write_text(json.dumps({**json.loads(b4.read_text()), "batch": 4}))
     with pytest.raises(ValueError, match="batch x prompt\\^2"):
         step_cost.fit_prefill([a, b4], cal)                                  # prompt 4 at batch 1: work 16 too
-    gem = _block_log(tmp_path, "llama-3.1-8b", 1.5, "g.log")
+    gem = _block_log(tmp_path, "llama-3.1-8b", 1.5, "g.log", ms=(1, 8, 512))
     gem.write_text(gem.read_text().replace("bf16 cuBLAS", "int4 GemLite A16W4 g128"))
     gcal, _ = calibration_from_kernels(gem, h200, COPY, "test", prefill_profiles=[a, b])
-    assert gcal.kernel_prefill("int4-wo[gemlite]") is None        # dequantize + cuBLAS: not what was timed
+    # GemLite's own kernels up to 256 rows; a larger prefill dequantizes + cuBLAS, which was not timed
+    assert [p.m for p in gcal.kernel_prefill("int4-wo[gemlite]").points] == [1, 8]
+    gkw = dict(batch=1, gemm_bytes=gb, head_bytes=hb, layers=32, block_params=shape.block_linear_params())
+    assert project_prefill([gcal], h200, "int4-wo[gemlite]", 8, wb.total, 0.0, **gkw).ok
+    big = project_prefill([gcal], h200, "int4-wo[gemlite]", 512, wb.total, 0.0, **gkw)
+    assert not big.ok and "M=512" in big.source and "M 1-8" in big.source
 
 
 def test_calibrate_kernels_runs_the_bench_scripts_and_fits_their_outputs(tmp_path, monkeypatch):

@@ -156,12 +156,18 @@ class DeviceCalibration:
 
     def kernel_prefill(self, variant: str) -> Curve | None:
         """Where the file has a prefill cost: the variant's kernel curve as its prefill curve (transfer.py
-        adds the non-GEMM prefill cost). Not for GemLite's kernels: their prefill dequantizes the weights
-        and calls cuBLAS (harness/variants/gemlite.py), which bench/kernels_gpu.py does not time."""
-        kv = [c for c in self.curves if c.variant == variant and c.phase == "kernel" and not curve_is_kernel(c, "gemlite")]
+        adds the non-GEMM prefill cost). GemLite's kernels only up to GEMLITE_PREFILL_MIN_ROWS tokens: a
+        larger prefill dequantizes the weights and calls cuBLAS (harness/variants/gemlite.py), which
+        bench/kernels_gpu.py does not time, so beyond it there is no curve."""
+        from harness.variants.catalog import GEMLITE_PREFILL_MIN_ROWS
+
+        kv = [c for c in self.curves if c.variant == variant and c.phase == "kernel"]
         if not self.prefill_costs or not kv:
             return None
-        return Curve(variant, kv[0].kernel, "prefill", KERNEL_PLUS_PREFILL, kv[0].points)
+        pts = kv[0].points
+        if curve_is_kernel(kv[0], "gemlite"):
+            pts = [p for p in pts if p.m <= GEMLITE_PREFILL_MIN_ROWS]
+        return Curve(variant, kv[0].kernel, "prefill", KERNEL_PLUS_PREFILL, pts) if pts else None
 
     def sized_kernel_at(self, variant: str, kernel: str, m: float,
                         block_params: float | None) -> tuple[tuple[float, float, float], str] | None:

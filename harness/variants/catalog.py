@@ -15,6 +15,9 @@ INT4_CUDA_CC = (8, 0)
 # fp8 tensor cores: Ada (8.9) and Hopper (9.0); torchao asserts the same bound for fp8 dynamic.
 FP8_CC = (8, 9)
 MIN_CC_24 = (8, 0)        # sparse tensor cores arrived with Ampere (sm_80)
+# A GemLite linear called on more rows than this (a prefill) dequantizes its weights and runs cuBLAS
+# (harness/variants/gemlite.py, which says where the figure comes from); up to it, GemLite's own kernels
+GEMLITE_PREFILL_MIN_ROWS = 256
 MIN_CC_FP8_24 = (9, 0)    # torchao builds its fp8 2:4 kernel for sm_90a only
 NO_GPU_NOTE = ("torch's 2:4 semi-structured kernels (cuSPARSELt, CUTLASS) are CUDA-only; "
                "wanda.apply_24_mask_dense measures the masks' quality with dense kernels")

@@ -12,13 +12,14 @@ from typing import Callable
 import torch
 from torch import nn
 
+from harness.variants.catalog import GEMLITE_PREFILL_MIN_ROWS
 from harness.variants.inspect import swap_linears
 from harness.variants.int4_cpu import GROUP_SIZE as GROUP   # int4 group: the same 128 as tinygemm's
 # Where dequantize + cuBLAS beats GemLite's own GEMM, estimated from the H200 kernel table: unpacking moves
 # about 4.5 bytes per weight (read 0.5, write and re-read 2 + 2) at ~4 TB/s, 1.1 ps per weight; per row,
 # GemLite's GEMM costs 2 flops per weight at 255 TFLOP/s and cuBLAS at 779 TFLOP/s, 5.2 fs per weight
 # more: equal at M ~ 215 rows. Decode (M = batch <= 256 rows) never takes the dequantized path.
-PREFILL_MIN_ROWS = 256
+PREFILL_MIN_ROWS = GEMLITE_PREFILL_MIN_ROWS
 
 
 def gemlite_configs() -> str:
