@@ -371,6 +371,10 @@ def test_prefill_cost_from_prefill_profiles_and_projection_by_hand(P, log, tmp_p
     out = tmp_path / "c.json"
     out.write_text(cal.to_json())
     assert load_calibration(out).prefill_costs[0]["fixed_s"] == pytest.approx(pc["fixed_s"])
+    old = json.loads(out.read_text())                       # a file written before there was one cost per path
+    old["prefill_cost"] = old.pop("prefill_costs")[0]
+    out.write_text(json.dumps(old))
+    assert load_calibration(out).prefill_costs == [pc]
     with pytest.raises(ValueError, match="a decode profile, and the prefill cost is a prefill's"):
         step_cost.read_profile(_profile(tmp_path, "d.json", "baseline", 4.7, 3.9), "prefill")
     with pytest.raises(ValueError, match="two or more token counts"):
