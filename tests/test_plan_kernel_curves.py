@@ -333,6 +333,13 @@ def test_prefill_cost_from_prefill_profiles_and_projection_by_hand(P, log, tmp_p
     assert pc["spread"] == step_cost.PREFILL_PRIOR and "two profiles" in pc["spread_source"]
     assert step_cost.prefill_seconds(pc, 1, 8) == pytest.approx(5.5e-3)
     assert step_cost.prefill_seconds(pc, 1, 8, layers=16) == pytest.approx(2.75e-3)      # scaled by layers
+    assert (pc["token_width"], pc["attention_width"]) == shape_of("synthetic:llama-3.1-8b").prefill_widths() == (
+        4096 + 14336, 32 * 128)
+    # a model twice as wide: the per-token and the attention terms double, the fixed ones do not
+    wide = step_cost.prefill_seconds(pc, 1, 8, widths=(2 * pc["token_width"], 2 * pc["attention_width"]))
+    per_token, attention = pc["per_token_s"] * 8, pc["attention_per_p2_s"] * 64
+    assert wide == pytest.approx(5.5e-3 + per_token + attention)
+    assert step_cost.prefill_seconds({**pc, "token_width": None}, 1, 8, widths=(1, 1)) == pytest.approx(5.5e-3)
     shape = shape_of("synthetic:llama-3.1-8b")
     wb = weight_bytes(shape, parse_variant("baseline"), "bf16")
     gb, hb = gemm_bytes(shape, wb), lm_head_gemm_bytes(shape, wb)

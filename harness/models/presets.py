@@ -62,6 +62,12 @@ class ArchShape:
     def block_linear_params(self) -> int:
         return sum(i * o for _, i, o in self.linear_shapes())
 
+    def prefill_widths(self) -> tuple[int, int]:
+        """(hidden + intermediate, query heads x head dim): the per-token width of one block's elementwise
+        work (norms, residual adds, activation) and the width of its attention's products, by which a
+        prefill's non-GEMM cost scales from one model to another (harness/plan/step_cost.py)."""
+        return self.hidden_size + self.intermediate_size, self.num_attention_heads * self.head_dim_
+
     def block_params(self) -> int:
         """Parameters of one decoder block: its linears, its norms and (Qwen2) the q/k/v biases."""
         per_block = self.block_linear_params() + self.norms_per_block * self.hidden_size  # RMSNorm weights

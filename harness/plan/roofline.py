@@ -68,6 +68,9 @@ class PlanRow:
     layers: int = 0                    # transformer blocks (the per-layer step cost of kernel curves scales with it)
     block_params: int = 0              # linear-layer parameters of one block (kernel curves are timed per block size)
     head_weight_bytes: int = 0         # the lm_head's share of gemm_weight_bytes (a prefill runs it on the last token only)
+    token_width: int = 0               # ArchShape.prefill_widths: a prefill's non-GEMM cost scales by them
+    attention_width: int = 0
+
     kv_cache_bytes: int = 0
     workspace_bytes: int = 0
     memory_need_bytes: int = 0
@@ -107,6 +110,10 @@ class PlanRow:
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "notes"}
         return d
+
+    @property
+    def prefill_widths(self) -> tuple[int, int] | None:
+        return (self.token_width, self.attention_width) if self.token_width else None
 
 
 @dataclass(frozen=True)
@@ -241,7 +248,8 @@ def project(p: Profile, v: VariantSpec, w: Workload) -> PlanRow:
     row = PlanRow(profile=p.id, profile_class=p.class_, variant=v.name, model=w.model, context_tokens=N,
                   batch_size=B, status="ok", reason="", weight_bytes=wb.total,
                   gemm_weight_bytes=gemm_bytes(shape, wb), layers=shape.num_hidden_layers,
-                  block_params=shape.block_linear_params(), head_weight_bytes=lm_head_gemm_bytes(shape, wb), kv_cache_bytes=kv,
+                  block_params=shape.block_linear_params(), head_weight_bytes=lm_head_gemm_bytes(shape, wb),
+                  token_width=shape.prefill_widths()[0], attention_width=shape.prefill_widths()[1], kv_cache_bytes=kv,
                   workspace_bytes=ws, memory_need_bytes=need, memory_usable_bytes=usable, headroom=w.headroom,
                   fits=fits, power_w=power, compute_format=v.compute_format(base))
     problems = _requirement_problems(p, v)

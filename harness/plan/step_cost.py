@@ -160,13 +160,19 @@ def _line(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
     return icpt, slope, res
 
 
-def prefill_seconds(pc: dict, batch: int, prompt: int, layers: int | None = None) -> float:
+def prefill_seconds(pc: dict, batch: int, prompt: int, layers: int | None = None,
+                    widths: tuple[int, int] | None = None) -> float:
     """Non-GEMM seconds of one prefill of `batch` prompts of `prompt` tokens per a prefill_cost entry:
-    fixed + per_token x tokens + attention_fixed + attention_per_p2 x batch x prompt^2, scaled by layers."""
+    fixed + per_token x tokens + attention_fixed + attention_per_p2 x batch x prompt^2, scaled by layers;
+    with the model's `widths` (ArchShape.prefill_widths), the per-token term also by its token width and the
+    attention's by its attention width against the profiled model's (entries fitted before 2026-12-03
+    evening carry no widths: layers only)."""
     per = layers / pc["layers"] if layers and pc.get("layers") else 1.0
+    wt, wa = (widths[0] / pc["token_width"], widths[1] / pc["attention_width"]) if widths and pc.get("token_width") \
+        else (1.0, 1.0)
     t = batch * prompt
-    return per * (pc["fixed_s"] + pc["per_token_s"] * t + pc["attention_fixed_s"]
-                  + pc["attention_per_p2_s"] * batch * prompt * prompt)
+    return per * (pc["fixed_s"] + pc["per_token_s"] * t * wt + pc["attention_fixed_s"]
+                  + pc["attention_per_p2_s"] * batch * prompt * prompt * wa)
 
 
 def fit_prefill_paths(profile_paths: list[str | Path], cal: DeviceCalibration) -> list[dict]:
@@ -182,12 +188,15 @@ def fit_prefill(profile_paths: list[str | Path], cal: DeviceCalibration) -> dict
     """The prefill_cost entry of a calibration file from bench/profile_step.py --phase prefill profiles at
     two or more token counts: the non-GEMM, non-attention time (norms, rotary, the residual adds, the
     activation, the KV write, launches) as a line in tokens (B x P), the attention as a line in B x P^2
-    (causal attention's work), both scaled by layers on another model. kernel_error: as for decode, the
+    (causal attention's work), both scaled on another model by layers and by width (prefill_seconds). kernel_error: as for decode, the
     largest |profile GEMM ms / the kernel curve's GEMM ms at M = B x P - 1|."""
     rows = [read_profile(p, "prefill") for p in profile_paths]
     layers = {shape_of(r["model"]).num_hidden_layers for r in rows}
     if len(layers) != 1:
         raise ValueError(f"prefill profiles of models with {sorted(layers)} layers: give one layer count")
+    widths = {shape_of(r["model"]).prefill_widths() for r in rows}
+    if len(widths) != 1:
+        raise ValueError("prefill profiles of models of different widths: give one model's")
     tokens = [r["batch"] * r["prompt"] for r in rows]
     if len(set(tokens)) < 2:
         raise ValueError("prefill profiles at two or more token counts (batch x prompt) are needed for a line")
@@ -209,12 +218,14 @@ def fit_prefill(profile_paths: list[str | Path], cal: DeviceCalibration) -> dict
         if cg is not None:
             devs.append(abs(r["gemm_vs_curve"]))
     spread = max(r1, r2) if len(rows) > 2 else PREFILL_PRIOR
+    token_width, attention_width = widths.pop()
     return {"fixed_s": f0, "per_token_s": f1, "attention_fixed_s": a0, "attention_per_p2_s": a1,
-            "layers": layers.pop(), "kernel_error": max(devs) if devs else 0.0, "spread": spread,
+            "layers": layers.pop(), "token_width": token_width, "attention_width": attention_width, "kernel_error": max(devs) if devs else 0.0, "spread": spread,
             "prefill_path": paths.pop(),
             "spread_source": "largest relative residual of the two lines" if len(rows) > 2 else
                              f"stated prior of {PREFILL_PRIOR:.0%}: two profiles fit the lines exactly",
             "sources": [r["file"] for r in rows], "by_profile": rows,
             "method": "per prefill profile: rest = wall ms - GEMM ms - attention ms, a line in tokens (B x P); "
-                      "attention ms a line in B x P^2; least squares; scaled by layers; prefill = KV write / "
+                      "attention ms a line in B x P^2; least squares; scaled by layers, the per-token term by "
+                      "hidden + intermediate and the attention's by heads x head dim; prefill = KV write / "
                       "block GEMMs through the kernel curve at M = B x P + lm_head at M = B + these (the KV write is in rest)"}

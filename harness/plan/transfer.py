@@ -127,11 +127,13 @@ def _kernel_step(cal: DeviceCalibration, cv: Curve, target: Profile, m: int, gem
 
 
 def _kernel_prefill(cal: DeviceCalibration, pc: dict, cv: Curve, target: Profile, batch: int, prompt: int,
-                    gemm_bytes: float, head_bytes: float, layers: int | None, block_params: int | None) -> Projection:
+                    gemm_bytes: float, head_bytes: float, layers: int | None, block_params: int | None,
+                    widths: tuple[int, int] | None) -> Projection:
     """A prefill from a kernel curve: the blocks' GEMM bytes through the kernel's other(M) at M = batch x
     prompt, the lm_head's at M = batch (the last token of each prompt), plus the calibration's non-GEMM
     prefill cost `pc` (step_cost.prefill_seconds: norms, rotary, KV write, launches by tokens; attention by
-    batch x prompt^2), scaled by layers and, on another device, by the compute peaks. Interval: the GEMM
+    batch x prompt^2), scaled by layers and the model's `widths` and, on another device, by the compute
+    peaks. Interval: the GEMM
     terms x (1 -/+ kernel_error), the non-GEMM term x (1 -/+ its spread), the memory terms at the
     faster / slower bandwidth, widened by transfer_error off the calibrated device."""
     from harness.plan.step_cost import prefill_seconds
@@ -143,7 +145,7 @@ def _kernel_prefill(cal: DeviceCalibration, pc: dict, cv: Curve, target: Profile
         return Projection(None, None, None, f"no kernel curve of {cv.variant} at M={batch} (the lm_head's rows)")
     oh, loh, hih = head
     copy_s, copy_t, scale = _scales(cal, target)
-    ng = prefill_seconds(pc, batch, prompt, layers) * scale
+    ng = prefill_seconds(pc, batch, prompt, layers, widths) * scale
     ke, sp = float(pc.get("kernel_error") or 0.0), float(pc.get("spread") or 0.0)
     body = gemm_bytes - head_bytes
 
@@ -162,11 +164,13 @@ def _kernel_prefill(cal: DeviceCalibration, pc: dict, cv: Curve, target: Profile
 def project_step(cals: list[DeviceCalibration], target: Profile, variant: str, phase: str, m: int,
                  weight_bytes: float, kv_bytes: float, gemm_bytes: float | None = None,
                  layers: int | None = None, kernel: str | None = None, block_params: int | None = None,
-                 batch: int | None = None, head_bytes: float = 0.0, prefill_path: str | None = None) -> Projection:
+                 batch: int | None = None, head_bytes: float = 0.0, prefill_path: str | None = None,
+                 widths: tuple[int, int] | None = None) -> Projection:
     """Tokens/s of one step of M tokens (decode: M = batch; prefill: M = batch x prompt). gemm_bytes,
     layers and block_params (the model's linear parameters per block) are used by curves derived from
     kernel curves (the others fold them into other(M)); a prefill from kernel curves also needs the batch
-    and the lm_head's bytes, and takes the prefill cost of `prefill_path` (the path a measured cell ran)
+    and the lm_head's bytes (and `widths`, ArchShape.prefill_widths, to scale its non-GEMM cost), and takes
+    the prefill cost of `prefill_path` (the path a measured cell ran)
     where the calibration has it, else the faster of its paths' projections (the engine's choice)."""
     if not target.bandwidth_bytes_per_s:
         return Projection(None, None, None, f"{target.id}: bandwidth not published")
@@ -180,8 +184,8 @@ def project_step(cals: list[DeviceCalibration], target: Profile, variant: str, p
         if not batch or not gemm_bytes:
             return Projection(None, None, None, f"prefill of {variant} from kernel curves needs the batch and GEMM bytes")
         costs = [pc for pc in cal.prefill_costs if pc.get("prefill_path", "eager") == prefill_path] or cal.prefill_costs
-        ps = [_kernel_prefill(cal, pc, cv, target, batch, m // batch, gemm_bytes, head_bytes, layers, block_params)
-              for pc in costs]
+        ps = [_kernel_prefill(cal, pc, cv, target, batch, m // batch, gemm_bytes, head_bytes, layers, block_params,
+                              widths) for pc in costs]
         best = max(ps, key=lambda p: p.tok_s or 0.0)
         if len(ps) > 1:
             best = replace(best, source=f"{best.source}; the faster of {len(ps)} prefill paths, "
@@ -208,7 +212,8 @@ def project_decode(cals: list[DeviceCalibration], target: Profile, variant: str,
 def project_prefill(cals: list[DeviceCalibration], target: Profile, variant: str, tokens: int,
                     weight_bytes: float, kv_bytes: float, kernel: str | None = None, *, batch: int | None = None,
                     gemm_bytes: float | None = None, head_bytes: float = 0.0, layers: int | None = None,
-                    block_params: int | None = None, prefill_path: str | None = None) -> Projection:
+                    block_params: int | None = None, prefill_path: str | None = None,
+                    widths: tuple[int, int] | None = None) -> Projection:
     """A format that picks its kernel per batch (int4-wo) prefills with the kernel it picked for the decode
     batch, as the runner does (one kernel per cell, chosen at M = the batch): where `kernel` is not known
     (planning), that is the kernel of its fastest decode curve at the batch."""
@@ -222,7 +227,7 @@ def project_prefill(cals: list[DeviceCalibration], target: Profile, variant: str
             kernel = dec[1].kernel
             picked = kernel_named(kernel)
     p = project_step(cals, target, variant, "prefill", tokens, weight_bytes, kv_bytes, gemm_bytes, layers, kernel,
-                     block_params, batch, head_bytes, prefill_path)
+                     block_params, batch, head_bytes, prefill_path, widths)
     if picked and not p.ok:
         return Projection(None, None, None, f"{variant} picks {picked} at batch {batch} (decode curves); {p.source}")
     return p
@@ -240,7 +245,7 @@ def apply_curves(rows, cals: list[DeviceCalibration], profiles: dict[str, Profil
         q = project_prefill(cals, p, row.variant, row.batch_size * row.context_tokens, row.weight_bytes,
                             row.kv_cache_bytes, batch=row.batch_size, gemm_bytes=row.gemm_weight_bytes or None,
                             head_bytes=row.head_weight_bytes, layers=row.layers or None,
-                            block_params=row.block_params or None)
+                            block_params=row.block_params or None, widths=row.prefill_widths)
         row.curve_decode_tok_s, row.curve_decode_low, row.curve_decode_high = d.tok_s, d.low, d.high
         row.curve_prefill_tok_s, row.curve_prefill_low, row.curve_prefill_high = q.tok_s, q.low, q.high
         row.curve_from = d.source if d.source == q.source else f"decode: {d.source}; prefill: {q.source}"

@@ -95,7 +95,8 @@ def project_cell(c: Cell, cals: list[DeviceCalibration], profiles: Mapping[str, 
     row = project(p, v, Workload(c.model, shape, c.prompt_tokens, c.batch))
     return project_prefill(others, p, c.variant, c.batch * c.prompt_tokens, row.weight_bytes, row.kv_cache_bytes,
                            kernel=c.kernel, batch=c.batch, gemm_bytes=row.gemm_weight_bytes, prefill_path=c.prefill_path,
-                           head_bytes=row.head_weight_bytes, layers=row.layers, block_params=row.block_params)
+                           head_bytes=row.head_weight_bytes, layers=row.layers, block_params=row.block_params,
+                           widths=row.prefill_widths)
 
 
 def prefill_mismatch(c: Cell, cals: list[DeviceCalibration]) -> str:
