@@ -70,7 +70,6 @@ class PlanRow:
     head_weight_bytes: int = 0         # the lm_head's share of gemm_weight_bytes (a prefill runs it on the last token only)
     token_width: int = 0               # ArchShape.prefill_widths: a prefill's non-GEMM cost scales by them
     attention_width: int = 0
-
     kv_cache_bytes: int = 0
     workspace_bytes: int = 0
     memory_need_bytes: int = 0
@@ -245,11 +244,12 @@ def project(p: Profile, v: VariantSpec, w: Workload) -> PlanRow:
     usable = round(p.memory_bytes * (1 - w.headroom)) if p.memory_bytes is not None else None
     fits = None if usable is None else need <= usable
     power = max(p.power_range_w) if p.power_range_w else p.power_w
+    tw, aw = shape.prefill_widths()
     row = PlanRow(profile=p.id, profile_class=p.class_, variant=v.name, model=w.model, context_tokens=N,
                   batch_size=B, status="ok", reason="", weight_bytes=wb.total,
                   gemm_weight_bytes=gemm_bytes(shape, wb), layers=shape.num_hidden_layers,
                   block_params=shape.block_linear_params(), head_weight_bytes=lm_head_gemm_bytes(shape, wb),
-                  token_width=shape.prefill_widths()[0], attention_width=shape.prefill_widths()[1], kv_cache_bytes=kv,
+                  token_width=tw, attention_width=aw, kv_cache_bytes=kv,
                   workspace_bytes=ws, memory_need_bytes=need, memory_usable_bytes=usable, headroom=w.headroom,
                   fits=fits, power_w=power, compute_format=v.compute_format(base))
     problems = _requirement_problems(p, v)

@@ -178,19 +178,24 @@ def prefill_seconds(pc: dict, batch: int, prompt: int, layers: int | None = None
 def fit_prefill_paths(profile_paths: list[str | Path], cal: DeviceCalibration) -> list[dict]:
     """One prefill cost (fit_prefill) per prefill path the profiles ran (eager, compiled), each from that
     path's profiles: the engine runs whichever it measured faster, so the projection keeps both."""
-    by_path: dict[str, list[str | Path]] = {}
+    by_path: dict[str, list[dict]] = {}
     for p in profile_paths:
-        by_path.setdefault(read_profile(p, "prefill")["prefill_path"], []).append(p)
-    return [fit_prefill(ps, cal) for _, ps in sorted(by_path.items())]
+        r = read_profile(p, "prefill")
+        by_path.setdefault(r["prefill_path"], []).append(r)
+    return [_fit_prefill_rows(rows, cal) for _, rows in sorted(by_path.items())]
 
 
 def fit_prefill(profile_paths: list[str | Path], cal: DeviceCalibration) -> dict:
     """The prefill_cost entry of a calibration file from bench/profile_step.py --phase prefill profiles at
     two or more token counts: the non-GEMM, non-attention time (norms, rotary, the residual adds, the
     activation, the KV write, launches) as a line in tokens (B x P), the attention as a line in B x P^2
-    (causal attention's work), both scaled on another model by layers and by width (prefill_seconds). kernel_error: as for decode, the
-    largest |profile GEMM ms / the kernel curve's GEMM ms at M = B x P - 1|."""
-    rows = [read_profile(p, "prefill") for p in profile_paths]
+    (causal attention's work), both scaled on another model by layers and by width (prefill_seconds).
+    kernel_error: as for decode, the largest |profile GEMM ms / the kernel curve's GEMM ms at M = B x P - 1|."""
+    return _fit_prefill_rows([read_profile(p, "prefill") for p in profile_paths], cal)
+
+
+def _fit_prefill_rows(rows: list[dict], cal: DeviceCalibration) -> dict:
+    """fit_prefill over profiles already read (read_profile)."""
     layers = {shape_of(r["model"]).num_hidden_layers for r in rows}
     if len(layers) != 1:
         raise ValueError(f"prefill profiles of models with {sorted(layers)} layers: give one layer count")

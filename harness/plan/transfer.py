@@ -133,9 +133,8 @@ def _kernel_prefill(cal: DeviceCalibration, pc: dict, cv: Curve, target: Profile
     prompt, the lm_head's at M = batch (the last token of each prompt), plus the calibration's non-GEMM
     prefill cost `pc` (step_cost.prefill_seconds: norms, rotary, KV write, launches by tokens; attention by
     batch x prompt^2), scaled by layers and the model's `widths` and, on another device, by the compute
-    peaks. Interval: the GEMM
-    terms x (1 -/+ kernel_error), the non-GEMM term x (1 -/+ its spread), the memory terms at the
-    faster / slower bandwidth, widened by transfer_error off the calibrated device."""
+    peaks. Interval: the GEMM terms x (1 -/+ kernel_error), the non-GEMM term x (1 -/+ its spread), the
+    memory terms at the faster / slower bandwidth, widened by transfer_error off the calibrated device."""
     from harness.plan.step_cost import prefill_seconds
 
     m = batch * prompt
@@ -170,8 +169,8 @@ def project_step(cals: list[DeviceCalibration], target: Profile, variant: str, p
     layers and block_params (the model's linear parameters per block) are used by curves derived from
     kernel curves (the others fold them into other(M)); a prefill from kernel curves also needs the batch
     and the lm_head's bytes (and `widths`, ArchShape.prefill_widths, to scale its non-GEMM cost), and takes
-    the prefill cost of `prefill_path` (the path a measured cell ran)
-    where the calibration has it, else the faster of its paths' projections (the engine's choice)."""
+    the prefill cost of `prefill_path` (the path a measured cell ran) where the calibration has it, else
+    the faster of its paths' projections (the engine's choice)."""
     if not target.bandwidth_bytes_per_s:
         return Projection(None, None, None, f"{target.id}: bandwidth not published")
     got = _pick(cals, target, variant, phase, m, kernel, block_params)
@@ -189,7 +188,7 @@ def project_step(cals: list[DeviceCalibration], target: Profile, variant: str, p
         best = max(ps, key=lambda p: p.tok_s or 0.0)
         if len(ps) > 1:
             best = replace(best, source=f"{best.source}; the faster of {len(ps)} prefill paths, "
-                                                    f"as the engine chooses by measurement")
+                                        f"as the engine chooses by measurement")
         return best
     other, lo, hi = cv.at(m)
     copy_s, copy_t, scale = _scales(cal, target)
