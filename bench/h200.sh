@@ -162,6 +162,18 @@ for stage in "$@"; do
       timeout $t python3 -m pytest -v -rfE --tb=short -m gpu --benchmark-disable -p no:cacheprovider --durations=0 \
         ${TESTS:-tests} > "$OUT/gpu-tests.log" 2>&1; grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed" "$OUT/gpu-tests.log" \
         | tail -40 ;;
+    gqaprof)
+      # decode attention with the query heads of each KV group packed into query rows (lean "sdpa-packed")
+      # against SDPA with enable_gqa, same process order; PROFS: "model variant batch prompt attention;..."
+      IFS=';' read -ra specs <<< "${PROFS:-qwen2.5-7b baseline 32 2048 sdpa;qwen2.5-7b baseline 32 2048 sdpa-packed}"
+      for spec in "${specs[@]}"; do
+        set -- $spec; t=$(( $(left_s) - 10 )); [ "$t" -gt ${PROF_TIMEOUT_S:-150} ] && t=${PROF_TIMEOUT_S:-150}
+        [ "$t" -lt 30 ] && { echo "skipped $spec"; continue; }
+        echo "== $spec"
+        timeout $t python3 bench/profile_step.py --model synthetic:$1 --variant $2 --batch $3 --prompt $4 \
+          --new ${PROF_NEW:-16} --steps 10 --decode-attention $5 --out "$OUT/profile-$1-$2-b$3-p$4-$5.json" \
+          | profsum step_wall_ms_cuda_events kernels_per_step idle_between_kernels_per_step_ms
+      done ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
   echo "stage $stage: $(( $(date +%s) - t0 )) s"

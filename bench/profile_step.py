@@ -2,7 +2,7 @@
 replays of the harness's own graphs (the CudaGraphEngine a cell runs), kernels grouped by what they do.
 
     python3 bench/profile_step.py --model synthetic:llama-3.1-8b --batch 1 [--variant baseline]
-        [--decode-attention sdpa|flex] [--phase decode|prefill] [--prompt 2048] [--out F.json]
+        [--decode-attention sdpa|flex|sdpa-packed] [--phase decode|prefill] [--prompt 2048] [--out F.json] [--layerwise]
 
 --phase prefill profiles the prefill of the whole prompt (its graph where the engine captured one, else
 the eager prefill the cell runs) instead of decode steps: the "step" figures are then per prefill.
@@ -54,11 +54,24 @@ def build_engine(args):
 
     dev = torch.device("cuda")
     lm = load_model(args.model)
-    model = lm.instantiate(dev, torch.bfloat16)
     spec = parse_variant(args.variant)
-    if spec.entry.fusable:
-        lean.fuse_projections(model)
-    applied = spec.apply(model, spec.context("cuda", torch.bfloat16, None, lm.shape.num_hidden_layers))
+    ctx = spec.context("cuda", torch.bfloat16, None, lm.shape.num_hidden_layers)
+    if args.layerwise:
+        # big models on one card: built and quantized one decoder layer at a time, as the cell pipeline
+        # builds a model whose bf16 instance does not fit (harness/backends/pytorch/layerwise.py)
+        from transformers import AutoConfig
+
+        from harness.backends.pytorch import layerwise
+
+        cfg_dict = lm.shape.to_hf_config_dict()
+        cfg = AutoConfig.for_model(cfg_dict.pop("model_type"), **cfg_dict)
+        built = layerwise.build(cfg, dev, torch.bfloat16, spec, ctx, fuse=spec.entry.fusable)
+        model, applied = built.model, built.result
+    else:
+        model = lm.instantiate(dev, torch.bfloat16)
+        if spec.entry.fusable:
+            lean.fuse_projections(model)
+        applied = spec.apply(model, ctx)
     eng = CudaGraphEngine(model, dev, args.batch, args.prompt, args.new, compile_step=True,
                           tune=args.tune, compile_mode=args.compile_mode,
                           decode_attention=args.decode_attention)
@@ -76,9 +89,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--tune", action="store_true")
     ap.add_argument("--compile-mode", default="default")
-    ap.add_argument("--decode-attention", default="sdpa", choices=("sdpa", "flex"))
+    ap.add_argument("--decode-attention", default="sdpa", choices=("sdpa", "flex", "sdpa-packed"))
     ap.add_argument("--phase", default="decode", choices=("decode", "prefill"))
     ap.add_argument("--out", default=None)
+    ap.add_argument("--layerwise", action="store_true",
+                    help="build layer by layer (a synthetic model whose bf16 instance does not fit the GPU)")
     args = ap.parse_args()
     from torch.profiler import ProfilerActivity, profile
 
@@ -122,7 +137,7 @@ def main() -> None:
         by_name[e.name][1] += d
     out = {
         "model": args.model, "variant": args.variant, "batch": args.batch, "prompt": args.prompt, "new": args.new, "kernel": kernel,
-        "engine": eng.name, "phase": args.phase,
+        "engine": eng.name, "phase": args.phase, "layerwise": args.layerwise,
         "prefill_in_graph": eng.g_prefill is not None, "prefill_choice": eng.prefill, "tuned": eng.tuned, "decode_attention": eng.decode_attention, "steps_profiled": n,
         "step_wall_ms_cuda_events": wall_s * 1e3,
         "kernels_per_step": len(kernels) / n,

@@ -69,7 +69,7 @@ def test_cuda_graph_engine_matches_lean_eager_fp32(tiny_loaded):
     m = tiny_loaded.instantiate(dev, torch.float32)
     ids = torch.randint(0, tiny_loaded.vocab_size, (4, 24), generator=torch.Generator().manual_seed(5)).to(dev)
     ref = _hf_greedy(m, ids, 16).cpu()
-    for comp, attention in ((False, "sdpa"), (True, "sdpa"), (True, "flex")):
+    for comp, attention in ((False, "sdpa"), (True, "sdpa"), (True, "flex"), (True, "sdpa-packed")):
         eng = CudaGraphEngine(m, dev, 4, 24, 16, compile_step=comp, decode_attention=attention)
         assert eng.decode_attention == attention
         r = eng.run_pass(ids, 16)
@@ -218,3 +218,32 @@ def test_flex_decode_attention_equals_sdpa_in_the_compiled_step(model_type, extr
             assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), (i, (a - b).abs().max())
     with pytest.raises(ValueError, match="decode attention"):
         LeanDecoder(m, 2, 16, decode_attention="paged")
+
+
+@pytest.mark.parametrize("model_type, extra, n_kv", [
+    ("llama", {}, 2), ("llama", {}, 1), ("llama", {}, 4),
+    ("qwen2", {}, 2), ("mistral", {"sliding_window": 8}, 2),
+])
+def test_packed_gqa_decode_attention_gives_the_sdpa_logits(model_type, extra, n_kv):
+    """"sdpa-packed" folds each KV group's query heads into query rows for one-token steps: the same
+    logits as SDPA with enable_gqa at every position (past the window too), compiled or not, and the
+    prefill untouched; without GQA (n_kv == heads) it is the plain SDPA call."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(model_type, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                               num_key_value_heads=n_kv, intermediate_size=256, vocab_size=512,
+                               max_position_embeddings=256, **extra)
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_config(cfg).eval()
+    ids = torch.randint(0, 512, (2, 6), generator=torch.Generator().manual_seed(1))
+    steps = torch.randint(0, 512, (2, 10), generator=torch.Generator().manual_seed(2))
+    ref, packed = LeanDecoder(m, 2, 16), LeanDecoder(m, 2, 16, decode_attention="sdpa-packed")
+    step = torch.compile(packed, fullgraph=True, dynamic=False)
+    with torch.inference_mode():
+        assert torch.equal(ref(ids, torch.arange(6)), packed(ids, torch.arange(6)))
+        for i in range(10):
+            pos = torch.tensor([6 + i])
+            a = ref(steps[:, i:i + 1], pos)
+            b, c = packed(steps[:, i:i + 1], pos), step(steps[:, i:i + 1], pos)
+            assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (i, (a - b).abs().max())
+            assert torch.allclose(a, c, atol=1e-4, rtol=1e-4), (i, (a - c).abs().max())

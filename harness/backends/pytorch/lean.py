@@ -21,9 +21,11 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", 
 # The attention of a compiled one-token decode step: "sdpa" (F.scaled_dot_product_attention over the
 # cache with a boolean mask: cuDNN/flash plus a mask kernel per layer on CUDA) or "flex" (FlexAttention's
 # decoding kernel, the causal/window mask and Gemma 2's soft-cap as a score_mod, one generated kernel per
-# layer). Prefill, and any step that is not being compiled, always runs SDPA: eager FlexAttention is a
+# layer), or "sdpa-packed" (SDPA with the query heads of each KV group folded into query rows: one MHA
+# call that reads every cached K/V once, for models with grouped-query attention; identical to "sdpa"
+# without GQA). Prefill, and any step that is not being compiled, runs SDPA: eager FlexAttention is a
 # reference implementation.
-DECODE_ATTENTION = ("sdpa", "flex")
+DECODE_ATTENTION = ("sdpa", "flex", "sdpa-packed")
 # Per family, what differs from Llama and where the lean forward takes it from (the model's own modules
 # and config, never constants): Phi-3 ships q/k/v and gate/up fused (split by head counts) and may rotate
 # only part of each head (its rotary module's cos width); Gemma scales the embeddings by sqrt(hidden)
@@ -167,6 +169,15 @@ class LeanDecoder(nn.Module):
         cap = getattr(a, "attn_logit_softcapping", None)
         if self.decode_attention == "flex" and q.shape[2] == 1 and torch.compiler.is_compiling():
             return _flex_decode(q, kc, vc, pos, window, cap, scale, self.n_kv != self.n_heads)
+        if not cap and self.decode_attention == "sdpa-packed" and q.shape[2] == 1 and self.n_kv != self.n_heads:
+            # one query token per sequence: the query heads of a KV group become that group's query rows
+            # (B, n_kv, heads per group, D), so attention reads each cached K/V once in a plain MHA call;
+            # the step's mask row is the same for every head of the group (it broadcasts). Same result
+            # as SDPA with enable_gqa.
+            B, H, _, D = q.shape
+            o = F.scaled_dot_product_attention(q.reshape(B, self.n_kv, H // self.n_kv, D), kc, vc,
+                                               attn_mask=mask, scale=scale)
+            return o.reshape(B, H, 1, D)
         if not cap:
             return F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, scale=scale,
                                                   enable_gqa=self.n_kv != self.n_heads)
