@@ -54,7 +54,7 @@ def build_engine(args):
 
     dev = torch.device("cuda")
     lm = load_model(args.model)
-    spec = parse_variant(args.variant)
+    spec = parse_variant(args.variant).for_batch(args.batch)   # the kernel a cell at this batch chooses
     ctx = spec.context("cuda", torch.bfloat16, None, lm.shape.num_hidden_layers)
     if args.layerwise:
         # big models on one card: built and quantized one decoder layer at a time, as the cell pipeline
@@ -75,7 +75,9 @@ def build_engine(args):
     eng = CudaGraphEngine(model, dev, args.batch, args.prompt, args.new, compile_step=True,
                           tune=args.tune, compile_mode=args.compile_mode,
                           decode_attention=args.decode_attention)
-    eng.choose_prefill()   # the prefill the cell runs: compiled or eager, by measurement (engine.prefill)
+    if args.phase == "prefill":
+        eng.choose_prefill()   # the prefill the cell runs: compiled or eager, by measurement (engine.prefill)
+    # (a decode profile only needs the cache filled: the eager prefill does that without a second compile)
     return eng, applied.kernel
 
 

@@ -36,7 +36,8 @@ class FakeGpu:
     def __init__(self, power_w=300.0, period_s: float = 0.1, instant_scale: float = 1.0,
                  name: str = "NVIDIA H100 80GB HBM3", memory_total: int = 80 * 2**30,
                  memory_used: int = 2 * 2**30, processes=(), uuid: str | None = None,
-                 energy_supported: bool = True, nvlinks: int | None = None):
+                 energy_supported: bool = True, nvlinks: int | None = None, sm_clock_mhz=1980,
+                 clock_reasons=0):
         self.power = power_w if callable(power_w) else (lambda t, p=float(power_w): p)
         self.period_s = period_s
         self.instant_scale = instant_scale
@@ -47,6 +48,9 @@ class FakeGpu:
         self.uuid = uuid
         self.energy_supported = energy_supported
         self.nvlinks = nvlinks   # active NVLink links; None: a PCIe-only board (NOT_SUPPORTED)
+        # SM clock (MHz) and NVML clock event reasons: constants or functions of seconds since the start
+        self.sm_clock = sm_clock_mhz if callable(sm_clock_mhz) else (lambda t, c=sm_clock_mhz: c)
+        self.reasons = clock_reasons if callable(clock_reasons) else (lambda t, r=clock_reasons: r)
         self._cum_j = [0.0]  # energy at the end of each completed period
 
     def energy_mj(self, t: float) -> int:
@@ -149,7 +153,14 @@ class FakePynvml:
         raise AssertionError("nvmlDeviceGetPowerUsage is a 1-s trailing average: never read it")
 
     def nvmlDeviceGetClockInfo(self, h, kind):
+        g = self.gpus[h]
+        return g.sm_clock(self._t()) if kind == self.NVML_CLOCK_SM else 2619  # MHz
+
+    def nvmlDeviceGetMaxClockInfo(self, h, kind):
         return 1980 if kind == self.NVML_CLOCK_SM else 2619  # MHz
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, h):
+        return self.gpus[h].reasons(self._t())
 
     def nvmlDeviceGetTemperature(self, h, sensor):
         return 45

@@ -143,3 +143,28 @@ def test_pipeline_meters_a_one_gpu_cell_on_gpu_0_only(pipeline_on_fake_gpus):
     meters = open_cell_meters(scope, None)
     assert opened == [[0]] and scope.run_context.gpu.copy_bw.value_per_s == pytest.approx(4.0e12)
     assert meters.vram is not None and "multi-gpu" not in [w.name for w in meters.windows]
+
+
+def test_a_cuda_cell_records_whether_its_timed_loop_ran_at_full_clock(pipeline_on_fake_gpus):
+    """The clocks window reads the energy window's power timeline after it ends: a GPU held at 1,440 MHz
+    of 1,980 by its power cap gets the flag; the record field is `extra.clocks`."""
+    from harness.meters.power_sampler import PowerSampler
+    from harness.pipeline.meters import open_cell_meters
+
+    f, clock, _ = pipeline_on_fake_gpus
+    f.gpus[0].sm_clock = lambda t: 1440
+    f.gpus[0].reasons = lambda t: 0x4
+    scope = _scope(1)
+    meters = open_cell_meters(scope, None)
+    names = [w.name for w in meters.windows]
+    assert names.index("clocks") < names.index("energy")          # ends after the energy window
+    meters.energy.meter.sampler = PowerSampler(scope.run_context.gpu.devices(), clock=clock)
+    for w in meters.windows:
+        w.begin()
+    clock.advance(12.0)
+    results = {w.name: w.end() for w in reversed(meters.windows)}
+    fields = next(w for w in meters.windows if w.name == "clocks").record_fields(results["clocks"])
+    c = fields["clocks"]
+    assert c["sm_clock_median_hz"] == 1440e6 and c["max_sm_clock_hz"] == 1980e6
+    assert c["reason_shares"] == {"power cap": 1.0}
+    assert c["flags"] and "73% of its 1,980 MHz maximum" in c["flags"][0] and "power cap in 100%" in c["flags"][0]

@@ -529,3 +529,24 @@ def test_validation_cells_know_their_prefill_path():
     new = cells_from_records(load_records(root / "session6-20261203/cells-8b-b1"), "s6")
     old = cells_from_records(load_records(root / "session5-20261203/cells-8b-b1"), "s5")
     assert {c.prefill_path for c in new} == {"compiled"} and {c.prefill_path for c in old} == {"eager"}
+
+
+def test_a_cell_measured_below_full_clock_says_so_in_the_validation_table(P):
+    """The record's clock flag (harness.meters.clocks) goes beside the error; the cell stays counted."""
+    from harness.plan.curves import DeviceCalibration
+    from harness.plan.validate import cells_from_records, summary, to_markdown
+    from harness.records import Record
+
+    flag = "SM clock median 1,455 MHz, 73% of its 1,980 MHz maximum, over the timed window"
+    recs = [Record("synthetic:qwen2.5-7b", "int4-wo", "pytorch", "h200-sxm-141gb", 32, 2048, 16, status="ok",
+                   decode_tok_s=4663.0, extra={"clocks": {"flags": [flag]}}),
+            Record("synthetic:llama-3.1-8b", "baseline", "pytorch", "h200-sxm-141gb", 1, 128, 64, status="ok",
+                   decode_tok_s=210.0, extra={"clocks": {"flags": []}})]
+    cells = cells_from_records(recs, "run")
+    assert {c.model: c.clock for c in cells} == {"synthetic:qwen2.5-7b": flag, "synthetic:llama-3.1-8b": None}
+    cal = DeviceCalibration("h200-sxm-141gb", "9.0", 4.8e12, 0.88, 9.89e14)
+    text = to_markdown(cells, [cal], "t", same_device=True)
+    row = next(line for line in text.splitlines() if "qwen2.5-7b" in line)
+    assert f"measured below full clock ({flag}); projections are at full clock" in row
+    assert "below full clock" not in next(line for line in text.splitlines() if "llama-3.1-8b" in line)
+    assert summary(cells)["cells"] == 2

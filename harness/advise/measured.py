@@ -104,6 +104,8 @@ def deployment_of(r: Record, n_same: int, source: str, profiles: Mapping[str, Pr
         fit_detail=f"ran ({what} {need / 1e9:.2f} GB)" if need else "ran", record_context_tokens=_context(r))
     if r.extra.get("foreign_load", {}).get("flags"):
         d.notes.append("foreign load flagged during the measurement: " + "; ".join(r.extra["foreign_load"]["flags"]))
+    if (r.extra.get("clocks") or {}).get("flags"):
+        d.notes.append("measured below full clock: " + "; ".join(r.extra["clocks"]["flags"]))
     return d
 
 

@@ -103,6 +103,19 @@ class NvmlDevice:
         mhz = self._opt(pynvml.nvmlDeviceGetClockInfo, pynvml.NVML_CLOCK_MEM)
         return None if mhz is None else mhz * 1e6
 
+    def max_sm_clock_hz(self) -> float | None:
+        """The SM clock's maximum (nvmlDeviceGetMaxClockInfo): what "full clock" means for this board."""
+        mhz = self._opt(pynvml.nvmlDeviceGetMaxClockInfo, pynvml.NVML_CLOCK_SM)
+        return None if mhz is None else mhz * 1e6
+
+    def clock_event_reasons(self) -> int | None:
+        """Why the clocks are below their maximum now, as NVML's bitmask (harness.meters.clocks.REASONS):
+        nvmlDeviceGetCurrentClocksEventReasons, or its older name ...ThrottleReasons."""
+        fn = getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None) \
+            or getattr(pynvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None)
+        r = self._opt(fn) if fn is not None else None
+        return None if r is None else int(r)
+
     def temperature_c(self) -> float | None:
         t = self._opt(pynvml.nvmlDeviceGetTemperature, pynvml.NVML_TEMPERATURE_GPU)
         return None if t is None else float(t)
@@ -156,6 +169,7 @@ class NullDevice:
 
     name = uuid = memory_info = memory_used_bytes = compute_capability = _none
     energy_j = power_instant_w = sm_clock_hz = mem_clock_hz = temperature_c = _none
+    max_sm_clock_hz = clock_event_reasons = _none
     utilization = power_limit_w = nvlink_active_links = p2p_over_nvlink = _none
 
     def processes(self) -> list[ProcessMemory]:

@@ -1,5 +1,5 @@
-"""Background timeline of GPU power (NVML_FI_DEV_POWER_INSTANT), clocks, temperature, utilization
-and memory used, at >= 10 Hz (default 20 Hz).
+"""Background timeline of GPU power (NVML_FI_DEV_POWER_INSTANT), clocks and why they are below their
+maximum, temperature, utilization and memory used, at >= 10 Hz (default 20 Hz).
 
 The timeline is a cross-check and a picture, not the energy figure: energy comes from the counter
 (gpu_energy.py). Its trapezoidal integral is compared with the counter delta; a disagreement above
@@ -29,6 +29,7 @@ class PowerSample:
     gpu_util: float | None = None    # fraction 0..1
     mem_util: float | None = None    # fraction 0..1 (memory controller busy)
     memory_used_bytes: int | None = None  # device-wide, every process
+    clock_reasons: int | None = None      # NVML clock event reasons bitmask (harness.meters.clocks)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,8 @@ class PowerTimeline:
     def from_json(cls, d: dict) -> "PowerTimeline":
         names = [f.name for f in fields(PowerSample)]
         n = len(d.get("t_s", []))
-        samples = tuple(PowerSample(**{k: d[k][i] for k in names}) for i in range(n))
+        # a column a record written before it existed lacks (clock_reasons: 2026-12-04) reads as None
+        samples = tuple(PowerSample(**{k: d[k][i] if k in d else None for k in names}) for i in range(n))
         return cls(samples, d["requested_rate_hz"], d.get("source", "NVML_FI_DEV_POWER_INSTANT"))
 
 
@@ -145,9 +147,10 @@ class PowerSampler:
         if not self.extras:
             return PowerSample(t, d.index, d.power_instant_w())
         util = d.utilization()
+        reasons = getattr(d, "clock_event_reasons", None)
         return PowerSample(t, d.index, d.power_instant_w(), d.sm_clock_hz(), d.mem_clock_hz(),
                            d.temperature_c(), util[0] if util else None, util[1] if util else None,
-                           d.memory_used_bytes())
+                           d.memory_used_bytes(), reasons() if reasons is not None else None)
 
     def sample_once(self) -> None:
         t = self._clock() - self._t0

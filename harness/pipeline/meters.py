@@ -4,7 +4,8 @@
 - VRAM (NVML per process or device-wide, and the caching allocator's peaks): CUDA cells;
 - energy: NVML's counter on CUDA (opened once per process, with its power sampler), RAPL or a
   labelled estimate on CPU. The energy window also feeds the two-loop prefill/decode split, so the
-  pipeline keeps a handle on it; its own record fields come from that split (harness.pipeline.assemble).
+  pipeline keeps a handle on it; its own record fields come from that split (harness.pipeline.assemble);
+- clocks (CUDA): whether the timed loop ran at full SM clock, from the energy window's timeline.
 """
 from __future__ import annotations
 
@@ -83,6 +84,26 @@ class VramWindowMeter:
                 "memory.nvml_process_bytes": w.nvml_process_used_bytes, "memory.vram_notes": list(w.notes)}
 
 
+class ClockWindowMeter:
+    """Whether the timed loop ran at full clock (harness.meters.clocks), from the energy window's power
+    timeline; like the VRAM window it ends after the energy meter."""
+    name = "clocks"
+
+    def __init__(self, energy: EnergyMeter, max_sm_hz: dict):
+        self.energy, self.max_sm_hz = energy, max_sm_hz
+
+    def begin(self) -> None:
+        pass
+
+    def end(self):
+        from harness.meters.clocks import clock_summary
+
+        return clock_summary(getattr(self.energy.last, "timeline", None), self.max_sm_hz)
+
+    def record_fields(self, summary) -> dict[str, Any]:
+        return {"clocks": summary}
+
+
 @dataclass
 class CellMeters:
     """The windows of one cell, in begin order, and the energy meter among them (or None)."""
@@ -122,15 +143,17 @@ def open_cell_meters(scope: MeterScope, cpu_power_w: float | None, pids=()) -> C
     """The cell's windows. A CUDA cell on several GPUs (`pids`: its rank processes) gets the
     multi-GPU window (per-GPU and summed VRAM, per-GPU energy) in place of GPU 0's VRAM window."""
     energy = open_energy(scope, cpu_power_w)
-    vram = multi = None
+    vram = multi = clocks = None
     if energy is not None and scope.device_type == "cuda":
+        gpu = gpu_run_meters(scope)
         if _gpus(scope) > 1:
-            multi = gpu_run_meters(scope).multi_gpu_meter(list(pids), energy)
+            multi = gpu.multi_gpu_meter(list(pids), energy)
         else:
-            vram = VramWindowMeter(gpu_run_meters(scope).vram_meter(), energy)
+            vram = VramWindowMeter(gpu.vram_meter(), energy)
+        clocks = ClockWindowMeter(energy, {d.index: d.max_sm_clock_hz() for d in gpu.devices()})
     others = meters_for(scope)   # host RSS and any registered meter
-    # begun before the energy window, ended after it (reverse order): the VRAM windows read its result
-    windows = others + [w for w in (vram, multi) if w] + ([energy] if energy else [])
+    # begun before the energy window, ended after it (reverse order): these windows read its result
+    windows = others + [w for w in (vram, multi, clocks) if w] + ([energy] if energy else [])
     return CellMeters(windows, energy, vram)
 
 

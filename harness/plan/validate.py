@@ -40,6 +40,7 @@ class Cell:
     kernel: str | None = None      # what ran the linears (the record's kernel), where known
     fallback: str | None = None    # the decode path where the cell fell back from the compiled graph (records.slow_path)
     prefill_path: str | None = None  # the prefill the cell ran (engine.prefill: compiled | eager), where known
+    clock: str | None = None       # a record's below-full-clock flag (extra.clocks, harness.meters.clocks)
 
     @property
     def median(self) -> float:
@@ -55,6 +56,7 @@ def cells_from_records(records: Iterable[Record], source: str, backend: str = "p
     kernels: dict[tuple, str | None] = {}
     paths: dict[tuple, str | None] = {}
     prefills: dict[tuple, str | None] = {}
+    clocks: dict[tuple, str] = {}
     for r in primary(records):
         if r.status != "ok" or r.backend != backend:
             continue
@@ -63,11 +65,13 @@ def cells_from_records(records: Iterable[Record], source: str, backend: str = "p
         kernels.setdefault(key, r.kernel)
         paths.setdefault(key, slow_path(r))
         prefills.setdefault(key, prefill_path(r.engine.prefill) if r.engine.compile_mode else None)
+        if (r.extra.get("clocks") or {}).get("flags"):
+            clocks.setdefault(key, "; ".join(r.extra["clocks"]["flags"]))
         for phase, x in (("decode", r.decode_tok_s), ("prefill", r.prefill_tok_s)):
             if x:
                 g.setdefault(phase, []).append(x)
-    return [Cell(*k, phase, xs, source, kernel=kernels[k], fallback=paths[k], prefill_path=prefills[k])
-            for k, g in groups.items() for phase, xs in g.items()]
+    return [Cell(*k, phase, xs, source, kernel=kernels[k], fallback=paths[k], prefill_path=prefills[k],
+                 clock=clocks.get(k)) for k, g in groups.items() for phase, xs in g.items()]
 
 
 def cells_from_reference(path: str | Path) -> list[Cell]:
@@ -162,7 +166,8 @@ def to_markdown(cells: list[Cell], cals: list[DeviceCalibration], title: str, no
         if c.fallback:
             inside = f"not counted: {c.fallback}"
         err = "-" if c.error is None else (f"{c.error:+.1%}" if abs(c.error) <= within else f"**{c.error:+.1%}**")
-        why = (p.source if p else "-") + prefill_mismatch(c, cals)
+        why = (p.source if p else "-") + prefill_mismatch(c, cals) \
+            + (f"; measured below full clock ({c.clock}); projections are at full clock" if c.clock else "")
         lines.append(f"| {c.profile} | {c.model} | {c.variant} | {c.batch} | {c.prompt_tokens}+{c.new_tokens} | "
                      f"{c.phase} | {_measured(c)} | {proj} | {err} | {inside} | "
                      f"{why.replace('|', '/')} | {c.source} |")

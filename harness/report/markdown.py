@@ -72,6 +72,7 @@ def render_report(records: list[Record], run: dict) -> str:
     lines += _energy_table(records)
     lines += repeats.render(every)
     lines += _foreign_load(records)
+    lines += _below_full_clock(records)
     bad = [r for r in records if r.status != "ok"]
     if bad:
         lines += ["", "## Cells that did not run", ""]
@@ -134,6 +135,21 @@ def _foreign_load(records: list[Record]) -> list[str]:
            "used the machine: their figures may not be comparable with a quiet run.", ""]
     out += [f"- {md(r.model)} / {md(r.variant)} / {md(r.backend)} / batch {r.batch_size}: "
             + md("; ".join(f["flags"])) for r, f in busy]
+    return out
+
+
+def _below_full_clock(records: list[Record]) -> list[str]:
+    """Cells whose timed loop ran below the GPU's full SM clock (harness.meters.clocks)."""
+    slow = [(r, r.extra.get("clocks") or {}) for r in records if r.status == "ok"]
+    slow = [(r, c) for r, c in slow if c.get("flags")]
+    if not slow:
+        return []
+    out = ["", "## Measured below full clock", "",
+           f"{len(slow)} of {sum(r.status == 'ok' for r in records)} measured cells ran with the GPU's SM clock "
+           "below its maximum (NVML, sampled with the power timeline): compute-bound figures there are lower "
+           "than at full clock, and lower than kernel microbenchmarks (short, at full clock) project.", ""]
+    out += [f"- {md(r.model)} / {md(r.variant)} / batch {r.batch_size}: " + md("; ".join(c["flags"]))
+            for r, c in slow]
     return out
 
 
