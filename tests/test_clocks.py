@@ -98,3 +98,25 @@ def test_the_report_and_the_advice_say_which_cells_ran_below_full_clock():
     d = deployment_of(slow, 1, "measured run", {}, 0.1)
     assert d.notes == [f"measured below full clock: {flag}"]
     assert deployment_of(full, 1, "measured run", {}, 0.1).notes == []
+
+
+def test_the_prefill_only_loop_gets_its_own_summary_and_its_flag_joins_the_cells():
+    from types import SimpleNamespace
+
+    from harness.pipeline.assemble import _prefill_loop_clocks
+    from harness.pipeline.meters import ClockWindowMeter
+
+    cw = ClockWindowMeter(SimpleNamespace(last=None), {0: 1980e6})
+    meters = SimpleNamespace(windows=[cw])
+    full = clock_summary(_timeline([1980, 1965, 1980]), {0: 1980e6})
+    extra = {"clocks": full}
+    # the 70B int4 batch-8 cell on the lab H200: 1,575-1,590 MHz while its prefills ran
+    _prefill_loop_clocks(meters, SimpleNamespace(timeline=_timeline([1590, 1575, 1575], [POWER_CAP] * 3)), extra)
+    c = extra["clocks"]
+    assert c["sm_clock_median_hz"] == 1980e6 and c["prefill_loop"]["sm_clock_median_hz"] == 1575e6
+    assert c["flags"] == c["prefill_loop"]["flags"] and "over the prefill-only loop (power cap in 100%" in c["flags"][0]
+    assert full["flags"] == []                                  # the timed loop's own summary is not changed
+    untouched = {"clocks": full}
+    _prefill_loop_clocks(meters, None, untouched)
+    _prefill_loop_clocks(SimpleNamespace(windows=[]), SimpleNamespace(timeline=_timeline([1500])), untouched)
+    assert untouched == {"clocks": full}

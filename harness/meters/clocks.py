@@ -10,7 +10,8 @@ between 1,215 and 1,620 MHz of 1,980 through the timed window, and the decode st
 65,536-token prefill took 1.27x its steady step; 8B bf16 batch 1 ran at 1,980 MHz throughout.
 
 The summary covers the busy samples (GPU-idle bit clear where reasons were read) of every GPU of the
-cell. A flag is raised when their median SM clock is below FULL_CLOCK_FRACTION of the maximum; it names
+cell, over the timed loop (prefill and decode passes) and, where the two-loop energy split ran one,
+over the prefill-only loop (back-to-back prefills: the sustained clock of a compute-bound phase). A flag is raised when their median SM clock is below FULL_CLOCK_FRACTION of the maximum; it names
 the reasons NVML gave in at least REASON_SHARE of the busy samples.
 """
 from __future__ import annotations
@@ -29,9 +30,10 @@ METHOD = ("NVML SM clock (nvmlDeviceGetClockInfo) and clock event reasons (nvmlD
           "GPU-idle reason clear")
 
 
-def clock_summary(timeline, max_sm_hz: dict[int, float | None]) -> dict | None:
+def clock_summary(timeline, max_sm_hz: dict[int, float | None], window: str = "the timed window") -> dict | None:
     """The window's clock figures and flags (see the module doc), or None where the timeline has no
-    SM clock readings. `max_sm_hz`: NVML index -> the board's maximum SM clock (None where unknown)."""
+    SM clock readings. `max_sm_hz`: NVML index -> the board's maximum SM clock (None where unknown);
+    `window`: what the timeline covers, as the flag names it."""
     if timeline is None:
         return None
     busy = [s for s in timeline.samples if s.sm_clock_hz is not None
@@ -54,7 +56,7 @@ def clock_summary(timeline, max_sm_hz: dict[int, float | None]) -> dict | None:
         why = [f"{name} in {share:.0%} of samples" for name, share in sorted(shares.items(), key=lambda kv: -kv[1])
                if share >= REASON_SHARE]
         out["flags"].append(f"SM clock median {out['sm_clock_median_hz'] / 1e6:,.0f} MHz, {frac:.0%} of its "
-                            f"{out['max_sm_clock_hz'] / 1e6:,.0f} MHz maximum, over the timed window"
+                            f"{out['max_sm_clock_hz'] / 1e6:,.0f} MHz maximum, over {window}"
                             + (f" ({'; '.join(why)})" if why else "")
                             + ": compute-bound work ran below full clock")
     return out

@@ -145,6 +145,7 @@ def _meter_fields(o: CellOutcome, cell, fields: dict, sections: dict, extra: dic
         ef, ex = energy_fields(m.windows["energy"], o.prefill, o.prefill_passes, m, cell, o.idle)
         fields.update(ef)
         _merge(sections, ex)
+    _prefill_loop_clocks(meters, o.prefill, extra)
     if meters.vram is not None:
         vf, vx = vram_budget_fields(m.windows["vram"], prepared, o.kv_bytes, cell)
         fields.update(vf)
@@ -200,6 +201,19 @@ def assemble_record(cell, ctx, settings, o: CellOutcome):
                        calibration_s=facts.get("calibration_s"),
                        planned_weight_bytes=planned_weight_bytes(shape, cell.variant, prepared.dtype),
                        extra=extra, **typed, **fields)
+
+
+def _prefill_loop_clocks(meters, prefill, extra: dict) -> None:
+    """The clock summary of the prefill-only loop (the two-loop split's second window), beside the timed
+    loop's in extra.clocks; its flag joins the cell's flags."""
+    cw = next((w for w in meters.windows if w.name == "clocks"), None)
+    pl = cw.summary(getattr(prefill, "timeline", None), "the prefill-only loop") if cw and prefill else None
+    if pl is None:
+        return
+    c = dict(extra.get("clocks") or {"flags": []})
+    c["prefill_loop"] = pl
+    c["flags"] = list(c.get("flags") or []) + pl["flags"]
+    extra["clocks"] = c
 
 
 def _merge(sections: dict, new: dict) -> None:

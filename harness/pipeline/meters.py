@@ -96,9 +96,12 @@ class ClockWindowMeter:
         pass
 
     def end(self):
+        return self.summary(getattr(self.energy.last, "timeline", None))
+
+    def summary(self, timeline, window: str = "the timed window"):
         from harness.meters.clocks import clock_summary
 
-        return clock_summary(getattr(self.energy.last, "timeline", None), self.max_sm_hz)
+        return clock_summary(timeline, self.max_sm_hz, window)
 
     def record_fields(self, summary) -> dict[str, Any]:
         return {"clocks": summary}
