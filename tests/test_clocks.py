@@ -120,3 +120,28 @@ def test_the_prefill_only_loop_gets_its_own_summary_and_its_flag_joins_the_cells
     _prefill_loop_clocks(meters, None, untouched)
     _prefill_loop_clocks(SimpleNamespace(windows=[]), SimpleNamespace(timeline=_timeline([1500])), untouched)
     assert untouched == {"clocks": full}
+
+
+@pytest.mark.gpu
+def test_the_real_nvml_gives_a_maximum_clock_and_reasons_on_this_gpu():
+    """On the device: the board's maximum SM clock and the reasons bitmask are readable, and a busy
+    second of matmuls gives a summary (whatever its clock: the assertion is that it is measured)."""
+    import torch
+
+    from harness.meters.nvml import open_nvml
+
+    with open_nvml() as nv:
+        d = nv.device_for_cuda(0)
+        top = d.max_sm_clock_hz()
+        assert top is not None and 5e8 < top < 5e9
+        assert isinstance(d.clock_event_reasons(), int)
+        s = PowerSampler([d])
+        a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+        s.begin()
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 1.0:
+            a @ a
+            torch.cuda.synchronize()
+        c = clock_summary(s.end(), {d.index: top})
+    assert c is not None and c["busy_samples"] >= 5 and 0 < c["median_fraction_of_max"] <= 1.05
+    assert c["reason_shares"] is not None
