@@ -82,10 +82,13 @@ for stage in "$@"; do
       # the 8B block at every M the 70B one has (its 2026-12-01 log has M = 1, 8, 32, 2048 only)
       kblock llama-3.1-8b 8b "${KERNELS:-bf16,int4,fp8,w4a8}" ;;
     calibrate)
-      # the whole kernel-curve calibration in one command (kernel timings per block, step and prefill profiles)
-      timeout $(( $(left_s) - 5 )) $H calibrate --kernels --kernel-blocks ${KBLOCKS:-llama-3.1-8b} \
-        --out $OUT/calibration/h200-kernels.json 2>&1 | tail -20
-      tar -C $OUT -czf $OUT/calibration.tar.gz calibration && rm -rf $OUT/calibration ;;
+      # the whole kernel-curve calibration (kernel timings per block, step and prefill profiles), in pieces
+      # over several calls: the work folder comes back as calwork.tar.gz; unpack it here into
+      # .devcache/calwork and carry that path to the next call, which measures only what is missing
+      W=.devcache/calwork; mkdir -p $W
+      $H calibrate --kernels --kernel-blocks ${KBLOCKS:-llama-3.1-8b,llama-3.1-70b} --work-dir $W \
+        --stop-after-s $(( $(left_s) - 30 )) --out $W/h200-kernels.json 2>&1 | tail -20
+      tar -C .devcache -czf $OUT/calwork.tar.gz calwork ;;
     gputests-kernels)
       timeout 150 python3 -m pytest -q -m gpu --benchmark-disable -p no:cacheprovider tests/test_gpu_kernels.py 2>&1 \
         | tee "$OUT/gpu-tests-kernels.log" | tail -8 ;;

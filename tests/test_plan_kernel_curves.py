@@ -401,25 +401,22 @@ def test_prefill_cost_from_prefill_profiles_and_projection_by_hand(P, log, tmp_p
     assert not big.ok and "M=512" in big.source and "M 1-8" in big.source
 
 
-def test_calibrate_kernels_runs_the_bench_scripts_and_fits_their_outputs(tmp_path, monkeypatch):
-    """`harness calibrate --kernels` on CUDA: the copy meter, bench/kernels_gpu.py per block and
-    bench/profile_step.py for the step and prefill profiles, each a child process whose outputs are kept,
-    then the fit. Here the children are stand-ins that write what the scripts write (no GPU)."""
+def _bench_stand_in(calls: list, hang: tuple = ()):
+    """A stand-in for subprocess.run of the bench/ scripts that writes what they write (no GPU); a
+    command containing one of `hang` runs into its timeout."""
     import subprocess
     import types
 
-    import torch
-
-    import harness.cli.calibrate as cli
-    import harness.meters.bandwidth as bw
     from harness.plan.kernel_log import block_shapes
 
-    calls, real_run = [], subprocess.run
+    real_run = subprocess.run
 
-    def child(cmd, stdout=None, stderr=None, **kw):
+    def child(cmd, stdout=None, stderr=None, timeout=None, **kw):
         if not str(cmd[1]).endswith(".py"):
-            return real_run(cmd, stdout=stdout, stderr=stderr, **kw)      # git, for the provenance
+            return real_run(cmd, stdout=stdout, stderr=stderr, timeout=timeout, **kw)   # git, for the provenance
         calls.append(cmd)
+        if any(h in " ".join(cmd) for h in hang):
+            raise subprocess.TimeoutExpired(cmd, timeout)             # stopped at the --stop-after-s limit
         out = Path(cmd[cmd.index("--out") + 1])
         if cmd[1].endswith("kernels_gpu.py"):
             preset = cmd[cmd.index("--model") + 1]
@@ -438,7 +435,23 @@ def test_calibrate_kernels_runs_the_bench_scripts_and_fits_their_outputs(tmp_pat
                                        "new": 64, "step_wall_ms_cuda_events": 4.7,
                                        "groups": {step_cost.GEMM_GROUP: {"ms_per_step": 3.9}}}))
         return types.SimpleNamespace(returncode=0)
+    return child
 
+
+def test_calibrate_kernels_runs_the_bench_scripts_and_fits_their_outputs(tmp_path, monkeypatch):
+    """`harness calibrate --kernels` on CUDA: the copy meter, bench/kernels_gpu.py per block and
+    bench/profile_step.py for the step and prefill profiles, each a child process whose outputs are kept,
+    then the fit. Here the children are stand-ins that write what the scripts write (no GPU)."""
+    import subprocess
+    import types
+
+    import torch
+
+    import harness.cli.calibrate as cli
+    import harness.meters.bandwidth as bw
+
+    calls = []
+    child = _bench_stand_in(calls)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(bw, "measure_copy_bandwidth", lambda *a, **k: types.SimpleNamespace(value_per_s=COPY))
     monkeypatch.setattr(subprocess, "run", child)
@@ -457,6 +470,76 @@ def test_calibrate_kernels_runs_the_bench_scripts_and_fits_their_outputs(tmp_pat
     assert {"kernels-llama-3.1-8b.json", "kernels-llama-3.1-8b.log", "prefill-bf16-p2048.json"} <= kept
     res = CliRunner().invoke(cli.calibrate, ["--kernels", "--kernel-blocks", "llama-9", "--profile", "h200-sxm-141gb"])
     assert res.exit_code == 2 and "not a preset" in res.output
+
+
+def test_calibrate_kernels_in_pieces_stops_at_its_limit_and_resumes_its_work_folder(tmp_path, monkeypatch):
+    """--stop-after-s: a piece stopped at the limit leaves no file, the command exits 1 naming the folder;
+    --work-dir on that folder measures only what is missing (the copy bandwidth included), then fits."""
+    import subprocess
+    import types
+
+    import torch
+
+    import harness.cli.calibrate as cli
+    import harness.meters.bandwidth as bw
+
+    copies = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bw, "measure_copy_bandwidth",
+                        lambda *a, **k: copies.append(1) or types.SimpleNamespace(value_per_s=COPY))
+    work, out = tmp_path / "w", tmp_path / "cal.json"
+    first = []
+    monkeypatch.setattr(subprocess, "run", _bench_stand_in(first, hang=("--batch 8",)))
+    args = ["--kernels", "--profile", "h200-sxm-141gb", "--out", str(out), "--work-dir", str(work)]
+    res = CliRunner().invoke(cli.calibrate, args + ["--stop-after-s", "500"])
+    assert res.exit_code == 1 and not out.exists()
+    assert "profile_step.py stopped at the 500 s limit" in res.output and "4 of 9 pieces measured" in res.output
+    assert f"--work-dir {work}" in res.output
+    assert not (work / "step-bf16-b8.json").exists() and (work / "step-bf16-b8.log").exists()
+    assert len(first) == 5 and copies == [1]
+    again = []
+    monkeypatch.setattr(subprocess, "run", _bench_stand_in(again))
+    res = CliRunner().invoke(cli.calibrate, args)
+    assert res.exit_code == 0, res.output
+    assert [c[c.index("--out") + 1] for c in again] == [str(work / f"{stem}.json") for stem in
+                                                        ("step-bf16-b8", "step-bf16-b32-p2048", "prefill-bf16-p128",
+                                                         "prefill-bf16-p512", "prefill-bf16-p2048")]
+    assert copies == [1] and "kept kernels-llama-3.1-70b.json" in res.output and out.exists()
+    res = CliRunner().invoke(cli.calibrate, ["--work-dir", str(work)])
+    assert res.exit_code == 2 and "go with --kernels" in res.output
+
+
+def test_calibrate_kernels_stops_before_a_piece_once_the_limit_has_passed(tmp_path, monkeypatch):
+    import subprocess
+    import types
+
+    import torch
+
+    import harness.cli.calibrate as cli
+    import harness.meters.bandwidth as bw
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bw, "measure_copy_bandwidth", lambda *a, **k: types.SimpleNamespace(value_per_s=COPY))
+    calls, clock = [], [0.0]
+    stand_in = _bench_stand_in(calls)
+
+    def slow(cmd, **kw):
+        clock[0] += 300.0 if str(cmd[1]).endswith(".py") else 0.0   # each piece takes 300 s
+        return stand_in(cmd, **kw)
+    monkeypatch.setattr(subprocess, "run", slow)
+    monkeypatch.setattr(cli._Pieces, "__init__", _pieces_on(clock, cli._Pieces.__init__))
+    res = CliRunner().invoke(cli.calibrate, ["--kernels", "--profile", "h200-sxm-141gb", "--work-dir",
+                                             str(tmp_path / "w"), "--stop-after-s", "550"])
+    assert res.exit_code == 1 and len(calls) == 2
+    assert "stopped at the 550 s limit: 2 of 9 pieces measured" in res.output
+
+
+def _pieces_on(clock, init):
+    def patched(self, folder, stop_after_s):
+        init(self, folder, stop_after_s)
+        self._now = lambda: clock[0]
+        self.t0 = 0.0
+    return patched
 
 
 def test_calibrate_kernels_needs_cuda():

@@ -10,6 +10,8 @@ of the repository's bench/ scripts, their outputs kept beside the file: the copy
 weight-only kernels at each preset block of --kernel-blocks (bench/kernels_gpu.py, M = KERNEL_M), the
 engine's decode step (bf16 and int4-wo, batch 1) and prefill (bf16, prompts 128 and 2048) under
 bench/profile_step.py; then fits them as --from-kernels with --step-profile and --prefill-profile would.
+The pieces can be measured over several calls (--work-dir resumes a folder, --stop-after-s stops in time):
+the lab device gives 10 minutes a call, and the 70B block's kernels alone take about 5.
 """
 from __future__ import annotations
 
@@ -39,20 +41,87 @@ def bench_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "bench"
 
 
-def _child(cmd: list[str], log: Path) -> None:
-    """One measuring child process, its output in `log`; a failure names the command and the log."""
-    click.echo("calibrate: " + " ".join(cmd[1:]), err=True)
-    with open(log, "w", encoding="utf-8") as f:
-        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        raise click.ClickException(f"{' '.join(cmd[1:3])} exited {done.returncode} (its output: {log})")
+class _Pieces:
+    """The --kernels pieces of one work folder: each piece is a child process writing one JSON file. A
+    piece whose file is already there (a valid JSON, from an earlier call) is kept, not measured again; with
+    a time limit, no piece starts after it and a running one is stopped at it (its file is then absent,
+    so the next call measures it again)."""
+
+    def __init__(self, folder: Path, stop_after_s: float | None):
+        import time
+
+        self.folder, self.stop_after_s = folder, stop_after_s
+        self._now = time.monotonic
+        self.t0 = self._now()
+        self.done = self.kept = self.total = 0
+
+    def left_s(self) -> float | None:
+        return None if self.stop_after_s is None else self.stop_after_s - (self._now() - self.t0)
+
+    def stop(self, why: str):
+        return click.ClickException(
+            f"{why}: {self.done + self.kept} of {self.total} pieces measured in {self.folder}; run the same "
+            f"command with --work-dir {self.folder} to measure the rest")
+
+    def run(self, cmd: list[str], out: Path) -> Path:
+        if _valid_json(out):
+            click.echo(f"calibrate: kept {out.name} (measured by an earlier call)", err=True)
+            self.kept += 1
+            return out
+        left = self.left_s()
+        if left is not None and left <= 0:
+            raise self.stop(f"stopped at the {self.stop_after_s:g} s limit")
+        log = out.with_suffix(".log")
+        click.echo("calibrate: " + " ".join(cmd[1:]), err=True)
+        with open(log, "w", encoding="utf-8") as f:
+            try:
+                done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=left)
+            except subprocess.TimeoutExpired:
+                out.unlink(missing_ok=True)
+                raise self.stop(f"{Path(cmd[1]).name} stopped at the {self.stop_after_s:g} s limit "
+                                f"(its output: {log})") from None
+        if done.returncode != 0 or not _valid_json(out):
+            out.unlink(missing_ok=True)
+            raise click.ClickException(f"{' '.join(cmd[1:3])} exited {done.returncode}"
+                                       + ("" if done.returncode else " without writing its JSON")
+                                       + f" (its output: {log})")
+        self.done += 1
+        return out
 
 
-def _measure_kernels(folder: Path, blocks: list[str], profs: dict, profile_id: str | None):
+def _valid_json(path: Path) -> bool:
+    import json
+
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _copy_bandwidth(folder: Path) -> float:
+    """The device's copy bandwidth (bytes/s): measured once per work folder, kept in copy-bandwidth.json."""
+    import json
+
+    from harness.meters.bandwidth import GIB, measure_copy_bandwidth
+
+    path = folder / "copy-bandwidth.json"
+    if _valid_json(path):
+        copy = float(json.loads(path.read_text(encoding="utf-8"))["bytes_per_s"])
+        click.echo(f"calibrate: copy bandwidth {copy / 1e9:.1f} GB/s (measured by an earlier call: {path})", err=True)
+        return copy
+    copy = measure_copy_bandwidth("cuda", buffer_bytes=2 * GIB).value_per_s
+    path.write_text(json.dumps({"bytes_per_s": copy, "method": "harness.meters.bandwidth.measure_copy_bandwidth",
+                                "measured_at": datetime.now(timezone.utc).isoformat()}), encoding="utf-8")
+    click.echo(f"calibrate: copy bandwidth {copy / 1e9:.1f} GB/s", err=True)
+    return copy
+
+
+def _measure_kernels(folder: Path, blocks: list[str], profs: dict, profile_id: str | None,
+                     stop_after_s: float | None = None):
     """The --kernels measurement (module doc) into `folder`; returns the fitted calibration."""
     import torch
 
-    from harness.meters.bandwidth import GIB, measure_copy_bandwidth
     from harness.models.presets import PRESETS
     from harness.profiles.detection import detect as detect_profile
 
@@ -71,24 +140,19 @@ def _measure_kernels(folder: Path, blocks: list[str], profs: dict, profile_id: s
     if profile_id not in profs:
         raise click.BadParameter(f"{profile_id!r}: not a loaded profile", param_hint="--profile")
     folder.mkdir(parents=True, exist_ok=True)
-    copy = measure_copy_bandwidth("cuda", buffer_bytes=2 * GIB).value_per_s
-    click.echo(f"calibrate: copy bandwidth {copy / 1e9:.1f} GB/s", err=True)
+    copy = _copy_bandwidth(folder)
     py = sys.executable
-    kernels = []
-    for b in blocks:
-        out = folder / f"kernels-{b}.json"
-        _child([py, str(bench / "kernels_gpu.py"), "--model", b, "--m", KERNEL_M, "--out", str(out)],
-               folder / f"kernels-{b}.log")
-        kernels.append(out)
+    pieces = _Pieces(folder, stop_after_s)
+    pieces.total = len(blocks) + len(STEP_PROFILES) + len(PREFILL_PROFILES)
+    kernels = tuple(pieces.run([py, str(bench / "kernels_gpu.py"), "--model", b, "--m", KERNEL_M, "--out",
+                                str(folder / f"kernels-{b}.json")], folder / f"kernels-{b}.json") for b in blocks)
 
     def profiled(specs) -> tuple[Path, ...]:
-        for stem, args in specs:
-            _child([py, str(bench / "profile_step.py"), *args, "--out", str(folder / f"{stem}.json")],
-                   folder / f"{stem}.log")
-        return tuple(folder / f"{stem}.json" for stem, _ in specs)
+        return tuple(pieces.run([py, str(bench / "profile_step.py"), *args, "--out", str(folder / f"{stem}.json")],
+                                folder / f"{stem}.json") for stem, args in specs)
 
-    return _from_kernels(tuple(kernels), profs, profile_id, copy, f"harness calibrate --kernels ({folder})",
-                         profiled(STEP_PROFILES), profiled(PREFILL_PROFILES))
+    steps, prefills = profiled(STEP_PROFILES), profiled(PREFILL_PROFILES)
+    return _from_kernels(kernels, profs, profile_id, copy, f"harness calibrate --kernels ({folder})", steps, prefills)
 
 
 def _write(cals, out: Path | None, profile_id: str | None) -> list[Path]:
@@ -172,6 +236,12 @@ def _from_kernels(paths: tuple[Path, ...], profs: dict, profile_id: str | None, 
                    "profiles; see the module doc) instead of a sweep.")
 @click.option("--kernel-blocks", default="llama-3.1-8b,llama-3.1-70b", show_default=True,
               help="With --kernels: presets whose block shapes the kernels are timed at (comma-separated).")
+@click.option("--work-dir", "work_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="With --kernels: folder for the pieces (default: a new calibration-kernels-<UTC> beside --out). "
+                   "An existing one resumes: pieces already measured there are kept.")
+@click.option("--stop-after-s", "stop_after_s", type=click.FloatRange(min=1), default=None,
+              help="With --kernels: start no piece after this many seconds and stop a running one at it "
+                   "(exit 1, naming the folder to resume with --work-dir).")
 @click.option("--profile", "profile_id", default=None, help="Keep only this profile's calibration.")
 @click.option("--device", default="auto", show_default=True, help="Device to measure on: auto (cuda if present), cpu, cuda:N.")
 @click.option("--model", default=None, help=f"Sweep model (default {SWEEP['model']}).")
@@ -180,7 +250,8 @@ def _from_kernels(paths: tuple[Path, ...], profs: dict, profile_id: str | None, 
 @profiles_dir_option
 def calibrate(out: Path | None, from_records: tuple[Path, ...], from_kernels: tuple[Path, ...], copy_bw: float | None,
               copy_source: str, step_profiles: tuple[Path, ...], prefill_profiles: tuple[Path, ...],
-              kernels: bool, kernel_blocks: str, profile_id: str | None, device: str,
+              kernels: bool, kernel_blocks: str, work_dir: Path | None, stop_after_s: float | None,
+              profile_id: str | None, device: str,
               model: str | None, variants: str | None, batch: str | None, profiles_dir: Path | None) -> None:
     """Measure kernel efficiency curves on this machine (or fit them from run folders) and write a
     calibration file for `harness plan --calibrate-with`.
@@ -189,16 +260,20 @@ def calibrate(out: Path | None, from_records: tuple[Path, ...], from_kernels: tu
         harness calibrate --from-records results/reference/h100/decode-8b-prompt128 --out h100.json
         harness calibrate --device cpu --out cpu.json      # measures: copy bandwidth + a small sweep
         harness calibrate --kernels --out h200.json        # CUDA: kernel timings + step/prefill profiles
+        harness calibrate --kernels --work-dir W --stop-after-s 540 --out h200.json   # in pieces, resumable
     """
     from harness.plan.sources import fit_records
     from harness.profiles.detection import detect as detect_profile
     from harness.records import load_records
 
     profs = _load(profiles_dir)
+    if (work_dir or stop_after_s) and not kernels:
+        raise click.UsageError("--work-dir and --stop-after-s go with --kernels")
     if kernels:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        folder = (out.parent if out else Path("results")) / f"calibration-kernels-{stamp}"
-        cal = _measure_kernels(folder, [b.strip() for b in kernel_blocks.split(",") if b.strip()], profs, profile_id)
+        folder = work_dir or (out.parent if out else Path("results")) / f"calibration-kernels-{stamp}"
+        cal = _measure_kernels(folder, [b.strip() for b in kernel_blocks.split(",") if b.strip()], profs, profile_id,
+                               stop_after_s)
         for p in _write([cal], out, None):
             click.echo(str(p))
         return
