@@ -173,8 +173,10 @@ for stage in "$@"; do
         set -- $spec; t=$(( $(left_s) - 10 )); [ "$t" -gt ${PROF_TIMEOUT_S:-150} ] && t=${PROF_TIMEOUT_S:-150}
         [ "$t" -lt 30 ] && { echo "skipped $spec"; continue; }
         echo "== $spec"
+        # no brackets in the file name: the device tool does not bring such names back
+        v=$(echo "$2" | tr '[]' '--' | sed 's/-$//')
         timeout $t python3 bench/profile_step.py --model synthetic:$1 --variant $2 --batch $3 --prompt $4 \
-          --new ${PROF_NEW:-16} --steps 10 --decode-attention $5 --out "$OUT/profile-$1-$2-b$3-p$4-$5.json" \
+          --new ${PROF_NEW:-16} --steps 10 --decode-attention $5 --out "$OUT/profile-$1-$v-b$3-p$4-$5.json" \
           | profsum step_wall_ms_cuda_events kernels_per_step idle_between_kernels_per_step_ms
       done ;;
     *) echo "unknown stage $stage"; exit 2 ;;
