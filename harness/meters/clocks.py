@@ -4,15 +4,16 @@ hardware slowdown) sampled with it.
 
 Why: a kernel microbenchmark is short and runs at the maximum clock; a long, heavy cell can hold the
 board at its power limit, and its compute-bound kernels then run slower than the planner's curves say.
-On the lab H200 (2026-12-03, results/reference/h200/session6-20261203/qwen-int4-b32-p2048) qwen2.5-7b
-int4-wo (CUTLASS) at batch 32, prompt 2048 drew 677 W mean against the 700 W limit, its SM clock sat
-between 1,215 and 1,620 MHz of 1,980 through the timed window, and the decode steps right after each
-65,536-token prefill took 1.27x its steady step; 8B bf16 batch 1 ran at 1,980 MHz throughout.
+On the lab H200 (results/reference/h200/session6-20261203/qwen-int4-b32-p2048) qwen2.5-7b int4-wo
+(CUTLASS) at batch 32, prompt 2048 drew 677 W mean against the 700 W limit and its SM clock had a median
+of 1,455 MHz of 1,980 over the timed window (mostly its 65,536-token prefills); the decode steps after
+each prefill started at 1.27x the cell's lower-quartile step. 8B bf16 batch 1 ran at 1,980 MHz throughout.
 
 The summary covers the busy samples (GPU-idle bit clear where reasons were read) of every GPU of the
 cell, over the timed loop (prefill and decode passes) and, where the two-loop energy split ran one,
-over the prefill-only loop (back-to-back prefills: the sustained clock of a compute-bound phase). A flag is raised when their median SM clock is below FULL_CLOCK_FRACTION of the maximum; it names
-the reasons NVML gave in at least REASON_SHARE of the busy samples.
+over the prefill-only loop (back-to-back prefills: the sustained clock of a compute-bound phase). A flag
+is raised when their median SM clock is below FULL_CLOCK_FRACTION of the maximum; it names the reasons
+NVML gave in at least REASON_SHARE of the busy samples.
 """
 from __future__ import annotations
 
