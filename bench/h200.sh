@@ -42,7 +42,7 @@ profsum() { python3 -c "import json,sys; d=json.load(sys.stdin); print({k: d.get
 kblock() {
   local t=$(( $(left_s) - 10 )); if [ "${KERNELS_TIMEOUT_S:-300}" -lt "$t" ]; then t=${KERNELS_TIMEOUT_S:-300}; fi
   timeout $t python3 bench/kernels_gpu.py --model $1 --kernels "$3" \
-    --m ${KERNELS_M:-1,2,4,8,16,32,64,128,256,2048} --out $OUT/kernels-$2.json > $OUT/kernels-$2.log 2>&1
+    --m ${KERNELS_M:-1,2,4,8,16,32,64,128,256,512,1024,2048} --out $OUT/kernels-$2.json > $OUT/kernels-$2.log 2>&1
   grep -v -i warn $OUT/kernels-$2.log | grep -E "M= +(1|8|32|2048) |failed|shapes|gemlite" | head -60
 }
 pack() { tar -C $RUNS -czf "$OUT/$1.tar.gz" --exclude='*.parquet' --exclude='*.csv' --exclude='charts' --exclude='report.html' --exclude='.lock' $(ls $RUNS) && rm -rf $RUNS/*; }
@@ -80,7 +80,7 @@ for stage in "$@"; do
       kblock llama-3.1-70b 70b "bf16,int4,fp8" ;;
     kernels8)
       # the 8B block at every M the 70B one has (its 2026-12-01 log has M = 1, 8, 32, 2048 only)
-      kblock llama-3.1-8b 8b "${KERNELS:-bf16,int4,fp8,w4a8}" ;;
+      kblock llama-3.1-8b 8b "${KERNELS:-bf16,int4,fp8,w4a8,dequantized}" ;;
     calibrate)
       # the whole kernel-curve calibration (kernel timings per block, step and prefill profiles), in pieces
       # over several calls: the work folder comes back as calwork.tar.gz; unpack it here into

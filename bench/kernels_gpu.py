@@ -43,6 +43,20 @@ def gemlite_w8(lin: nn.Linear, fp8: bool) -> nn.Module:
         lin, del_orig=False)
 
 
+def gemlite_dequant(inner: nn.Module) -> nn.Module:
+    from harness.variants.gemlite import DequantPrefill
+    return DequantPrefill(inner, 0)
+
+
+DEQUANT_PREFIX = "dequantized prefill:"
+
+
+def min_rows(kname: str) -> int:
+    """The smallest M a kernel runs at in the harness: GemLite's dequantized path only above its threshold."""
+    from harness.variants.catalog import GEMLITE_PREFILL_MIN_ROWS
+    return GEMLITE_PREFILL_MIN_ROWS if kname.startswith(DEQUANT_PREFIX) else 1
+
+
 def weight_bytes(mod: nn.Module) -> int:
     seen, n = set(), 0
     for t in list(mod.parameters()) + list(mod.buffers()):
@@ -78,6 +92,11 @@ def kernels():
             lin, Float8DynamicActivationInt4WeightConfig()),
         "fp8 GemLite A16W8": lambda lin: gemlite_w8(lin, fp8=True),
         "int4 GemLite A16W4 g128": gemlite_int4,
+        # GemLite's prefill path in the harness (harness/variants/gemlite.py DequantPrefill): above
+        # GEMLITE_PREFILL_MIN_ROWS rows the weights are unpacked to bf16 in one compiled kernel and cuBLAS runs;
+        # timed from that many rows up (min_rows 0 here: the path at every M timed)
+        "dequantized prefill: int4 GemLite A16W4 g128 (unpack + cuBLAS)": lambda lin: gemlite_dequant(gemlite_int4(lin)),
+        "dequantized prefill: fp8 GemLite A16W8 (unpack + cuBLAS)": lambda lin: gemlite_dequant(gemlite_w8(lin, fp8=True)),
         "fp8 torchao Float8WeightOnlyConfig": lambda lin: torchao_linear(lin, Float8WeightOnlyConfig()),
         "int8 GemLite A16W8": lambda lin: gemlite_w8(lin, fp8=False),
     }
@@ -137,7 +156,7 @@ def main() -> None:
                 rows.append({"kernel": kname, "shape": sname, "error": f"{type(e).__name__}: {str(e)[:200]}"})
                 print(kname, sname, "build failed:", rows[-1]["error"], flush=True)
                 continue
-            for M in [int(m) for m in args.m.split(",")]:
+            for M in [int(m) for m in args.m.split(",") if int(m) >= min_rows(kname)]:
                 x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
                 try:
                     with torch.inference_mode():

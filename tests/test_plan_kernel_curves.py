@@ -393,12 +393,55 @@ def test_prefill_cost_from_prefill_profiles_and_projection_by_hand(P, log, tmp_p
     gem = _block_log(tmp_path, "llama-3.1-8b", 1.5, "g.log", ms=(1, 8, 512))
     gem.write_text(gem.read_text().replace("bf16 cuBLAS", "int4 GemLite A16W4 g128"))
     gcal, _ = calibration_from_kernels(gem, h200, COPY, "test", prefill_profiles=[a, b])
-    # GemLite's own kernels up to 256 rows; a larger prefill dequantizes + cuBLAS, which was not timed
+    # GemLite's own kernels up to 256 rows; a larger prefill dequantizes + cuBLAS, not timed in this file
     assert [p.m for p in gcal.kernel_prefill("int4-wo[gemlite]").points] == [1, 8]
     gkw = dict(batch=1, gemm_bytes=gb, head_bytes=hb, layers=32, block_params=shape.block_linear_params())
     assert project_prefill([gcal], h200, "int4-wo[gemlite]", 8, wb.total, 0.0, **gkw).ok
     big = project_prefill([gcal], h200, "int4-wo[gemlite]", 512, wb.total, 0.0, **gkw)
     assert not big.ok and "M=512" in big.source and "M 1-8" in big.source
+
+
+def test_gemlite_prefill_above_256_rows_is_projected_from_its_dequantized_path(P, tmp_path):
+    """bench/kernels_gpu.py's "dequantized prefill: ..." timings (GemLite's linear above 256 rows: unpack to
+    bf16 + cuBLAS, harness/variants/gemlite.py) are a curve of their own phase: a GemLite prefill above
+    256 rows is projected from it, at or below 256 rows from GemLite's own kernels; decode never uses it."""
+    from harness.plan.curves import DEQUANT_PHASE
+    from harness.plan.roofline import lm_head_gemm_bytes
+    from harness.plan.transfer import project_decode, project_prefill
+
+    h200 = P["h200-sxm-141gb"]
+    own = _block_log(tmp_path, "llama-3.1-8b", 1.5, "g.log", ms=(1, 8, 256, 1024)).read_text()
+    dq = _block_log(tmp_path, "llama-3.1-8b", 6.0, "d.log", ms=(256, 1024)).read_text()
+    gem = tmp_path / "gem.log"
+    gem.write_text(own.replace("bf16 cuBLAS", "int4 GemLite A16W4 g128") + "\n".join(
+        x.replace("bf16 cuBLAS", "dequantized prefill: int4 GemLite A16W4 g128 (unpack + cuBLAS)")
+        for x in dq.splitlines()[1:]) + "\n")
+    pre = [_prefill_profile(tmp_path, f"p{n}.json", n, 10.0 + n / 100, 6.0, 0.1) for n in (128, 2048)]
+    cal, _ = calibration_from_kernels(gem, h200, COPY, "test", prefill_profiles=pre)
+    dqc = [c for c in cal.curves if c.phase == DEQUANT_PHASE]
+    assert [(c.variant, [p.m for p in c.points]) for c in dqc] == [("int4-wo[gemlite]", [256, 1024])]
+    assert [p.m for p in cal.kernel_prefill("int4-wo[gemlite]").points] == [1, 8, 256, 1024]
+    shape = shape_of("synthetic:llama-3.1-8b")
+    wb = weight_bytes(shape, parse_variant("int4-wo[gemlite]"), "bf16")
+    gb, hb = gemm_bytes(shape, wb), lm_head_gemm_bytes(shape, wb)
+    kw = dict(gemm_bytes=gb, head_bytes=hb, layers=32, block_params=shape.block_linear_params())
+    big = project_prefill([cal], h200, "int4-wo[gemlite]", 1024, wb.total, 0.0, batch=8, **kw)
+    assert big.ok and "dequantized to bf16 + cuBLAS above 256 rows" in big.source
+    assert cal.sized_kernel_at("int4-wo[gemlite]", dqc[0].kernel, 1024, None)[0][0] == pytest.approx(5.0, rel=0.01)
+    assert cal.sized_kernel_at("int4-wo[gemlite]", "int4 GemLite A16W4 g128", 256, None)[0][0] == pytest.approx(
+        0.5, rel=0.01)                                                  # 256 rows: GemLite's own kernels
+    small = project_prefill([cal], h200, "int4-wo[gemlite]", 256, wb.total, 0.0, batch=2, **kw)
+    assert small.ok and "dequantized" not in small.source
+    # the dequantized path at 6x the copy time against GemLite's 1.5x: the 1,024-row prefill's GEMMs take
+    # 6x the bytes' copy time, as their curve says, not GemLite's 1.5x
+    pc = cal.prefill_costs[0]
+    from harness.plan.step_cost import prefill_seconds
+    ng = prefill_seconds(pc, 8, 128, 32, shape.prefill_widths())
+    gemm_s = 1024 / big.tok_s - ng
+    assert gemm_s == pytest.approx(((gb - hb) * 6.0 + hb * 1.5) / COPY, rel=0.02)
+    dec = project_decode([cal], h200, "int4-wo[gemlite]", 8, wb.total, 0.0, gemm_bytes=gb, layers=32,
+                         block_params=shape.block_linear_params())
+    assert "dequantized" not in dec.source and "GemLite" in dec.source
 
 
 def _bench_stand_in(calls: list, hang: tuple = ()):

@@ -26,7 +26,9 @@ from harness.cli.profiles import _load, profiles_dir_option
 
 SWEEP = {"model": "synthetic:tiny", "variants": "baseline", "batch": "1,2,4,8", "prompt_tokens": "32",
          "new_tokens": "16"}
-KERNEL_M = "1,2,4,8,16,32,64,128,256,2048"   # decode batches and one prefill size (issue 14's M range)
+# decode batches and prefill sizes (issue 14's M range; 512 and 1,024: a prefill of 8 x 128 tokens is
+# M = 1,024, which between 256 and 2,048 the curves only bound by the roofline)
+KERNEL_M = "1,2,4,8,16,32,64,128,256,512,1024,2048"
 # (file stem, bench/profile_step.py arguments) of the step and the prefill profiles --kernels takes
 # (the lab H200's profiles of 2026-12-03: the decode steps span batch 1-32 and caches of 192-2,112 tokens,
 # the prefills three prompt lengths, so each fit has a residual)

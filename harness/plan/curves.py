@@ -52,6 +52,10 @@ PHASES = ("decode", "prefill", "kernel")   # kernel: one linear layer (harness i
 MICROBENCH = "microbench"
 KERNEL_PLUS_STEP = "microbench kernel + non-GEMM step cost"   # decode curve derived from a kernel curve alone
 KERNEL_PLUS_PREFILL = "microbench kernel + non-GEMM prefill cost"   # prefill curve derived from a kernel curve alone
+# phase of the curves of GemLite's dequantized prefill path (bench/kernels_gpu.py "dequantized prefill: ..."
+# kernels: a GemLite linear called on more rows than GEMLITE_PREFILL_MIN_ROWS unpacks to bf16 and runs cuBLAS,
+# harness/variants/gemlite.py), kept apart from the variant's own kernel curve, which decode uses
+DEQUANT_PHASE = "kernel-dequant"
 
 
 class CalibrationFileError(ValueError):
@@ -157,8 +161,8 @@ class DeviceCalibration:
     def kernel_prefill(self, variant: str) -> Curve | None:
         """Where the file has a prefill cost: the variant's kernel curve as its prefill curve (transfer.py
         adds the non-GEMM prefill cost). GemLite's kernels only up to GEMLITE_PREFILL_MIN_ROWS tokens: a
-        larger prefill dequantizes the weights and calls cuBLAS (harness/variants/gemlite.py), which
-        bench/kernels_gpu.py does not time, so beyond it there is no curve."""
+        larger prefill dequantizes the weights and calls cuBLAS (harness/variants/gemlite.py), projected
+        from the curve of that path (phase DEQUANT_PHASE) where the file has one, else not at all."""
         from harness.variants.catalog import GEMLITE_PREFILL_MIN_ROWS
 
         kv = [c for c in self.curves if c.variant == variant and c.phase == "kernel"]
@@ -166,7 +170,9 @@ class DeviceCalibration:
             return None
         pts = kv[0].points
         if curve_is_kernel(kv[0], "gemlite"):
-            pts = [p for p in pts if p.m <= GEMLITE_PREFILL_MIN_ROWS]
+            above = {p.m: p for c in self.curves if c.variant == variant and c.phase == DEQUANT_PHASE
+                     for p in c.points if p.m > GEMLITE_PREFILL_MIN_ROWS}
+            pts = [p for p in pts if p.m <= GEMLITE_PREFILL_MIN_ROWS] + [above[m] for m in sorted(above)]
         return Curve(variant, kv[0].kernel, "prefill", KERNEL_PLUS_PREFILL, pts) if pts else None
 
     def sized_kernel_at(self, variant: str, kernel: str, m: float,
@@ -175,9 +181,22 @@ class DeviceCalibration:
         parameters: one curve (or no size given) as it is; curves timed at several presets' blocks linear
         in log block parameters between the two that bracket it, the nearest one's beyond them (and the
         label says so). Returns ((value, low, high), which blocks), or None where no curve of that kernel
-        covers M."""
+        covers M. A GemLite kernel above GEMLITE_PREFILL_MIN_ROWS rows runs its dequantized path: that
+        path's curves (phase DEQUANT_PHASE) there."""
+        from harness.variants.catalog import GEMLITE_PREFILL_MIN_ROWS
+
+        if m > GEMLITE_PREFILL_MIN_ROWS and any(mark in kernel for mark in KERNEL_MARKS["gemlite"]):
+            cs = [c for c in self.curves if c.variant == variant and c.phase == DEQUANT_PHASE and c.at(m) is not None]
+            got = self._sized(cs, m, block_params)
+            return None if got is None else (got[0], ", ".join(x for x in (got[1], "dequantized to bf16 + cuBLAS "
+                                                                       f"above {GEMLITE_PREFILL_MIN_ROWS} rows") if x))
         cs = [c for c in self.curves if c.variant == variant and c.phase == "kernel" and c.kernel == kernel
               and c.at(m) is not None]
+        return self._sized(cs, m, block_params)
+
+    @staticmethod
+    def _sized(cs: list[Curve], m: float, block_params: float | None) -> tuple[tuple[float, float, float], str] | None:
+        """sized_kernel_at over the curves `cs` of one kernel that cover M."""
         if not cs:
             return None
         sized = sorted((c for c in cs if c.block_params), key=lambda c: c.block_params)

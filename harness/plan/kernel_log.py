@@ -26,10 +26,11 @@ import json
 import re
 from pathlib import Path
 
-from harness.plan.curves import MICROBENCH, Curve, Point
+from harness.plan.curves import DEQUANT_PHASE, MICROBENCH, Curve, Point
 from harness.records import Record
 
 PRESET = "llama-3.1-8b"   # the block bench/kernels_gpu.py times unless its log's first line names another
+DEQUANT_PREFIX = "dequantized prefill:"   # bench/kernels_gpu.py's names of GemLite's dequantized prefill path
 SHAPE_NAMES = ("qkv", "o", "gate_up", "down")
 _HEADER = re.compile(r"^shapes of (?P<preset>\S+):")
 
@@ -49,6 +50,9 @@ def block_shapes(preset: str) -> dict[str, tuple[int, int]]:
 # each M, or, validating a record, with the curve of the kernel the record names (harness/plan/transfer.py).
 # int8 GemLite has no variant.
 KERNEL_VARIANTS = (
+    # GemLite's dequantized prefill path (harness/variants/gemlite.py): curves of phase DEQUANT_PHASE
+    ("dequantized prefill: int4 GemLite", ("int4-wo[gemlite]",)),
+    ("dequantized prefill: fp8 GemLite", ("fp8-wo[gemlite]",)),
     ("bf16 cuBLAS", ("baseline",)),
     ("int4 tinygemm", ("int4-wo[tinygemm]",)),
     ("int4 CUTLASS", ("int4-wo[cutlass]",)),
@@ -164,7 +168,8 @@ def block_curves(records: list[Record], copy_bytes_per_s: float) -> tuple[list[C
             other = max(0.0, s - wb / copy_bytes_per_s) / (wb / copy_bytes_per_s)
             pts.append(Point(m, other, other, other, len(shapes)))
         if pts:
-            curves.append(Curve(variant, kernel, "kernel", MICROBENCH, pts, shapes=preset))
+            phase = DEQUANT_PHASE if kernel.startswith(DEQUANT_PREFIX) else "kernel"
+            curves.append(Curve(variant, kernel, phase, MICROBENCH, pts, shapes=preset))
     return curves, notes
 
 
