@@ -238,6 +238,32 @@ def test_gemlite_prefill_is_dequantized_and_agrees_with_decode(name):
 
 
 @pytest.mark.gpu
+def test_the_kernel_bench_times_gemlites_dequantized_path_from_256_rows():
+    """bench/kernels_gpu.py's "dequantized prefill: ..." kernels run the harness's DequantPrefill path (the
+    GemLite weights unpacked + cuBLAS, whatever the rows), agree with GemLite's own kernels, and are timed
+    only from GEMLITE_PREFILL_MIN_ROWS rows up."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "kernels_gpu.py"
+    spec = importlib.util.spec_from_file_location("kernels_gpu", path)
+    kg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kg)
+    names = [k for k in kg.kernels() if k.startswith(kg.DEQUANT_PREFIX)]
+    assert len(names) == 2 and kg.min_rows(names[0]) == gk.PREFILL_MIN_ROWS and kg.min_rows("bf16 cuBLAS") == 1
+    torch.manual_seed(0)
+    lin = nn.Linear(1024, 2048, bias=False, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(gk.PREFILL_MIN_ROWS, 1024, device="cuda", dtype=torch.bfloat16)
+    for name in names:
+        mod = kg.kernels()[name](lin)
+        assert isinstance(mod, gk.DequantPrefill) and mod.min_rows == 0
+        with torch.inference_mode():
+            got, own = mod(x).float(), mod.inner(x).float()
+        assert ((got - own).norm() / own.norm()).item() < 0.01, name
+        assert kg.time_call(mod, x, 5) > 0 and kg.weight_bytes(mod) < 2 * 1024 * 2048
+
+
+@pytest.mark.gpu
 def test_tinygemm_beyond_its_output_index_limit_runs_in_chunks():
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
