@@ -442,6 +442,10 @@ def test_gemlite_prefill_above_256_rows_is_projected_from_its_dequantized_path(P
     dec = project_decode([cal], h200, "int4-wo[gemlite]", 8, wb.total, 0.0, gemm_bytes=gb, layers=32,
                          block_params=shape.block_linear_params())
     assert "dequantized" not in dec.source and "GemLite" in dec.source
+    out = tmp_path / "cal.json"                                         # written and read back: the same projection
+    out.write_text(cal.to_json())
+    back = project_prefill([load_calibration(out)], h200, "int4-wo[gemlite]", 1024, wb.total, 0.0, batch=8, **kw)
+    assert back.tok_s == pytest.approx(big.tok_s)
 
 
 def _bench_stand_in(calls: list, hang: tuple = ()):

@@ -48,14 +48,15 @@ from harness.profiles.schema import Profile
 from harness.records import Record, primary, slow_path
 
 FORMAT_VERSION = 1
-PHASES = ("decode", "prefill", "kernel")   # kernel: one linear layer (harness import-microbench records)
-MICROBENCH = "microbench"
-KERNEL_PLUS_STEP = "microbench kernel + non-GEMM step cost"   # decode curve derived from a kernel curve alone
-KERNEL_PLUS_PREFILL = "microbench kernel + non-GEMM prefill cost"   # prefill curve derived from a kernel curve alone
 # phase of the curves of GemLite's dequantized prefill path (bench/kernels_gpu.py "dequantized prefill: ..."
 # kernels: a GemLite linear called on more rows than GEMLITE_PREFILL_MIN_ROWS unpacks to bf16 and runs cuBLAS,
 # harness/variants/gemlite.py), kept apart from the variant's own kernel curve, which decode uses
 DEQUANT_PHASE = "kernel-dequant"
+# kernel: one linear layer (harness import-microbench records)
+PHASES = ("decode", "prefill", "kernel", DEQUANT_PHASE)
+MICROBENCH = "microbench"
+KERNEL_PLUS_STEP = "microbench kernel + non-GEMM step cost"   # decode curve derived from a kernel curve alone
+KERNEL_PLUS_PREFILL = "microbench kernel + non-GEMM prefill cost"   # prefill curve derived from a kernel curve alone
 
 
 class CalibrationFileError(ValueError):
