@@ -191,6 +191,21 @@ def test_lean_decoder_equals_transformers_for_each_family(model_type, extra):
     assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4)
 
 
+def _tiny_decoder(model_type: str, extra: dict, n_kv: int = 2):
+    """A 2-layer `model_type` with 4 query heads and `n_kv` KV heads (random weights, seed 0), a batch-2
+    prompt of 6 tokens and 10 decode tokens."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(model_type, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                               num_key_value_heads=n_kv, intermediate_size=256, vocab_size=512,
+                               max_position_embeddings=256, **extra)
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_config(cfg).eval()
+    ids = torch.randint(0, 512, (2, 6), generator=torch.Generator().manual_seed(1))
+    steps = torch.randint(0, 512, (2, 10), generator=torch.Generator().manual_seed(2))
+    return m, ids, steps
+
+
 @pytest.mark.parametrize("model_type,extra", [
     ("mistral", {"sliding_window": 8}),
     ("gemma2", {"head_dim": 32, "sliding_window": 8, "query_pre_attn_scalar": 16,
@@ -199,15 +214,7 @@ def test_lean_decoder_equals_transformers_for_each_family(model_type, extra):
 def test_flex_decode_attention_equals_sdpa_in_the_compiled_step(model_type, extra):
     """The compiled one-token step with FlexAttention (mask, window and soft-cap as a score_mod) gives
     the SDPA step's logits at every position, past the window too; uncompiled it runs SDPA."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    cfg = AutoConfig.for_model(model_type, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                               num_key_value_heads=2, intermediate_size=256, vocab_size=512,
-                               max_position_embeddings=256, **extra)
-    torch.manual_seed(0)
-    m = AutoModelForCausalLM.from_config(cfg).eval()
-    ids = torch.randint(0, 512, (2, 6), generator=torch.Generator().manual_seed(1))
-    steps = torch.randint(0, 512, (2, 10), generator=torch.Generator().manual_seed(2))
+    m, ids, steps = _tiny_decoder(model_type, extra)
     ref, flex = LeanDecoder(m, 2, 16), LeanDecoder(m, 2, 16, decode_attention="flex")
     step = torch.compile(flex, fullgraph=True, dynamic=False)
     with torch.inference_mode():
@@ -228,15 +235,7 @@ def test_packed_gqa_decode_attention_gives_the_sdpa_logits(model_type, extra, n_
     """"sdpa-packed" folds each KV group's query heads into query rows for one-token steps: the same
     logits as SDPA with enable_gqa at every position (past the window too), compiled or not, and the
     prefill untouched; without GQA (n_kv == heads) it is the plain SDPA call."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    cfg = AutoConfig.for_model(model_type, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                               num_key_value_heads=n_kv, intermediate_size=256, vocab_size=512,
-                               max_position_embeddings=256, **extra)
-    torch.manual_seed(0)
-    m = AutoModelForCausalLM.from_config(cfg).eval()
-    ids = torch.randint(0, 512, (2, 6), generator=torch.Generator().manual_seed(1))
-    steps = torch.randint(0, 512, (2, 10), generator=torch.Generator().manual_seed(2))
+    m, ids, steps = _tiny_decoder(model_type, extra, n_kv)
     ref, packed = LeanDecoder(m, 2, 16), LeanDecoder(m, 2, 16, decode_attention="sdpa-packed")
     step = torch.compile(packed, fullgraph=True, dynamic=False)
     with torch.inference_mode():

@@ -582,8 +582,8 @@ def test_calibrate_kernels_stops_before_a_piece_once_the_limit_has_passed(tmp_pa
 
 
 def _pieces_on(clock, init):
-    def patched(self, folder, stop_after_s):
-        init(self, folder, stop_after_s)
+    def patched(self, *args):
+        init(self, *args)
         self._now = lambda: clock[0]
         self.t0 = 0.0
     return patched

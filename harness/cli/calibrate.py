@@ -49,13 +49,13 @@ class _Pieces:
     a time limit, no piece starts after it and a running one is stopped at it (its file is then absent,
     so the next call measures it again)."""
 
-    def __init__(self, folder: Path, stop_after_s: float | None):
+    def __init__(self, folder: Path, stop_after_s: float | None, total: int):
         import time
 
-        self.folder, self.stop_after_s = folder, stop_after_s
+        self.folder, self.stop_after_s, self.total = folder, stop_after_s, total
         self._now = time.monotonic
         self.t0 = self._now()
-        self.done = self.kept = self.total = 0
+        self.done = self.kept = 0
 
     def left_s(self) -> float | None:
         return None if self.stop_after_s is None else self.stop_after_s - (self._now() - self.t0)
@@ -144,8 +144,7 @@ def _measure_kernels(folder: Path, blocks: list[str], profs: dict, profile_id: s
     folder.mkdir(parents=True, exist_ok=True)
     copy = _copy_bandwidth(folder)
     py = sys.executable
-    pieces = _Pieces(folder, stop_after_s)
-    pieces.total = len(blocks) + len(STEP_PROFILES) + len(PREFILL_PROFILES)
+    pieces = _Pieces(folder, stop_after_s, len(blocks) + len(STEP_PROFILES) + len(PREFILL_PROFILES))
     kernels = tuple(pieces.run([py, str(bench / "kernels_gpu.py"), "--model", b, "--m", KERNEL_M, "--out",
                                 str(folder / f"kernels-{b}.json")], folder / f"kernels-{b}.json") for b in blocks)
 

@@ -147,10 +147,9 @@ class PowerSampler:
         if not self.extras:
             return PowerSample(t, d.index, d.power_instant_w())
         util = d.utilization()
-        reasons = getattr(d, "clock_event_reasons", None)
         return PowerSample(t, d.index, d.power_instant_w(), d.sm_clock_hz(), d.mem_clock_hz(),
                            d.temperature_c(), util[0] if util else None, util[1] if util else None,
-                           d.memory_used_bytes(), reasons() if reasons is not None else None)
+                           d.memory_used_bytes(), d.clock_event_reasons())
 
     def sample_once(self) -> None:
         t = self._clock() - self._t0
