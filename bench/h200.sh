@@ -179,6 +179,11 @@ for stage in "$@"; do
           --new ${PROF_NEW:-16} --steps 10 --decode-attention $5 --out "$OUT/profile-$1-$v-b$3-p$4-$5.json" \
           | profsum step_wall_ms_cuda_events kernels_per_step idle_between_kernels_per_step_ms
       done ;;
+    power)
+      # power and clock of sustained kernel loads and the clock's recovery after a capped one (the planner's
+      # power file: harness calibrate --power-from); POWER_MODEL picks the block, POWER_ARGS adds options
+      timeout $(( $(left_s) - 10 )) python3 bench/power_gpu.py --model ${POWER_MODEL:-llama-3.1-8b} ${POWER_ARGS:-} \
+        --out $OUT/power-${POWER_MODEL:-llama-3.1-8b}.json 2>&1 | grep -v -i warn | tail -20 ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
   echo "stage $stage: $(( $(date +%s) - t0 )) s"

@@ -212,6 +212,33 @@ def _from_kernels(paths: tuple[Path, ...], profs: dict, profile_id: str | None, 
     return cal
 
 
+def _power_file(paths: tuple[Path, ...], profs: dict, profile_id: str | None, out: Path | None) -> Path:
+    import json
+
+    from harness.plan.power import from_bench
+    from harness.plan.sources import harness_commit
+    if profile_id is None or profile_id not in profs:
+        raise click.BadParameter(f"{profile_id!r}: give the profile of the board the power bench ran on",
+                                 param_hint="--profile")
+    benches = []
+    for p in paths:
+        try:
+            d = json.loads(p.read_text(encoding="utf-8"))
+            if not isinstance(d, dict) or "loads" not in d:
+                raise ValueError("no 'loads' (not bench/power_gpu.py output)")
+        except (OSError, ValueError) as e:
+            raise click.BadParameter(f"{p}: {e}", param_hint="--power-from") from None
+        benches.append((d, str(p)))
+    try:
+        text = json.dumps(from_bench(benches, profs[profile_id], harness_commit()), indent=1) + "\n"
+    except (ValueError, KeyError) as e:
+        raise click.UsageError(f"--power-from: {e}") from None
+    out = out or Path("results") / f"power-{profile_id}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    return out
+
+
 @click.command("calibrate")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Calibration file to write. Default: results/calibration-<profile>-<UTC>.json.")
@@ -243,6 +270,9 @@ def _from_kernels(paths: tuple[Path, ...], profs: dict, profile_id: str | None, 
 @click.option("--stop-after-s", "stop_after_s", type=click.FloatRange(min=1), default=None,
               help="With --kernels: start no piece after this many seconds and stop a running one at it "
                    "(exit 1, naming the folder to resume with --work-dir).")
+@click.option("--power-from", "power_from", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
+              help="Write a power file from bench/power_gpu.py JSON (repeatable, pooled; needs --profile, the board "
+                   "it ran on) instead: for validate-plan --power.")
 @click.option("--profile", "profile_id", default=None, help="Keep only this profile's calibration.")
 @click.option("--device", default="auto", show_default=True, help="Device to measure on: auto (cuda if present), cpu, cuda:N.")
 @click.option("--model", default=None, help=f"Sweep model (default {SWEEP['model']}).")
@@ -252,7 +282,7 @@ def _from_kernels(paths: tuple[Path, ...], profs: dict, profile_id: str | None, 
 def calibrate(out: Path | None, from_records: tuple[Path, ...], from_kernels: tuple[Path, ...], copy_bw: float | None,
               copy_source: str, step_profiles: tuple[Path, ...], prefill_profiles: tuple[Path, ...],
               kernels: bool, kernel_blocks: str, work_dir: Path | None, stop_after_s: float | None,
-              profile_id: str | None, device: str,
+              power_from: tuple[Path, ...], profile_id: str | None, device: str,
               model: str | None, variants: str | None, batch: str | None, profiles_dir: Path | None) -> None:
     """Measure kernel efficiency curves on this machine (or fit them from run folders) and write a
     calibration file for `harness plan --calibrate-with`.
@@ -268,6 +298,9 @@ def calibrate(out: Path | None, from_records: tuple[Path, ...], from_kernels: tu
     from harness.records import load_records
 
     profs = _load(profiles_dir)
+    if power_from:
+        click.echo(str(_power_file(power_from, profs, profile_id, out)))
+        return
     if (work_dir or stop_after_s) and not kernels:
         raise click.UsageError("--work-dir and --stop-after-s go with --kernels")
     if kernels:
@@ -319,12 +352,16 @@ def calibrate(out: Path | None, from_records: tuple[Path, ...], from_kernels: tu
 @click.option("--same-device", is_flag=True, default=False,
               help="Also project from calibrations of the cell's own device (kernel curves measured there; "
                    "they must not have been fitted on these cells).")
+@click.option("--power", "power_files", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
+              help="Power file (harness calibrate --power-from; repeatable): long prefills and the decode after "
+                   "them projected at the power-capped clock it measured, on boards of its architecture and limit.")
 @profiles_dir_option
 def validate_plan(measured: tuple[Path, ...], calibrate_with: tuple[Path, ...], title: str, note_file: Path | None,
                   out: Path | None, phase: str | None, within: float, median_bar: float, same_device: bool,
-                  profiles_dir: Path | None) -> None:
+                  power_files: tuple[Path, ...], profiles_dir: Path | None) -> None:
     """Every measured cell beside its projection from calibrations that exclude that cell's device:
     error, interval, and whether the measurement falls inside it (Markdown)."""
+    from harness.plan.power import load_power
     from harness.plan.sources import CalibrationFileError, load_sources
     from harness.plan.validate import cells_from_records, cells_from_reference, project_cell, to_markdown
     from harness.records import load_records
@@ -341,10 +378,14 @@ def validate_plan(measured: tuple[Path, ...], calibrate_with: tuple[Path, ...], 
         except (FileNotFoundError, ValueError, KeyError) as e:
             raise click.BadParameter(f"{m}: {e}", param_hint="--measured") from e
     cells = [c for c in cells if phase is None or c.phase == phase]
+    try:
+        powers = [load_power(f) for f in power_files]
+    except CalibrationFileError as e:
+        raise click.BadParameter(str(e), param_hint="--power") from e
     for c in cells:
-        c.projection = project_cell(c, cals, profs, same_device)
+        c.projection = project_cell(c, cals, profs, same_device, powers)
     text = to_markdown(cells, cals, title, note_file.read_text(encoding="utf-8") if note_file else "",
-                       within, median_bar or None, same_device)
+                       within, median_bar or None, same_device, powers)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text, encoding="utf-8")

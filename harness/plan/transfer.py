@@ -32,6 +32,8 @@ class Projection:
     low: float | None
     high: float | None
     source: str          # "curves from <profile> (<kernel>, <records|microbench>)" or the reason there is none
+    kernel: str = ""     # the kernel of the curve that projected it
+    gemm_share: float | None = None   # the GEMM term's share of the projected time, where the curve separates it
 
     @property
     def ok(self) -> bool:
@@ -122,8 +124,9 @@ def _kernel_step(cal: DeviceCalibration, cv: Curve, target: Profile, m: int, gem
     slow = step(hi, min(copy_s, copy_t), float(sc["high_s"]), 1 + ke)
     label = (f"{_label(cal, cv, target)}{f', {blocks}' if blocks else ''}, "
              f"non-GEMM {float(sc['non_gemm_s']) * per * 1e3:.3f} ms/step")
-    return Projection(m / step(other, copy_t, float(sc["non_gemm_s"]), 1.0), m / slow / (1 + e), m / fast * (1 + e),
-                      label)
+    t = step(other, copy_t, float(sc["non_gemm_s"]), 1.0)
+    gemm = gemm_bytes / copy_t + other * gemm_bytes / copy_s * scale
+    return Projection(m / t, m / slow / (1 + e), m / fast * (1 + e), label, cv.kernel, gemm / t)
 
 
 def _kernel_prefill(cal: DeviceCalibration, pc: dict, cv: Curve, target: Profile, batch: int, prompt: int,
@@ -157,7 +160,8 @@ def _kernel_prefill(cal: DeviceCalibration, pc: dict, cv: Curve, target: Profile
     slow = total(hi, hih, min(copy_s, copy_t), 1 + ke, 1 + sp)
     label = (f"{_label(cal, cv, target)}{f', {blocks}' if blocks else ''}, non-GEMM prefill {ng * 1e3:.2f} ms "
              f"of {pc.get('prefill_path', 'eager')} prefills (+/-{sp:.0%}, {pc.get('spread_source', '')})")
-    return Projection(m / total(o, oh, copy_t, 1.0, 1.0), m / slow / (1 + e), m / fast * (1 + e), label)
+    t = total(o, oh, copy_t, 1.0, 1.0)
+    return Projection(m / t, m / slow / (1 + e), m / fast * (1 + e), label, cv.kernel, (t - ng) / t)
 
 
 def project_step(cals: list[DeviceCalibration], target: Profile, variant: str, phase: str, m: int,
@@ -198,7 +202,7 @@ def project_step(cals: list[DeviceCalibration], target: Profile, variant: str, p
 
     e = _err(cal, target)
     return Projection(m / step(other, copy_t), m / step(hi, min(copy_s, copy_t)) / (1 + e),
-                      m / step(lo, max(copy_s, copy_t)) * (1 + e), _label(cal, cv, target))
+                      m / step(lo, max(copy_s, copy_t)) * (1 + e), _label(cal, cv, target), cv.kernel)
 
 
 def project_decode(cals: list[DeviceCalibration], target: Profile, variant: str, batch: int,

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 from harness.models.spec import shape_of
 from harness.plan.curves import DeviceCalibration
+from harness.plan.power import PowerModel, power_for
 from harness.plan.roofline import Workload, project
 from harness.plan.step_cost import prefill_path
 from harness.plan.transfer import Projection, project_decode, project_prefill
@@ -84,23 +85,53 @@ def cells_from_reference(path: str | Path) -> list[Cell]:
 
 
 def project_cell(c: Cell, cals: list[DeviceCalibration], profiles: Mapping[str, Profile],
-                 same_device: bool = False) -> Projection:
+                 same_device: bool = False, powers: Sequence[PowerModel] = ()) -> Projection:
     """same_device: also use calibrations of the cell's own device (kernel curves measured there: the
-    cells themselves must not be among their sources)."""
+    cells themselves must not be among their sources). powers: power files (harness/plan/power.py); where
+    one applies to the cell's device, the full-clock projection is scaled by its prefill factor (prefill)
+    or by the recovery after the cell's own prefill (decode)."""
     p = profiles.get(c.profile)
     if p is None:
         return Projection(None, None, None, f"profile {c.profile} not loaded")
     others = list(cals) if same_device else [k for k in cals if k.profile != c.profile]
     v, shape = parse_variant(c.variant), shape_of(c.model)
+    pre_row = project(p, v, Workload(c.model, shape, c.prompt_tokens, c.batch))
+    pre = project_prefill(others, p, c.variant, c.batch * c.prompt_tokens, pre_row.weight_bytes,
+                          pre_row.kv_cache_bytes, kernel=c.kernel, batch=c.batch, gemm_bytes=pre_row.gemm_weight_bytes,
+                          prefill_path=c.prefill_path, head_bytes=pre_row.head_weight_bytes, layers=pre_row.layers,
+                          block_params=pre_row.block_params, widths=pre_row.prefill_widths)
     if c.phase == "decode":
         row = project(p, v, Workload(c.model, shape, c.prompt_tokens + c.new_tokens, c.batch))
-        return project_decode(others, p, c.variant, c.batch, row.weight_bytes, row.kv_cache_bytes,
-                              row.gemm_weight_bytes, row.layers, kernel=c.kernel, block_params=row.block_params)
-    row = project(p, v, Workload(c.model, shape, c.prompt_tokens, c.batch))
-    return project_prefill(others, p, c.variant, c.batch * c.prompt_tokens, row.weight_bytes, row.kv_cache_bytes,
-                           kernel=c.kernel, batch=c.batch, gemm_bytes=row.gemm_weight_bytes, prefill_path=c.prefill_path,
-                           head_bytes=row.head_weight_bytes, layers=row.layers, block_params=row.block_params,
-                           widths=row.prefill_widths)
+        got = project_decode(others, p, c.variant, c.batch, row.weight_bytes, row.kv_cache_bytes,
+                             row.gemm_weight_bytes, row.layers, kernel=c.kernel, block_params=row.block_params)
+    else:
+        got = pre
+    if not powers or not got.ok:
+        return got
+    if got.gemm_share is None:
+        # a curve fitted on end-to-end records already holds the clock those cells ran at
+        return replace(got, source=f"{got.source}; no power adjustment (a curve from end-to-end records)")
+    pm, why = power_for(list(powers), p)
+    if pm is None:
+        return replace(got, source=f"{got.source}; no power model ({why})")
+    m = c.batch * c.prompt_tokens
+    if c.phase == "prefill":
+        f, note = pm.prefill_factor(got.kernel, m, m / got.tok_s, got.gemm_share, pre_row.block_params)
+    elif pre.ok or pre_row.prefill_tok_s:
+        # without a prefill curve at its M, the prefill's time is bounded below by the roofline (datasheet
+        # peaks): enough to tell whether it outlasts the power controller's onset, not a projection of it
+        t_pre = m / (pre.tok_s if pre.ok else pre_row.prefill_tok_s)
+        f, note = pm.decode_factor(pre.kernel or got.kernel, m, t_pre, got.kernel, c.batch, c.batch / got.tok_s,
+                                   c.new_tokens - 1, got.gemm_share, pre_row.block_params)
+        if not pre.ok:
+            note += (f"; its prefill has no curve at M={m:,}: its time taken as at least the roofline's "
+                     f"{t_pre * 1e3:,.0f} ms")
+    else:
+        f, note = 1.0, f"decode at full clock: its prefill has no projection ({pre.source})"
+    # from another board the fast end stays at full clock: whether the target reaches its cap is not measured
+    high = got.high / f if pm.profile == p.id else got.high
+    return replace(got, tok_s=got.tok_s / f, low=got.low / f, high=max(high, got.tok_s / f),
+                   source=f"{got.source}; {pm.label(p.id)}: {note}")
 
 
 def prefill_mismatch(c: Cell, cals: list[DeviceCalibration]) -> str:
@@ -135,7 +166,8 @@ def _measured(c: Cell) -> str:
 
 
 def to_markdown(cells: list[Cell], cals: list[DeviceCalibration], title: str, note: str = "",
-                within: float = 0.25, median_bar: float | None = 0.15, same_device: bool = False) -> str:
+                within: float = 0.25, median_bar: float | None = 0.15, same_device: bool = False,
+                powers: Sequence[PowerModel] = ()) -> str:
     s = summary(cells, within)
     pct = lambda x: "-" if x is None else f"{x:.1%}"   # noqa: E731
     inside_share = s["inside_interval"] / s["projected"] if s["projected"] else None
@@ -148,6 +180,10 @@ def to_markdown(cells: list[Cell], cals: list[DeviceCalibration], title: str, no
              f"Calibrations used ({whose}): "
              + "; ".join(f"{k.profile} (arch {k.arch}, from {', '.join(k.provenance.get('sources', [])) or k.path}, "
                          f"harness {k.provenance.get('harness_commit') or '?'})" for k in cals) + ".", "",
+             *([("Power files (long prefills and the decode after them; harness/plan/power.py): "
+                 + "; ".join(f"{m.profile} ({m.board}, {m.power_limit_w:g} W, from "
+                             f"{', '.join(m.provenance.get('sources', [])) or m.path})" for m in powers) + "."), ""]
+               if powers else []),
              f"- cells: {s['cells']}; projected: {s['projected']}; no curve: {s['no_curve']}"
              + (f"; not counted: {s['fallback']} measured on a fallback path (not the compiled CUDA graph the "
                 "projections are of; their rows say which)" if s["fallback"] else ""),
@@ -166,8 +202,9 @@ def to_markdown(cells: list[Cell], cals: list[DeviceCalibration], title: str, no
         if c.fallback:
             inside = f"not counted: {c.fallback}"
         err = "-" if c.error is None else (f"{c.error:+.1%}" if abs(c.error) <= within else f"**{c.error:+.1%}**")
+        at_full = "" if p is not None and "power loads" in p.source else "; projections are at full clock"
         why = (p.source if p else "-") + prefill_mismatch(c, cals) \
-            + (f"; measured below full clock ({c.clock}); projections are at full clock" if c.clock else "")
+            + (f"; measured below full clock ({c.clock}){at_full}" if c.clock else "")
         lines.append(f"| {c.profile} | {c.model} | {c.variant} | {c.batch} | {c.prompt_tokens}+{c.new_tokens} | "
                      f"{c.phase} | {_measured(c)} | {proj} | {err} | {inside} | "
                      f"{why.replace('|', '/')} | {c.source} |")
