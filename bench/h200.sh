@@ -179,6 +179,12 @@ for stage in "$@"; do
           --new ${PROF_NEW:-16} --steps 10 --decode-attention $5 --out "$OUT/profile-$1-$v-b$3-p$4-$5.json" \
           | profsum step_wall_ms_cuda_events kernels_per_step idle_between_kernels_per_step_ms
       done ;;
+    cells1)
+      # bf16 and int4 tinygemm at batch 1 with the current engine (compiled prefill): for a board whose
+      # committed records predate it (the H100's ran the eager prefill)
+      RUN_TIMEOUT_S=${CELLS_TIMEOUT_S:-200} hr cells1-8b $M8 --variants baseline,int4-wo[tinygemm] --batch 1 --tune off \
+        --energy-window-s 2 --min-seconds 1
+      pack cells1 ;;
     power)
       # power and clock of sustained kernel loads and the clock's recovery after a capped one (the planner's
       # power file: harness calibrate --power-from); POWER_MODEL picks the block, POWER_ARGS adds options
