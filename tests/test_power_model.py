@@ -79,7 +79,7 @@ def test_decode_steps_after_a_capped_prefill_follow_the_probes_recovery():
     f, note = pm.decode_factor(CUTLASS, 65536, 1.5, "bf16 cuBLAS", 32, 0.005, 15, 1.0)
     assert f == 1.0 and "no recovery probe of bf16" in note
     f, note = pm.prefill_factor("int4 tinygemm", 2048, 1.0, 1.0)
-    assert f == 1.0 and "no power load of tinygemm" in note
+    assert f == 1.0 and "no power load of tinygemm kernels near M=2,048" in note
 
 
 def test_the_power_file_applies_to_boards_of_its_architecture_and_limit_only():
@@ -146,3 +146,23 @@ def test_the_capped_qwen_cell_is_projected_slower_with_the_committed_h100_power_
                  if c.phase == "prefill" and c.variant == "baseline")
     a, b = project_cell(small, [cal], profs, True), project_cell(small, [cal], profs, True, [pm])
     assert b.tok_s == pytest.approx(a.tok_s, rel=0.01)
+
+
+def test_plan_scales_a_long_prefill_with_the_power_file_and_needs_curves_for_it(tmp_path):
+    """70B int4 (CUTLASS) at 2 x 1,024 tokens on the H200: a prefill of about 0.4 s, past the H100 loads' cap
+    onset, projected slower than at full clock; the row names the board the loads came from."""
+    from harness.cli.profiles import plan
+    base = ["--model", "synthetic:llama-3.1-70b", "--variants", "int4-wo[cutlass]", "--context", "1024", "--batch", "2",
+            "--profiles", "h200-sxm-141gb", "--format", "json",
+            "--calibrate-with", str(REF / "calibration" / "h200-kernel-curves.json")]
+    power = ["--power", str(REF / "calibration" / "h100-power.json")]
+    rows = []
+    for extra, out in (([], "a"), (power, "b")):
+        res = CliRunner().invoke(plan, base + extra + ["--out", str(tmp_path / out)])
+        assert res.exit_code == 0, res.output
+        rows.append(json.loads(res.stdout))
+    row = [r["rows"][0] if isinstance(r, dict) else r[0] for r in rows]
+    assert row[0]["curve_prefill_tok_s"] / row[1]["curve_prefill_tok_s"] > 1.03
+    assert "power loads from h100-sxm-80gb" in row[1]["curve_from"] and "power" not in row[0]["curve_from"]
+    res = CliRunner().invoke(plan, base[:-2] + power + ["--out", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "--calibrate-with" in res.output

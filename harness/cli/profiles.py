@@ -178,9 +178,13 @@ def _pick_profiles(spec: str, profs: dict[str, Profile]) -> list[Profile]:
 @click.option("--gpus", default=None, metavar="auto|N",
               help="Tensor parallelism over N GPUs of each profile ('auto': as many as the model needs): weights "
                    "and KV split N ways plus 2 all-reduces per layer over the profile's interconnect (TP columns).")
+@click.option("--power", "power_files", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
+              help="Power file (harness calibrate --power-from; repeatable): with --calibrate-with, the curve "
+                   "prefill of profiles of its architecture and power limit at the power-capped clock it measured.")
 @profiles_dir_option
 def plan(model: str, variants: str, context: int, batch: int, profile_spec: str, fmt: str, out_dir: Path | None,
-         headroom: float, calibrate_with: tuple[Path, ...], gpus: str | None, profiles_dir: Path | None) -> None:
+         headroom: float, calibrate_with: tuple[Path, ...], gpus: str | None, power_files: tuple[Path, ...],
+         profiles_dir: Path | None) -> None:
     """Project memory fit and roofline tokens/s of variants on hardware profiles (no hardware needed).
 
     Every figure is a projection from datasheet numbers: decode from the memory roofline, prefill from
@@ -212,7 +216,15 @@ def plan(model: str, variants: str, context: int, batch: int, profile_spec: str,
     rows = plan_rows(chosen, vs, w)
     if gpus is not None and gpus != "auto" and not (gpus.isdigit() and int(gpus) >= 1):
         raise click.BadParameter(f"{gpus!r}: 'auto' or a whole number >= 1", param_hint="--gpus")
-    cals = _calibrate_rows(rows, calibrate_with, {**profs, **{p.id: p for p in chosen}}) if calibrate_with else []
+    if power_files and not calibrate_with:
+        raise click.UsageError("--power scales curve projections: give --calibrate-with too")
+    from harness.plan.power import load_power
+    from harness.plan.sources import CalibrationFileError
+    try:
+        powers = [load_power(f) for f in power_files]
+    except CalibrationFileError as e:
+        raise click.BadParameter(str(e), param_hint="--power") from e
+    cals = _calibrate_rows(rows, calibrate_with, {**profs, **{p.id: p for p in chosen}}, powers) if calibrate_with else []
     from harness.plan.multigpu import apply_multi_gpu
     apply_multi_gpu(rows, {p.id: p for p in chosen}, {v.name: v for v in vs}, w, gpus, cals)
     out = out_dir or Path("results") / f"plan-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
@@ -222,7 +234,7 @@ def plan(model: str, variants: str, context: int, batch: int, profile_spec: str,
         click.echo(f"\n{out}")
 
 
-def _calibrate_rows(rows: list, sources: tuple[Path, ...], profs: dict[str, Profile]) -> list:
+def _calibrate_rows(rows: list, sources: tuple[Path, ...], profs: dict[str, Profile], powers=()) -> list:
     """Both calibrations of `plan --calibrate-with`: per-variant efficiencies from the run folders'
     records (basis `calibrated`) and kernel curves from folders and calibration files (curve_*)."""
     from harness.plan.calibrate import calibrate
@@ -242,7 +254,7 @@ def _calibrate_rows(rows: list, sources: tuple[Path, ...], profs: dict[str, Prof
                        f"{'-' if e.prefill is None else f'{e.prefill:.2f}'} ({e.records} records)", err=True)
         for s in cal.skipped:
             click.echo(f"calibration: skipped {s}", err=True)
-    apply_curves(rows, cals, profs)
+    apply_curves(rows, cals, profs, powers)
     for c in cals:
         click.echo(f"curves: {c.profile} (arch {c.arch}): {len(c.curves)} curves "
                    f"from {', '.join(c.provenance.get('sources', [])) or c.path}", err=True)

@@ -45,6 +45,9 @@ FORMAT_VERSION = 1
 KIND = "power"
 REF_WINDOW_MS = (3.0, 30.0)     # replays starting in this window set a load's full-clock speed
 CAPPED_SLOWDOWN = 1.02          # a load whose steady slowdown is below this did not reach the cap
+MAX_M_RATIO = 8                 # a load or probe stands for M within this factor of its own
+SATURATED_M = 1024              # ... and, from this M on, for every larger M (see PowerModel._nearest)
+MIN_DEPTH = 0.02                # a clock deficit below this (98% of full clock) is replay noise, not a cap
 
 
 def family(kernel: str | None) -> str:
@@ -185,8 +188,12 @@ class PowerModel:
         return None
 
     def _nearest(self, items, kernel: str, m: int, block_params: int | None):
+        """The item of the kernel's family nearest in block size, then in M; only within MAX_M_RATIO of M,
+        or, above the largest M measured from SATURATED_M on, that one (the H100's bf16 loads settle alike
+        at M = 1,024, 2,048 and 8,192: the cap is saturated there)."""
         fam = family(kernel)
-        same = [x for x in items if x.family == fam]
+        same = [x for x in items if x.family == fam
+                and (x.m / MAX_M_RATIO <= m <= x.m * MAX_M_RATIO or SATURATED_M <= x.m <= m)]
         if not same:
             return None
 
@@ -207,7 +214,7 @@ class PowerModel:
         """(time factor of a prefill of T = t_full_s seconds at full clock, what it came from)."""
         ld = self.load_for(kernel, m, block_params)
         if ld is None:
-            return 1.0, f"no power load of {family(kernel)} kernels: prefill at full clock"
+            return 1.0, f"no power load of {family(kernel)} kernels near M={m:,}: prefill at full clock"
         s = ld.mean_slowdown(t_full_s)
         g = 1.0 if gemm_share is None else gemm_share
         f = 1 + g * (s - 1)
@@ -220,13 +227,14 @@ class PowerModel:
         """(time factor of a pass's decode steps after its prefill, what it came from)."""
         ld = self.load_for(prefill_kernel, prefill_m, block_params)
         if ld is None:
-            return 1.0, f"no power load of {family(prefill_kernel)} kernels: decode at full clock"
+            return 1.0, f"no power load of {family(prefill_kernel)} kernels near M={prefill_m:,}: decode at full clock"
         depth = ld.depth(prefill_s)
-        if depth <= 0:
+        if depth < MIN_DEPTH:
             return 1.0, f"prefill below the power cap (load {ld.kernel.split(' (')[0]} M={ld.m}): decode at full clock"
         rec = self.recovery_for(kernel, batch, block_params)
         if rec is None:
-            return 1.0, f"no recovery probe of {family(kernel)} kernels: decode after a capped prefill at full clock"
+            return 1.0, (f"no recovery probe of {family(kernel)} kernels near M={batch}: decode after a capped "
+                         f"prefill at full clock")
         share = depth / rec.heavy_depth
         g = 1.0 if gemm_share is None else gemm_share
         t, total = 0.0, 0.0
@@ -316,3 +324,22 @@ def power_for(models: list[PowerModel], target) -> tuple[PowerModel | None, str]
         return None, why
     own = [m for m in fits if m.profile == target.id]
     return (own or fits)[0], ""
+
+
+def power_scaled(got, models, target, factor):
+    """Projection `got` (harness.plan.transfer.Projection) at the power-capped clock: `factor(model)` ->
+    (time factor, note) from the power model that applies to `target`. Unchanged without power files or a
+    projection; a curve fitted on end-to-end records (no GEMM share) already holds its cells' clock. From
+    another board the fast end stays at full clock: whether the target reaches its cap is not measured."""
+    from dataclasses import replace
+    if not models or not got.ok:
+        return got
+    if got.gemm_share is None:
+        return replace(got, source=f"{got.source}; no power adjustment (a curve from end-to-end records)")
+    pm, why = power_for(list(models), target)
+    if pm is None:
+        return replace(got, source=f"{got.source}; no power model ({why})")
+    f, note = factor(pm)
+    high = got.high / f if pm.profile == target.id else got.high
+    return replace(got, tok_s=got.tok_s / f, low=got.low / f, high=max(high, got.tok_s / f),
+                   source=f"{got.source}; {pm.label(target.id)}: {note}")

@@ -236,9 +236,12 @@ def project_prefill(cals: list[DeviceCalibration], target: Profile, variant: str
     return p
 
 
-def apply_curves(rows, cals: list[DeviceCalibration], profiles: dict[str, Profile]):
+def apply_curves(rows, cals: list[DeviceCalibration], profiles: dict[str, Profile], powers=()):
     """Fill the curve_* columns of plan rows (in place; returns rows). A row without a curve gets the
-    reason in curve_from and no figure."""
+    reason in curve_from and no figure. `powers` (harness/plan/power.py models): the prefill of a row's
+    context projected at the power-capped clock they measured (decode is steady-state decode there: the
+    steps right after a prefill, which validate-plan projects for a measured cell, are not a plan row's)."""
+    from harness.plan.power import power_scaled
     for row in rows:
         p = profiles.get(row.profile)
         if p is None or row.status == "unsupported" or not cals:
@@ -249,6 +252,9 @@ def apply_curves(rows, cals: list[DeviceCalibration], profiles: dict[str, Profil
                             row.kv_cache_bytes, batch=row.batch_size, gemm_bytes=row.gemm_weight_bytes or None,
                             head_bytes=row.head_weight_bytes, layers=row.layers or None,
                             block_params=row.block_params or None, widths=row.prefill_widths)
+        m = row.batch_size * row.context_tokens
+        q = power_scaled(q, powers, p, lambda pm: pm.prefill_factor(q.kernel, m, m / q.tok_s, q.gemm_share,
+                                                                    row.block_params or None))
         row.curve_decode_tok_s, row.curve_decode_low, row.curve_decode_high = d.tok_s, d.low, d.high
         row.curve_prefill_tok_s, row.curve_prefill_low, row.curve_prefill_high = q.tok_s, q.low, q.high
         row.curve_from = d.source if d.source == q.source else f"decode: {d.source}; prefill: {q.source}"

@@ -17,7 +17,7 @@ from typing import Iterable, Mapping, Sequence
 
 from harness.models.spec import shape_of
 from harness.plan.curves import DeviceCalibration
-from harness.plan.power import PowerModel, power_for
+from harness.plan.power import PowerModel, power_scaled
 from harness.plan.roofline import Workload, project
 from harness.plan.step_cost import prefill_path
 from harness.plan.transfer import Projection, project_decode, project_prefill
@@ -100,24 +100,17 @@ def project_cell(c: Cell, cals: list[DeviceCalibration], profiles: Mapping[str, 
                           pre_row.kv_cache_bytes, kernel=c.kernel, batch=c.batch, gemm_bytes=pre_row.gemm_weight_bytes,
                           prefill_path=c.prefill_path, head_bytes=pre_row.head_weight_bytes, layers=pre_row.layers,
                           block_params=pre_row.block_params, widths=pre_row.prefill_widths)
-    if c.phase == "decode":
-        row = project(p, v, Workload(c.model, shape, c.prompt_tokens + c.new_tokens, c.batch))
-        got = project_decode(others, p, c.variant, c.batch, row.weight_bytes, row.kv_cache_bytes,
-                             row.gemm_weight_bytes, row.layers, kernel=c.kernel, block_params=row.block_params)
-    else:
-        got = pre
-    if not powers or not got.ok:
-        return got
-    if got.gemm_share is None:
-        # a curve fitted on end-to-end records already holds the clock those cells ran at
-        return replace(got, source=f"{got.source}; no power adjustment (a curve from end-to-end records)")
-    pm, why = power_for(list(powers), p)
-    if pm is None:
-        return replace(got, source=f"{got.source}; no power model ({why})")
     m = c.batch * c.prompt_tokens
     if c.phase == "prefill":
-        f, note = pm.prefill_factor(got.kernel, m, m / got.tok_s, got.gemm_share, pre_row.block_params)
-    elif pre.ok or pre_row.prefill_tok_s:
+        return power_scaled(pre, powers, p, lambda pm: pm.prefill_factor(pre.kernel, m, m / pre.tok_s, pre.gemm_share,
+                                                                         pre_row.block_params))
+    row = project(p, v, Workload(c.model, shape, c.prompt_tokens + c.new_tokens, c.batch))
+    got = project_decode(others, p, c.variant, c.batch, row.weight_bytes, row.kv_cache_bytes,
+                         row.gemm_weight_bytes, row.layers, kernel=c.kernel, block_params=row.block_params)
+
+    def decode(pm: PowerModel) -> tuple[float, str]:
+        if not (pre.ok or pre_row.prefill_tok_s):
+            return 1.0, f"decode at full clock: its prefill has no projection ({pre.source})"
         # without a prefill curve at its M, the prefill's time is bounded below by the roofline (datasheet
         # peaks): enough to tell whether it outlasts the power controller's onset, not a projection of it
         t_pre = m / (pre.tok_s if pre.ok else pre_row.prefill_tok_s)
@@ -126,12 +119,8 @@ def project_cell(c: Cell, cals: list[DeviceCalibration], profiles: Mapping[str, 
         if not pre.ok:
             note += (f"; its prefill has no curve at M={m:,}: its time taken as at least the roofline's "
                      f"{t_pre * 1e3:,.0f} ms")
-    else:
-        f, note = 1.0, f"decode at full clock: its prefill has no projection ({pre.source})"
-    # from another board the fast end stays at full clock: whether the target reaches its cap is not measured
-    high = got.high / f if pm.profile == p.id else got.high
-    return replace(got, tok_s=got.tok_s / f, low=got.low / f, high=max(high, got.tok_s / f),
-                   source=f"{got.source}; {pm.label(p.id)}: {note}")
+        return f, note
+    return power_scaled(got, powers, p, decode)
 
 
 def prefill_mismatch(c: Cell, cals: list[DeviceCalibration]) -> str:
