@@ -7,7 +7,7 @@ block's linears on one kernel at M rows, replayed back to back for seconds, each
 events); `recovery`: after a capped heavy load, a probe kernel's replays against its time after an idle
 pause. Measured on the lab H100 (results/reference/h100/session9-20261208/power-8b.json, 700 W limit):
 bf16 at M >= 256 and int4 CUTLASS at M = 1,024 reach the power cap about 50-100 ms into the load and
-settle 4-11% slower than their first replays (SM clock 70-77% of 1,980 MHz); decode-sized loads (bf16 M =
+settle 8-14% slower than their first replays (SM clock 70-77% of 1,980 MHz); decode-sized loads (bf16 M =
 1, 32; CUTLASS M = 32; tinygemm M = 1) stay within 2% of their first replays; after 1.6 s of bf16 M = 8,192,
 CUTLASS at M = 32 runs 1.43x its idle-start time for about 65 ms, then 1.02-1.05x, 1.01x by 150 ms; bf16
 M = 1 runs 1.05x, then 1.01x.
