@@ -470,6 +470,11 @@ def _bench_stand_in(calls: list, hang: tuple = ()):
             rows = [{"kernel": "bf16 cuBLAS", "shape": s, "N": n, "K": k, "M": m, "us": 2 * n * k / COPY * 1e6 * 1.2,
                      "weight_bytes": 2 * n * k} for m in (1, 8, 2048) for s, (n, k) in block_shapes(preset).items()]
             out.write_text(json.dumps({"device": "fake", "model": preset, "rows": rows}))
+        elif cmd[1].endswith("power_gpu.py"):
+            series = [[float(t), 2.0 if t < 50 else 2.2] for t in range(0, 2500, 2)]
+            out.write_text(json.dumps({"device": "fake", "model": cmd[cmd.index("--model") + 1], "power_limit_w": 700.0,
+                                       "loads": [{"kernel": "bf16 cuBLAS", "M": 2048, "replay_ms": series,
+                                                  "clock_fraction": 0.7, "power_mean_w": 700.0}], "recovery": []}))
         elif "--phase" in cmd:
             prompt = int(cmd[cmd.index("--prompt") + 1])
             out.write_text(json.dumps({"model": "synthetic:llama-3.1-8b", "variant": "baseline", "batch": 1,
@@ -506,7 +511,7 @@ def test_calibrate_kernels_runs_the_bench_scripts_and_fits_their_outputs(tmp_pat
     res = CliRunner().invoke(cli.calibrate, ["--kernels", "--profile", "h200-sxm-141gb", "--out", str(out)])
     assert res.exit_code == 0, res.output
     scripts = [Path(c[1]).name for c in calls]
-    assert scripts == ["kernels_gpu.py"] * 2 + ["profile_step.py"] * 7
+    assert scripts == ["kernels_gpu.py"] * 2 + ["profile_step.py"] * 7 + ["power_gpu.py"]
     assert calls[0][calls[0].index("--m") + 1] == cli.KERNEL_M
     cal = load_calibration(out)
     assert sorted(c.shapes for c in cal.curves) == ["llama-3.1-70b", "llama-3.1-8b"]
@@ -514,7 +519,11 @@ def test_calibrate_kernels_runs_the_bench_scripts_and_fits_their_outputs(tmp_pat
     assert cal.step_cost["non_gemm_s"] == pytest.approx(0.8e-3 - kv_s) and len(cal.prefill_costs) == 1
     assert cal.provenance["copy_bandwidth_source"].startswith("harness calibrate --kernels")
     kept = {p.name for p in next(tmp_path.glob("calibration-kernels-*")).iterdir()}
-    assert {"kernels-llama-3.1-8b.json", "kernels-llama-3.1-8b.log", "prefill-bf16-p2048.json"} <= kept
+    assert {"kernels-llama-3.1-8b.json", "kernels-llama-3.1-8b.log", "prefill-bf16-p2048.json",
+            "power-llama-3.1-8b.json"} <= kept
+    from harness.plan.power import load_power
+    pm = load_power(tmp_path / "cal-power.json")                  # the power file beside the calibration
+    assert pm.profile == "h200-sxm-141gb" and pm.loads[0].steady == pytest.approx(1.1)
     res = CliRunner().invoke(cli.calibrate, ["--kernels", "--kernel-blocks", "llama-9", "--profile", "h200-sxm-141gb"])
     assert res.exit_code == 2 and "not a preset" in res.output
 
@@ -540,7 +549,7 @@ def test_calibrate_kernels_in_pieces_stops_at_its_limit_and_resumes_its_work_fol
     args = ["--kernels", "--profile", "h200-sxm-141gb", "--out", str(out), "--work-dir", str(work)]
     res = CliRunner().invoke(cli.calibrate, args + ["--stop-after-s", "500"])
     assert res.exit_code == 1 and not out.exists()
-    assert "profile_step.py stopped at the 500 s limit" in res.output and "4 of 9 pieces measured" in res.output
+    assert "profile_step.py stopped at the 500 s limit" in res.output and "4 of 10 pieces measured" in res.output
     assert f"--work-dir {work}" in res.output
     assert not (work / "step-bf16-b8.json").exists() and (work / "step-bf16-b8.log").exists()
     assert len(first) == 5 and copies == [1]
@@ -550,7 +559,8 @@ def test_calibrate_kernels_in_pieces_stops_at_its_limit_and_resumes_its_work_fol
     assert res.exit_code == 0, res.output
     assert [c[c.index("--out") + 1] for c in again] == [str(work / f"{stem}.json") for stem in
                                                         ("step-bf16-b8", "step-bf16-b32-p2048", "prefill-bf16-p128",
-                                                         "prefill-bf16-p512", "prefill-bf16-p2048")]
+                                                         "prefill-bf16-p512", "prefill-bf16-p2048",
+                                                        "power-llama-3.1-8b")]
     assert copies == [1] and "kept kernels-llama-3.1-70b.json" in res.output and out.exists()
     res = CliRunner().invoke(cli.calibrate, ["--work-dir", str(work)])
     assert res.exit_code == 2 and "go with --kernels" in res.output
@@ -578,7 +588,7 @@ def test_calibrate_kernels_stops_before_a_piece_once_the_limit_has_passed(tmp_pa
     res = CliRunner().invoke(cli.calibrate, ["--kernels", "--profile", "h200-sxm-141gb", "--work-dir",
                                              str(tmp_path / "w"), "--stop-after-s", "550"])
     assert res.exit_code == 1 and len(calls) == 2
-    assert "stopped at the 550 s limit: 2 of 9 pieces measured" in res.output
+    assert "stopped at the 550 s limit: 2 of 10 pieces measured" in res.output
 
 
 def _pieces_on(clock, init):

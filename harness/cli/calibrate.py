@@ -9,7 +9,9 @@ then fits the curves from that run's records. On a CPU-only machine it runs on t
 of the repository's bench/ scripts, their outputs kept beside the file: the copy bandwidth, the
 weight-only kernels at each preset block of --kernel-blocks (bench/kernels_gpu.py, M = KERNEL_M), the
 engine's decode step (bf16 and int4-wo, batch 1) and prefill (bf16, prompts 128 and 2048) under
-bench/profile_step.py; then fits them as --from-kernels with --step-profile and --prefill-profile would.
+bench/profile_step.py, and the board's sustained kernel loads and clock recovery (bench/power_gpu.py); then
+fits them as --from-kernels with --step-profile and --prefill-profile would, and writes the power file
+beside the calibration (<out>-power.json, as --power-from would).
 The pieces can be measured over several calls (--work-dir resumes a folder, --stop-after-s stops in time):
 the lab device gives 10 minutes a call, and the 70B block's kernels alone take about 5.
 """
@@ -121,7 +123,8 @@ def _copy_bandwidth(folder: Path) -> float:
 
 def _measure_kernels(folder: Path, blocks: list[str], profs: dict, profile_id: str | None,
                      stop_after_s: float | None = None):
-    """The --kernels measurement (module doc) into `folder`; returns the fitted calibration."""
+    """The --kernels measurement (module doc) into `folder`: (the fitted calibration, the power bench's JSON,
+    the profile id)."""
     import torch
 
     from harness.models.presets import PRESETS
@@ -144,7 +147,7 @@ def _measure_kernels(folder: Path, blocks: list[str], profs: dict, profile_id: s
     folder.mkdir(parents=True, exist_ok=True)
     copy = _copy_bandwidth(folder)
     py = sys.executable
-    pieces = _Pieces(folder, stop_after_s, len(blocks) + len(STEP_PROFILES) + len(PREFILL_PROFILES))
+    pieces = _Pieces(folder, stop_after_s, len(blocks) + len(STEP_PROFILES) + len(PREFILL_PROFILES) + 1)
     kernels = tuple(pieces.run([py, str(bench / "kernels_gpu.py"), "--model", b, "--m", KERNEL_M, "--out",
                                 str(folder / f"kernels-{b}.json")], folder / f"kernels-{b}.json") for b in blocks)
 
@@ -153,7 +156,11 @@ def _measure_kernels(folder: Path, blocks: list[str], profs: dict, profile_id: s
                                 folder / f"{stem}.json") for stem, args in specs)
 
     steps, prefills = profiled(STEP_PROFILES), profiled(PREFILL_PROFILES)
-    return _from_kernels(kernels, profs, profile_id, copy, f"harness calibrate --kernels ({folder})", steps, prefills)
+    # the board's power loads and clock recovery (bench/power_gpu.py) at the first block: the power file
+    power = pieces.run([py, str(bench / "power_gpu.py"), "--model", blocks[0], "--out",
+                        str(folder / f"power-{blocks[0]}.json")], folder / f"power-{blocks[0]}.json")
+    cal = _from_kernels(kernels, profs, profile_id, copy, f"harness calibrate --kernels ({folder})", steps, prefills)
+    return cal, power, profile_id
 
 
 def _write(cals, out: Path | None, profile_id: str | None) -> list[Path]:
@@ -306,10 +313,11 @@ def calibrate(out: Path | None, from_records: tuple[Path, ...], from_kernels: tu
     if kernels:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         folder = work_dir or (out.parent if out else Path("results")) / f"calibration-kernels-{stamp}"
-        cal = _measure_kernels(folder, [b.strip() for b in kernel_blocks.split(",") if b.strip()], profs, profile_id,
-                               stop_after_s)
+        cal, power, pid = _measure_kernels(folder, [b.strip() for b in kernel_blocks.split(",") if b.strip()], profs,
+                                           profile_id, stop_after_s)
         for p in _write([cal], out, None):
             click.echo(str(p))
+            click.echo(str(_power_file((power,), profs, pid, p.with_name(f"{p.stem}-power.json"))))
         return
     if from_kernels:
         for p in _write([_from_kernels(from_kernels, profs, profile_id, copy_bw, copy_source, step_profiles,
