@@ -166,3 +166,27 @@ def test_plan_scales_a_long_prefill_with_the_power_file_and_needs_curves_for_it(
     assert "power loads from h100-sxm-80gb" in row[1]["curve_from"] and "power" not in row[0]["curve_from"]
     res = CliRunner().invoke(plan, base[:-2] + power + ["--out", str(tmp_path / "c")])
     assert res.exit_code == 2 and "--calibrate-with" in res.output
+
+
+@pytest.mark.gpu
+def test_the_power_bench_runs_on_this_gpu_and_its_output_makes_a_power_file(tmp_path):
+    """bench/power_gpu.py, short: two bf16 loads, one recovery probe; its JSON through calibrate --power-from."""
+    import subprocess
+    import sys
+    out = tmp_path / "power.json"
+    bench = Path(__file__).resolve().parents[1] / "bench" / "power_gpu.py"
+    done = subprocess.run([sys.executable, str(bench), "--loads", "bf16:1,bf16:2048", "--heavy", "bf16:2048",
+                           "--probes", "bf16:1", "--hold-s", "0.6", "--heavy-s", "0.5", "--probe-s", "0.1",
+                           "--idle-s", "0.3", "--out", str(out)], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    d = json.loads(out.read_text())
+    assert d["errors"] == [] and [ld["M"] for ld in d["loads"]] == [1, 2048]
+    for ld in d["loads"]:
+        assert ld["power_mean_w"] > 0 and len(ld["replay_ms"]) > 10 and ld["sm_clock_median_hz"] > 0
+    assert d["loads"][1]["tflops"] > 10 * d["loads"][0]["tflops"]       # the GEMM is compute-heavy, the GEMV not
+    assert len(d["recovery"]) == 1 and d["recovery"][0]["series"]
+    from harness.profiles.detection import detect
+    pid = detect().profile.id
+    res = CliRunner().invoke(calibrate_cli, ["--power-from", str(out), "--profile", pid, "--out", str(tmp_path / "p.json")])
+    assert res.exit_code == 0, res.output
+    assert len(load_power(tmp_path / "p.json").loads) == 2
