@@ -115,6 +115,9 @@ def test_calibrate_writes_a_power_file_and_bad_input_is_a_one_line_error(tmp_pat
     assert pm.provenance["sources"] == [str(src)]
     res = CliRunner().invoke(calibrate_cli, ["--power-from", str(src), "--out", str(out)])
     assert res.exit_code == 2 and "--profile" in res.output
+    res = CliRunner().invoke(calibrate_cli, ["--power-from", str(src), "--profile", "h100-sxm-80gb", "--from-kernels",
+                                             str(src)])
+    assert res.exit_code == 2 and "on its own" in res.output
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     res = CliRunner().invoke(calibrate_cli, ["--power-from", str(bad), "--profile", "h100-sxm-80gb"])

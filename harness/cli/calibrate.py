@@ -306,6 +306,9 @@ def calibrate(out: Path | None, from_records: tuple[Path, ...], from_kernels: tu
 
     profs = _load(profiles_dir)
     if power_from:
+        if kernels or from_records or from_kernels:
+            raise click.UsageError("--power-from writes a power file on its own: not with --kernels, "
+                                   "--from-records or --from-kernels")
         click.echo(str(_power_file(power_from, profs, profile_id, out)))
         return
     if (work_dir or stop_after_s) and not kernels:
