@@ -223,3 +223,31 @@ def test_an_explicit_kernel_uses_its_formats_curve_only_where_that_kernel_ran_it
     assert "the int4-wo curve, whose kernel is this one" in got[0].source and got[0].points == pts
     assert cal.curves_for("int4-wo[gemlite]", "decode") == []       # GemLite never ran int4-wo here
     assert cal.curves_for("int4-wo[tinygemm]", "prefill") == []     # no prefill curve of the format either
+
+
+def test_a_prefill_curve_from_records_holds_its_prefill_path(P):
+    """The CUDA engine compiles the prefill too and keeps the faster (engine.prefill): records of the two paths
+    give two prefill curves; a cell that ran one path is projected only from that path's curve, and where the
+    records ran only the other one, the planner says so; a plan (no cell) takes the faster path."""
+    from harness.record_sections import EngineInfo
+    eager = rec(prefill=14_000.0, device="cuda", engine=EngineInfo(compile_mode="default"))        # before the choice
+    compiled = rec(prefill=22_000.0, device="cuda", engine=EngineInfo(compile_mode="default",
+                                                                      prefill={"chosen": "compiled"}))
+    cpu = rec(prefill=900.0, profile="h100-sxm-80gb", device="cpu")                                  # no such choice
+    cal, _ = fit_device([eager, compiled], P["h100-sxm-80gb"])
+    paths = sorted(c.prefill_path for c in cal.curves if c.phase == "prefill")
+    assert paths == ["compiled", "eager"]
+    h200 = P["h200-sxm-141gb"]
+    a = project_prefill([cal], h200, "baseline", 128, W, KV1, prefill_path="eager")
+    b = project_prefill([cal], h200, "baseline", 128, W, KV1, prefill_path="compiled")
+    free = project_prefill([cal], h200, "baseline", 128, W, KV1)
+    assert b.tok_s > a.tok_s and free.tok_s == pytest.approx(b.tok_s)
+    assert "eager prefills" in a.source and "compiled prefills" in b.source
+    only_eager, _ = fit_device([eager], P["h100-sxm-80gb"])
+    miss = project_prefill([only_eager], h200, "baseline", 128, W, KV1, prefill_path="compiled")
+    assert miss.tok_s is None and "no compiled-prefill curve for baseline" in miss.source
+    assert "records ran eager prefills" in miss.source
+    assert project_prefill([only_eager], h200, "baseline", 128, W, KV1).ok        # a plan: the path there is
+    plain, _ = fit_device([cpu], P["h100-sxm-80gb"])
+    assert [c.prefill_path for c in plain.curves if c.phase == "prefill"] == [""]
+    assert project_prefill([plain], h200, "baseline", 128, W, KV1, prefill_path="compiled").ok

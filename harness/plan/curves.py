@@ -80,6 +80,9 @@ class Curve:
     source: str
     points: list[Point]
     shapes: str = ""     # phase kernel: the preset whose block's linear shapes were timed (harness/plan/kernel_log.py)
+    # phase prefill from records: the prefill the records ran ("eager" | "compiled", CudaGraphEngine.choose_prefill;
+    # "" where the backend has no such choice or the file predates the field)
+    prefill_path: str = ""
 
     def at(self, m: float) -> tuple[float, float, float] | None:
         """(value, low, high) at M; None outside the measured range. Between two measured M, a < M < b,
@@ -147,7 +150,8 @@ class DeviceCalibration:
         the kernel that ran them is that kernel (the records of `int4-wo` name tinygemm's packing), so a
         device calibrated before the kernel axis existed still projects the explicit name."""
         fmt, _, rest = variant.partition("[")
-        return [Curve(variant, c.kernel, c.phase, f"{c.source}; the {fmt} curve, whose kernel is this one", c.points)
+        return [Curve(variant, c.kernel, c.phase, f"{c.source}; the {fmt} curve, whose kernel is this one", c.points,
+                      c.shapes, c.prefill_path)
                 for c in self._own_curves(fmt, phase) if curve_is_kernel(c, rest.rstrip("]"))]
 
     def kernel_decode(self, variant: str) -> Curve | None:
@@ -254,7 +258,7 @@ def load_calibration(path: str | Path) -> DeviceCalibration:
             raise CalibrationFileError(f"{path}: format {d.get('format')!r}, expected {FORMAT_VERSION}")
         dev = d["device"]
         curves = [Curve(c["variant"], c["kernel"], c["phase"], c.get("source", "records"),
-                        [Point(**p) for p in c["points"]], c.get("shapes") or "")
+                        [Point(**p) for p in c["points"]], c.get("shapes") or "", c.get("prefill_path") or "")
                   for c in d["curves"]]
         for c in curves:
             if c.phase not in PHASES or not c.points:
@@ -327,6 +331,7 @@ def fit_device(records: Iterable[Record], profile: Profile, *, backend: str = "p
                sources: list[str] | None = None, commit: str = "",
                copy_fallback: float | None = None) -> tuple[DeviceCalibration, list[str]]:
     """Curves of one device's ok records; returns the calibration and why records were skipped."""
+    from harness.plan.step_cost import record_prefill_path
     skipped: list[str] = []
     curves_at: dict[tuple[str, str, str], dict[int, list[float]]] = {}   # (phase, variant, kernel) -> M -> other
     records = primary(records)
@@ -352,11 +357,14 @@ def fit_device(records: Iterable[Record], profile: Profile, *, backend: str = "p
             curves_at.setdefault(("kernel" if kernel else "decode",) + key, {}).setdefault(r.batch_size, []).append(other)
         pre_other = None if kernel else other_of(r, "prefill", copy_fallback)
         if pre_other is not None:
-            curves_at.setdefault(("prefill",) + key, {}).setdefault(r.batch_size * r.prompt_tokens, []).append(pre_other)
+            # one prefill curve per path the engine ran: the compiled prefill is another program than the eager one
+            path = record_prefill_path(r) or ""
+            curves_at.setdefault(("prefill",) + key + (path,), {}).setdefault(
+                r.batch_size * r.prompt_tokens, []).append(pre_other)
     if not copies:
         raise CalibrationFileError(f"no usable {backend} records of {profile.id} (need decode, weight bytes, copy bandwidth)")
-    curves = [Curve(v, k, ph, MICROBENCH if ph == "kernel" else "records", _points(ms))
-              for (ph, v, k), ms in curves_at.items()]
+    curves = [Curve(v, k, ph, MICROBENCH if ph == "kernel" else "records", _points(ms), "", path[0] if path else "")
+              for (ph, v, k, *path), ms in curves_at.items()]
     prov = {"sources": sources or [], "harness_commit": commit, "backend": backend,
             "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "method": "other(M) = (step time - (weights + KV) / copy bandwidth) / (weights / copy bandwidth), "

@@ -54,7 +54,8 @@ def _other(cal: DeviceCalibration, cv: Curve, m: float, block_params: int | None
 
 
 def _pick(cals: list[DeviceCalibration], target: Profile, variant: str, phase: str,
-          m: float, kernel: str | None = None, block_params: int | None = None) -> tuple[DeviceCalibration, Curve] | str:
+          m: float, kernel: str | None = None, block_params: int | None = None,
+          prefill_path: str | None = None) -> tuple[DeviceCalibration, Curve] | str:
     """The curve that projects `variant` at M. A format that chooses its kernel per batch (int4-wo) is
     projected with the curve of the kernel that ran where that is known (`kernel`: a record's kernel
     string, for validation), else with the fastest of its kernels' curves at M, as the runner chooses."""
@@ -76,18 +77,29 @@ def _pick(cals: list[DeviceCalibration], target: Profile, variant: str, phase: s
     if not found:
         which = f" with the kernel that ran ({ran})" if ran else ""
         return f"no {phase} curve for {variant}{which} on arch {arch}"
+    if prefill_path:
+        # a prefill curve fitted on records holds the prefill path its records ran; another path is another
+        # program (the compiled prefill against the eager one), so it has no curve there
+        other = sorted({cv.prefill_path for _, cv in found if cv.prefill_path and cv.prefill_path != prefill_path})
+        found = [(c, cv) for c, cv in found if not cv.prefill_path or cv.prefill_path == prefill_path]
+        if not found:
+            return (f"no {prefill_path}-prefill curve for {variant} on arch {arch} (its records ran "
+                    f"{'/'.join(other)} prefills)")
     inside = [(c, cv) for c, cv in found if cv.at(m) is not None]
     if not inside:
         ranges = "; ".join(f"{cv.kernel} on {c.profile}: M {cv.m_range[0]}-{cv.m_range[1]}" for c, cv in found)
         return f"no {phase} curve for {variant} at M={m:g} on arch {arch} (measured {ranges})"
     if explicit and ran is None and len({cv.kernel for _, cv in inside}) > 1:
         return min(inside, key=lambda x: _other(x[0], x[1], m, block_params)[0][0])   # the fastest kernel at this M
+    if phase == "prefill" and len({cv.prefill_path for _, cv in inside}) > 1:
+        return min(inside, key=lambda x: _other(x[0], x[1], m, block_params)[0][0])   # the faster path, as the engine chooses
     return max(inside, key=lambda x: sum(p.n for p in x[1].points))
 
 
 def _label(cal: DeviceCalibration, cv: Curve, target: Profile) -> str:
     where = "measured on" if cal.profile == target.id else "curves from"
-    return f"{where} {cal.profile} ({cv.kernel}, {cv.source})"
+    path = f", {cv.prefill_path} prefills" if cv.prefill_path else ""
+    return f"{where} {cal.profile} ({cv.kernel}, {cv.source}{path})"
 
 
 def _scales(cal: DeviceCalibration, target: Profile) -> tuple[float, float, float]:
@@ -177,7 +189,7 @@ def project_step(cals: list[DeviceCalibration], target: Profile, variant: str, p
     the faster of its paths' projections (the engine's choice)."""
     if not target.bandwidth_bytes_per_s:
         return Projection(None, None, None, f"{target.id}: bandwidth not published")
-    got = _pick(cals, target, variant, phase, m, kernel, block_params)
+    got = _pick(cals, target, variant, phase, m, kernel, block_params, prefill_path if phase == "prefill" else None)
     if isinstance(got, str):
         return Projection(None, None, None, got)
     cal, cv = got

@@ -19,7 +19,7 @@ from harness.models.spec import shape_of
 from harness.plan.curves import DeviceCalibration
 from harness.plan.power import PowerModel, power_scaled
 from harness.plan.roofline import Workload, project
-from harness.plan.step_cost import prefill_path
+from harness.plan.step_cost import record_prefill_path
 from harness.plan.transfer import Projection, project_decode, project_prefill
 from harness.profiles.schema import Profile
 from harness.records import Record, primary, slow_path
@@ -65,7 +65,7 @@ def cells_from_records(records: Iterable[Record], source: str, backend: str = "p
         g = groups.setdefault(key, {})
         kernels.setdefault(key, r.kernel)
         paths.setdefault(key, slow_path(r))
-        prefills.setdefault(key, prefill_path(r.engine.prefill) if r.engine.compile_mode else None)
+        prefills.setdefault(key, record_prefill_path(r))
         if (r.extra.get("clocks") or {}).get("flags"):
             clocks.setdefault(key, "; ".join(r.extra["clocks"]["flags"]))
         for phase, x in (("decode", r.decode_tok_s), ("prefill", r.prefill_tok_s)):
