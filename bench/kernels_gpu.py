@@ -50,7 +50,7 @@ def gemlite_dequant(inner: nn.Module) -> nn.Module:
 
 def min_rows(kname: str) -> int:
     """The smallest M a kernel runs at in the harness: GemLite's dequantized path only above its threshold."""
-    from harness.plan.kernel_log import DEQUANT_PREFIX
+    from harness.plan.kernel_names import DEQUANT_PREFIX
     from harness.variants.catalog import GEMLITE_PREFILL_MIN_ROWS
     return GEMLITE_PREFILL_MIN_ROWS if kname.startswith(DEQUANT_PREFIX) else 1
 

@@ -210,6 +210,15 @@ def slow_path(r: Record) -> str | None:
     return None if r.decode_path in FAST_GPU_PATHS or not r.decode_path else r.decode_path
 
 
+def record_prefill_path(r: Record) -> str | None:
+    """"compiled" or "eager": the prefill the CUDA-graph engine ran (engine.prefill; records from before its
+    choice ran the eager one and carry none); None where the engine has no such choice (another backend,
+    the CPU)."""
+    if r.backend != "pytorch" or not str(r.device or "").startswith("cuda"):
+        return None
+    return str((r.engine.prefill or {}).get("chosen") or "eager")
+
+
 def primary(records: Iterable[Record]) -> list[Record]:
     """The records that views showing one figure per cell use: of each cell, its first repetition
     measured with meters on (or its first repetition, in a run with meters off). The other

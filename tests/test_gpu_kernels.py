@@ -249,7 +249,7 @@ def test_the_kernel_bench_times_gemlites_dequantized_path_from_256_rows():
     spec = importlib.util.spec_from_file_location("kernels_gpu", path)
     kg = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(kg)
-    from harness.plan.kernel_log import DEQUANT_PREFIX
+    from harness.plan.kernel_names import DEQUANT_PREFIX
 
     names = [k for k in kg.kernels() if k.startswith(DEQUANT_PREFIX)]
     assert len(names) == 2 and kg.min_rows(names[0]) == gk.PREFILL_MIN_ROWS and kg.min_rows("bf16 cuBLAS") == 1

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from harness.cli.calibrate import calibrate as calibrate_cli, validate_plan
 from harness.plan.curves import load_calibration
-from harness.plan.power import Load, PowerModel, Recovery, family, load_power
+from harness.plan.kernel_names import family
+from harness.plan.power import Load, PowerModel, Recovery, load_power
 from harness.plan.validate import cells_from_records, project_cell
 from harness.profiles import load_profiles
 from harness.records import load_records

@@ -220,30 +220,16 @@ def _from_kernels(paths: tuple[Path, ...], profs: dict, profile_id: str | None, 
 
 
 def _power_file(paths: tuple[Path, ...], profs: dict, profile_id: str | None, out: Path | None) -> Path:
-    import json
-
-    from harness.plan.power import from_bench
+    from harness.plan.power import write_power_file
     from harness.plan.sources import harness_commit
     if profile_id is None or profile_id not in profs:
         raise click.BadParameter(f"{profile_id!r}: give the profile of the board the power bench ran on",
                                  param_hint="--profile")
-    benches = []
-    for p in paths:
-        try:
-            d = json.loads(p.read_text(encoding="utf-8"))
-            if not isinstance(d, dict) or "loads" not in d:
-                raise ValueError("no 'loads' (not bench/power_gpu.py output)")
-        except (OSError, ValueError) as e:
-            raise click.BadParameter(f"{p}: {e}", param_hint="--power-from") from None
-        benches.append((d, str(p)))
-    try:
-        text = json.dumps(from_bench(benches, profs[profile_id], harness_commit()), indent=1) + "\n"
-    except (ValueError, KeyError) as e:
-        raise click.UsageError(f"--power-from: {e}") from None
     out = out or Path("results") / f"power-{profile_id}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
-    return out
+    try:
+        return write_power_file(paths, profs[profile_id], out, harness_commit())
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--power-from") from None
 
 
 @click.command("calibrate")

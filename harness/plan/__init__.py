@@ -6,6 +6,7 @@ calibrate.py per-variant efficiencies       transfer.py  curves onto a profile, 
 sources.py   run folders / files -> curves  validate.py  measured cells beside projections
 multigpu.py  GPUs needed, tensor-parallel decode (interconnect.yaml)
 kernel_log.py bench/kernels_gpu.py timings -> records, curves   step_cost.py non-GEMM step cost from profiles
+power.py     power-capped clocks (bench/power_gpu.py loads) kernel_names.py what a kernel string names
 """
 from harness.plan.roofline import PLAN_STATUSES, PlanRow, Workload, plan, project, weight_bytes
 from harness.variants import (POLICIES, Layout, Policy, VariantError, VariantSpec, parse_variant, parse_variants,

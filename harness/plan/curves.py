@@ -37,15 +37,15 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import statistics
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from harness.plan.kernel_names import KERNEL_MARKS, curve_is_kernel, kernel_id
 from harness.profiles.schema import Profile
-from harness.records import Record, primary, slow_path
+from harness.records import Record, primary, record_prefill_path, slow_path
 
 FORMAT_VERSION = 1
 # phase of the curves of GemLite's dequantized prefill path (bench/kernels_gpu.py "dequantized prefill: ..."
@@ -270,37 +270,6 @@ def load_calibration(path: str | Path) -> DeviceCalibration:
         raise CalibrationFileError(f"{path}: not a calibration file ({type(e).__name__}: {e})") from None
 
 
-# explicit kernel name (harness/variants/gpu_kernels.py) -> what a record's kernel string says when that
-# kernel ran it (torchao's packing format names, GemLite's module class)
-KERNEL_MARKS = {
-    "tinygemm": ("tile_packed_to_4d", "tinygemm"),
-    "cutlass": ("preshuffled", "CUTLASS"),
-    "gemlite": ("GemLite",),
-    "torchao": ("Float8WeightOnlyConfig",),
-}
-
-
-def kernel_named(text: str | None) -> str | None:
-    """The explicit kernel name ("tinygemm", "gemlite", ...) a record's kernel string shows, or None."""
-    if not text:
-        return None
-    head = text.split(" -> ")[0]
-    if "[" in head.split(":")[0]:                       # "int4-wo[gemlite]: GemLite ..." names it outright
-        return head.split("[", 1)[1].split("]", 1)[0]
-    return next((k for k, marks in KERNEL_MARKS.items() if any(m in text for m in marks)), None)
-
-
-def curve_is_kernel(cv: "Curve", kernel: str) -> bool:
-    """Whether curve `cv` was measured with explicit kernel `kernel` (its variant names it, or its kernel
-    string shows that kernel's marks)."""
-    return cv.variant.endswith(f"[{kernel}]") or any(m in cv.kernel for m in KERNEL_MARKS.get(kernel, ()))
-
-
-def kernel_id(kernel: str) -> str:
-    """The kernel without the per-model module count (' x129') and the aten op list after ';'."""
-    return re.sub(r" x\d+\b", "", kernel.split(";")[0]).strip() or "unknown"
-
-
 def record_copy(r: Record, fallback: float | None = None) -> float | None:
     """The copy bandwidth measured in the record's run, else `fallback` (measured by `harness calibrate`)."""
     return (r.bandwidth.copy_bandwidth_bytes_per_s if r.bandwidth else None) or fallback
@@ -331,7 +300,6 @@ def fit_device(records: Iterable[Record], profile: Profile, *, backend: str = "p
                sources: list[str] | None = None, commit: str = "",
                copy_fallback: float | None = None) -> tuple[DeviceCalibration, list[str]]:
     """Curves of one device's ok records; returns the calibration and why records were skipped."""
-    from harness.plan.step_cost import record_prefill_path
     skipped: list[str] = []
     curves_at: dict[tuple[str, str, str], dict[int, list[float]]] = {}   # (phase, variant, kernel) -> M -> other
     records = primary(records)

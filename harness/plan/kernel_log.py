@@ -27,10 +27,10 @@ import re
 from pathlib import Path
 
 from harness.plan.curves import DEQUANT_PHASE, MICROBENCH, Curve, Point
+from harness.plan.kernel_names import DEQUANT_PREFIX
 from harness.records import Record
 
 PRESET = "llama-3.1-8b"   # the block bench/kernels_gpu.py times unless its log's first line names another
-DEQUANT_PREFIX = "dequantized prefill:"   # bench/kernels_gpu.py's names of GemLite's dequantized prefill path
 SHAPE_NAMES = ("qkv", "o", "gate_up", "down")
 _HEADER = re.compile(r"^shapes of (?P<preset>\S+):")
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.plan.curves import CalibrationFileError
+from harness.plan.kernel_names import family
 
 FORMAT_VERSION = 1
 KIND = "power"
@@ -48,22 +49,6 @@ CAPPED_SLOWDOWN = 1.02          # a load whose steady slowdown is below this did
 MAX_M_RATIO = 8                 # a load or probe stands for M within this factor of its own
 SATURATED_M = 1024              # ... and, from this M on, for every larger M (see PowerModel._nearest)
 MIN_DEPTH = 0.02                # a clock deficit below this (98% of full clock) is replay noise, not a cap
-
-
-def family(kernel: str | None) -> str:
-    """The kernel family a power load or a projection's kernel belongs to: bf16 (cuBLAS, GemLite's
-    dequantized prefill path), tinygemm, cutlass, gemlite, torchao, with "-fp8" where fp8 is in play."""
-    from harness.plan.curves import kernel_named
-    from harness.plan.kernel_log import DEQUANT_PREFIX
-    if not kernel:
-        return "unknown"
-    if kernel.startswith(DEQUANT_PREFIX):
-        return "bf16"
-    low = kernel.lower()
-    named = kernel_named(kernel)
-    if named is None:
-        return "bf16" if ("bf16" in low or "bfloat16" in low) else "unknown"
-    return named + ("-fp8" if ("fp8" in low or "float8" in low) else "")
 
 
 def _block_params(preset: str) -> int | None:
@@ -290,11 +275,25 @@ def from_bench(benches: list[tuple[dict, str]], profile, commit: str = "") -> di
             "loads": loads, "recovery": recs}
 
 
-def is_power_file(path: str | Path) -> bool:
+def write_power_file(paths, profile, out: Path, commit: str = "") -> Path:
+    """The power file of bench/power_gpu.py outputs `paths` (pooled) on the board of `profile`, written to
+    `out`. Raises ValueError naming the file that is not such output."""
+    benches = []
+    for p in map(Path, paths):
+        try:
+            d = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{p}: {e}") from None
+        if not isinstance(d, dict) or "loads" not in d:
+            raise ValueError(f"{p}: no 'loads' (not bench/power_gpu.py output)")
+        benches.append((d, str(p)))
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8")).get("kind") == KIND
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return False
+        text = json.dumps(from_bench(benches, profile, commit), indent=1) + "\n"
+    except KeyError as e:
+        raise ValueError(f"bench/power_gpu.py output without {e}") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    return out
 
 
 def load_power(path: str | Path) -> PowerModel:

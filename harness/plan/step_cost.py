@@ -78,21 +78,13 @@ def prefill_path(choice: dict | None) -> str:
     return str((choice or {}).get("chosen") or "eager")
 
 
-def record_prefill_path(r) -> str | None:
-    """The prefill path of a Record where the engine has the choice (the pytorch backend on CUDA: its
-    CUDA-graph engine), else None (a CPU or another backend's prefill is just its prefill)."""
-    if r.backend != "pytorch" or not str(r.device or "").startswith("cuda"):
-        return None
-    return prefill_path(r.engine.prefill)
-
-
 def curve_gemm_ms(cal: DeviceCalibration, model: str, variant: str, m: int, kernel: str | None = None,
                   head_m: int | None = None) -> float | None:
     """GEMM milliseconds of one step of `model` at M per the variant's kernel curve, or None. A format that
     picks its kernel (int4-wo) has curves per explicit kernel only: the one the profile's `kernel` names,
     or the only one there is. head_m: the lm_head's rows where they differ from M (a prefill runs it on
     the last token of each prompt: M = the batch)."""
-    from harness.plan.curves import curve_is_kernel, kernel_named
+    from harness.plan.kernel_names import curve_is_kernel, kernel_named
     from harness.plan.roofline import lm_head_gemm_bytes
     from harness.variants import explicit_kernels
 

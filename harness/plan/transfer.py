@@ -59,7 +59,7 @@ def _pick(cals: list[DeviceCalibration], target: Profile, variant: str, phase: s
     """The curve that projects `variant` at M. A format that chooses its kernel per batch (int4-wo) is
     projected with the curve of the kernel that ran where that is known (`kernel`: a record's kernel
     string, for validation), else with the fastest of its kernels' curves at M, as the runner chooses."""
-    from harness.plan.curves import curve_is_kernel, kernel_named
+    from harness.plan.kernel_names import curve_is_kernel, kernel_named
     from harness.variants import explicit_kernels
 
     arch = target.compute_capability or "unknown"
@@ -232,7 +232,7 @@ def project_prefill(cals: list[DeviceCalibration], target: Profile, variant: str
     """A format that picks its kernel per batch (int4-wo) prefills with the kernel it picked for the decode
     batch, as the runner does (one kernel per cell, chosen at M = the batch): where `kernel` is not known
     (planning), that is the kernel of its fastest decode curve at the batch."""
-    from harness.plan.curves import kernel_named
+    from harness.plan.kernel_names import kernel_named
     from harness.variants import explicit_kernels
 
     picked = None

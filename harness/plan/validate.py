@@ -19,10 +19,9 @@ from harness.models.spec import shape_of
 from harness.plan.curves import DeviceCalibration
 from harness.plan.power import PowerModel, power_scaled
 from harness.plan.roofline import Workload, project
-from harness.plan.step_cost import record_prefill_path
 from harness.plan.transfer import Projection, project_decode, project_prefill
 from harness.profiles.schema import Profile
-from harness.records import Record, primary, slow_path
+from harness.records import Record, primary, record_prefill_path, slow_path
 from harness.variants import parse_variant
 
 
