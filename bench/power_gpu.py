@@ -105,6 +105,7 @@ class Block:
             self.flop += 2 * m * n * k
             self.bytes += weight_bytes(mod)
         self.graph, self.call_us = sized_graph(self.body)
+        self.graph.est_ms = self.call_us * self.graph.reps / 1e3   # one replay, for run_replays' batches
         self.label = f"{prefix}:{m}"
 
     def body(self):
@@ -122,6 +123,7 @@ class ClockProbe:
         self.x = torch.randn(64, 64, device="cuda")
         self.chain = chain
         self.graph = Graph(self.body, 1)
+        self.graph.est_ms = 0.2
 
     def body(self):
         y = self.x
@@ -187,7 +189,6 @@ def clock_figures(samples, max_hz):
 
 def load(dev, blk: Block, hold_s: float, max_hz):
     """One block replayed for hold_s: the second half's times, rates, power and clock."""
-    blk.graph.est_ms = blk.call_us * blk.graph.reps / 1e3
     evs, joules, secs, tl = sampled(dev, lambda: run_replays([blk.graph], hold_s))
     reps = timed(evs)
     total_ms = reps[-1][1] + reps[-1][2]
@@ -213,9 +214,6 @@ def load(dev, blk: Block, hold_s: float, max_hz):
 
 def recovery(dev, heavy: Block, probe: Block, clock: ClockProbe, heavy_s: float, probe_s: float, max_hz):
     """Each probe replay's time after a held heavy load, against its time after an idle pause."""
-    for g, est in ((heavy.graph, heavy.call_us * heavy.graph.reps / 1e3),
-                   (probe.graph, probe.call_us * probe.graph.reps / 1e3), (clock.graph, 0.2)):
-        g.est_ms = est
     time.sleep(1.0)
     base = timed(run_replays([probe.graph, clock.graph], 0.2))
     ref = {gi: statistics.median(d for g, _, d in base if g == gi) for gi in (0, 1)}

@@ -89,10 +89,10 @@ def _pick(cals: list[DeviceCalibration], target: Profile, variant: str, phase: s
     if not inside:
         ranges = "; ".join(f"{cv.kernel} on {c.profile}: M {cv.m_range[0]}-{cv.m_range[1]}" for c, cv in found)
         return f"no {phase} curve for {variant} at M={m:g} on arch {arch} (measured {ranges})"
-    if explicit and ran is None and len({cv.kernel for _, cv in inside}) > 1:
-        return min(inside, key=lambda x: _other(x[0], x[1], m, block_params)[0][0])   # the fastest kernel at this M
-    if phase == "prefill" and len({cv.prefill_path for _, cv in inside}) > 1:
-        return min(inside, key=lambda x: _other(x[0], x[1], m, block_params)[0][0])   # the faster path, as the engine chooses
+    # the fastest kernel at this M, as the runner chooses; of two prefill paths the faster, as the engine does
+    if ((explicit and ran is None and len({cv.kernel for _, cv in inside}) > 1)
+            or (phase == "prefill" and len({cv.prefill_path for _, cv in inside}) > 1)):
+        return min(inside, key=lambda x: _other(x[0], x[1], m, block_params)[0][0])
     return max(inside, key=lambda x: sum(p.n for p in x[1].points))
 
 

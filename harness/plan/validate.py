@@ -95,12 +95,15 @@ def project_cell(c: Cell, cals: list[DeviceCalibration], profiles: Mapping[str, 
     others = list(cals) if same_device else [k for k in cals if k.profile != c.profile]
     v, shape = parse_variant(c.variant), shape_of(c.model)
     pre_row = project(p, v, Workload(c.model, shape, c.prompt_tokens, c.batch))
-    pre = project_prefill(others, p, c.variant, c.batch * c.prompt_tokens, pre_row.weight_bytes,
-                          pre_row.kv_cache_bytes, kernel=c.kernel, batch=c.batch, gemm_bytes=pre_row.gemm_weight_bytes,
-                          prefill_path=c.prefill_path, head_bytes=pre_row.head_weight_bytes, layers=pre_row.layers,
-                          block_params=pre_row.block_params, widths=pre_row.prefill_widths)
     m = c.batch * c.prompt_tokens
+
+    def prefill() -> Projection:
+        return project_prefill(others, p, c.variant, m, pre_row.weight_bytes, pre_row.kv_cache_bytes, kernel=c.kernel,
+                               batch=c.batch, gemm_bytes=pre_row.gemm_weight_bytes, prefill_path=c.prefill_path,
+                               head_bytes=pre_row.head_weight_bytes, layers=pre_row.layers,
+                               block_params=pre_row.block_params, widths=pre_row.prefill_widths)
     if c.phase == "prefill":
+        pre = prefill()
         return power_scaled(pre, powers, p, lambda pm: pm.prefill_factor(pre.kernel, m, m / pre.tok_s, pre.gemm_share,
                                                                          pre_row.block_params))
     row = project(p, v, Workload(c.model, shape, c.prompt_tokens + c.new_tokens, c.batch))
@@ -108,6 +111,7 @@ def project_cell(c: Cell, cals: list[DeviceCalibration], profiles: Mapping[str, 
                          row.gemm_weight_bytes, row.layers, kernel=c.kernel, block_params=row.block_params)
 
     def decode(pm: PowerModel) -> tuple[float, str]:
+        pre = prefill()     # the cell's own prefill: only where a power model applies
         if not (pre.ok or pre_row.prefill_tok_s):
             return 1.0, f"decode at full clock: its prefill has no projection ({pre.source})"
         # without a prefill curve at its M, the prefill's time is bounded below by the roofline (datasheet
